@@ -1,0 +1,246 @@
+"""The implicit PRM as a LightningModule: a trainable policy π_θ and a frozen reference π_ref.
+
+Training minimises an outcome objective on ℓ = Σ_t log π_θ(y_t|·) − log π_ref(y_t|·) per response;
+evaluation and prediction read step scores off the same log-ratio (`iprm.rewards`), q_k = β·ℓ_{≤k}.
+The reference's log-probabilities depend on nothing that trains, so they are computed once per record
+(cumulative values at every step end, plus the response total) and reused in every later epoch.
+"""
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from iprm import rewards
+from iprm.objectives import CE, Objective
+
+log = logging.getLogger(__name__)
+
+
+def scorer_names() -> list[str]:
+    """Every response scorer evaluation reports: the implicit PRM and the reference-only baseline."""
+    return [
+        f"{kind}_{mode}_{how}"
+        for kind in ("prm", "reference")
+        for mode in rewards.SCORE_MODES
+        for how in rewards.AGGREGATIONS
+    ]
+
+
+class ImplicitPRM(L.LightningModule):
+    """Policy + frozen reference, trained with an outcome objective, read out as a process reward model.
+
+    Args:
+        model_path: starting checkpoint of the policy (a local directory or a hub id); linked from
+            `data.model_path`, so data and model always share one tokenizer.
+        objective: the training objective (CE, CEDatasetBalanced, CEInstructionBalanced, DPO, NCA, KTO);
+            it owns β.
+        reference_path: the frozen reference policy; None means the starting checkpoint, as in the paper.
+        reference_free: train with a uniform reference, ℓ = Σ log π_θ (the paper's Table 5).
+        reference_free_inference: score steps with a uniform reference.
+        inference_beta: β for step scores at evaluation and prediction; None uses the objective's β.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the optimisation steps spent warming the learning rate up linearly;
+            cosine decay to zero follows.
+        torch_dtype: dtype the models are loaded in ("float32", "bfloat16", "float16" or "auto").
+        attn_implementation: attention kernel passed to `from_pretrained` ("sdpa", "eager", ...).
+        trust_remote_code: allow checkpoints that ship their own modelling code (off: it runs that code).
+        export_dir: where the trained policy is written with `save_pretrained` at the end of `fit`;
+            None writes `<log_dir>/policy`.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        objective: Objective | None = None,
+        reference_path: str | None = None,
+        reference_free: bool = False,
+        reference_free_inference: bool = False,
+        inference_beta: float | None = None,
+        lr: float = 5e-7,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        torch_dtype: str = "float32",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        export_dir: str | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["objective"])
+        self.objective = objective if objective is not None else CE()
+        self.policy: PreTrainedModel | None = None
+        self.reference: PreTrainedModel | None = None
+        # (dataset kind, record index) → reference cumulative log-prob at each step end, then the total.
+        self._reference_cache: dict[tuple[str, int], torch.Tensor] = {}
+        # The reference is reloadable from its path; checkpoints carry the policy only.
+        self.strict_loading = False
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def _load(self, path: str) -> PreTrainedModel:
+        dtype = self.hparams.torch_dtype
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            attn_implementation=self.hparams.attn_implementation,
+            trust_remote_code=self.hparams.trust_remote_code,
+        )
+
+    def configure_model(self) -> None:
+        if self.policy is not None:
+            return
+        if self.hparams.model_path is None:
+            raise ValueError("model.model_path is not set: give data.model_path (or a data.world)")
+        self.policy = self._load(self.hparams.model_path)
+        needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
+        if needs_reference:
+            self.reference = self._load(self.hparams.reference_path or self.hparams.model_path)
+            self.reference.eval().requires_grad_(False)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("reference.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        expected = {f"policy.{k}" for k in self.policy.state_dict()} if self.policy is not None else set()
+        missing = expected - set(checkpoint["state_dict"])
+        if missing:
+            raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
+
+    def on_fit_start(self) -> None:
+        labels, groups = self.trainer.datamodule.train_labels_and_groups()
+        self.objective.observe_dataset(labels, groups)
+
+    def on_fit_end(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        export = Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "policy")
+        self.policy.save_pretrained(export)
+        self.trainer.datamodule.tokenizer.save_pretrained(export)
+        log.info("trained policy written to %s", export)
+
+    # --- log-probabilities ---------------------------------------------------------------------------
+
+    def _logprobs(self, model: PreTrainedModel, batch: dict, prefix: str = "") -> torch.Tensor:
+        return rewards.token_logprobs(
+            model, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}response_mask"]
+        )
+
+    @torch.no_grad()
+    def _reference_cumulative(self, batch: dict, kind: str) -> torch.Tensor:
+        """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total."""
+        keys = [(kind, int(i)) for i in batch["index"]]
+        missing = [row for row, key in enumerate(keys) if key not in self._reference_cache]
+        if missing:
+            rows = torch.tensor(missing, device=batch["input_ids"].device)
+            sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "response_mask", "step_ends")}
+            token_logps = self._logprobs(self.reference, sub)
+            values = torch.cat(
+                [rewards.cumulative_at(token_logps, sub["step_ends"]), token_logps.sum(-1, keepdim=True)], -1
+            )
+            for row, value in zip(missing, values, strict=True):
+                self._reference_cache[keys[row]] = value[~value.isnan()].cpu()
+        width = batch["step_ends"].shape[1] + 1
+        out = torch.full((len(keys), width), float("nan"))
+        for row, key in enumerate(keys):
+            value = self._reference_cache[key]
+            out[row, : len(value) - 1] = value[:-1]
+            out[row, -1] = value[-1]
+        return out.to(batch["input_ids"].device)
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        policy_total = self._logprobs(self.policy, batch).sum(-1)
+        reference_total = None
+        if not self.hparams.reference_free:
+            reference_total = self._reference_cumulative(batch, "train")[:, -1]
+        logratio = rewards.logratio(policy_total, reference_total)
+        kl_logratio = self._mismatched_logratio(batch) if self.objective.requires_kl else None
+        loss, metrics = self.objective(logratio, batch["labels"], batch["groups"], kl_logratio=kl_logratio)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}; "
+                "lower model.lr, check the data, or use a float32 dtype"
+            )
+        size = len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        for name, value in metrics.items():
+            summed = name in ("pairs", "unpaired_groups")
+            self.log(f"train/{name}", value, batch_size=size, reduce_fx="sum" if summed else "mean",
+                     on_step=not summed, on_epoch=summed)
+        return loss
+
+    @torch.no_grad()
+    def _mismatched_logratio(self, batch: dict) -> torch.Tensor:
+        if "kl_input_ids" not in batch:
+            raise ValueError(f"{type(self.objective).__name__} needs mismatched pairs: set data.mismatched_pairs")
+        policy = self._logprobs(self.policy, batch, "kl_").sum(-1)
+        reference = None if self.hparams.reference_free else self._logprobs(self.reference, batch, "kl_").sum(-1)
+        return rewards.logratio(policy, reference)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            (p for p in self.policy.parameters() if p.requires_grad),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- scoring -----------------------------------------------------------------------------------
+
+    @property
+    def inference_beta(self) -> float:
+        beta = self.hparams.inference_beta
+        return self.objective.beta if beta is None else beta
+
+    @torch.no_grad()
+    def score(self, batch: dict, kind: str) -> dict[str, torch.Tensor]:
+        """Step scores of every record in the batch and its response score under every scorer.
+
+        Returns `step_scores/{mode}` [B, S] (NaN padding) for the implicit PRM and for the
+        reference-only baseline (`reference_step_scores/{mode}`), and `scores` [B, K] in the order of
+        `scorer_names()`.
+        """
+        policy_cumulative = rewards.cumulative_at(self._logprobs(self.policy, batch), batch["step_ends"])
+        reference_cumulative = None
+        if self.reference is not None:
+            reference_cumulative = self._reference_cumulative(batch, kind)[:, :-1]
+        prm_reference = None if self.hparams.reference_free_inference else reference_cumulative
+        cumulative = {"prm": rewards.logratio(policy_cumulative, prm_reference)}
+        # Reference-only baseline: the reference log-likelihood itself, i.e. π_ref against a uniform π.
+        cumulative["reference"] = reference_cumulative if reference_cumulative is not None else torch.full_like(
+            policy_cumulative, float("nan")
+        )
+        out, columns = {}, []
+        for kind_name, values in cumulative.items():
+            prefix = "" if kind_name == "prm" else "reference_"
+            for mode in rewards.SCORE_MODES:
+                steps = rewards.step_scores(values, self.inference_beta, mode)
+                out[f"{prefix}step_scores/{mode}"] = steps
+                columns += [rewards.aggregate(steps, how) for how in rewards.AGGREGATIONS]
+        out["scores"] = torch.stack(columns, -1)
+        return out
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.score(batch, f"eval{dataloader_idx}")
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.score(batch, f"eval{dataloader_idx}")
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return {"index": batch["index"], **self.score(batch, "predict")}

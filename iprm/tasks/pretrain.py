@@ -1,0 +1,97 @@
+"""Train the world's reference policy: a tiny Llama learned from scratch on worked solutions.
+
+Plain next-token cross-entropy on the response tokens (the prompt is random, nothing to learn there),
+AdamW with linear warm-up and cosine decay. Snapshots taken part-way serve as weaker generators.
+"""
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+
+def build_model(
+    tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int, num_heads: int, max_length: int
+) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+    """Token ids of prompt + response + EOS, with the index of the first response token."""
+    prompts = tokenizer([p for p, _ in pairs])["input_ids"]
+    full = tokenizer([p + r for p, r in pairs])["input_ids"]
+    return [(ids + [tokenizer.eos_token_id], len(prompt)) for ids, prompt in zip(full, prompts, strict=True)]
+
+
+def _batch(examples: list[tuple[list[int], int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), length), pad_id)
+    targets = torch.full((len(examples), length), -100)
+    for row, (ids, start) in enumerate(examples):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        targets[row, start : len(ids)] = torch.tensor(ids[start:])
+    return input_ids, targets
+
+
+def pretrain(
+    model: LlamaForCausalLM,
+    examples: list[tuple[list[int], int]],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    pad_id: int,
+    snapshot_at: Sequence[float] = (),
+    on_snapshot: Callable[[float, LlamaForCausalLM], None] | None = None,
+) -> LlamaForCausalLM:
+    """Train in place; call `on_snapshot(fraction, model)` when `fraction` of the steps are done."""
+    rng = random.Random(seed)
+    steps_per_epoch = math.ceil(len(examples) / batch_size)
+    total = epochs * steps_per_epoch
+    warmup = max(1, total // 20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))),
+    )
+    pending = sorted(snapshot_at)
+    model.train()
+    step = 0
+    with tqdm(total=total, desc="world: training the reference policy", unit="batch") as progress:
+        for _ in range(epochs):
+            order = list(range(len(examples)))
+            rng.shuffle(order)
+            for begin in range(0, len(order), batch_size):
+                input_ids, targets = _batch([examples[i] for i in order[begin : begin + batch_size]], pad_id)
+                logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                progress.update()
+                progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+                while pending and step >= pending[0] * total and on_snapshot is not None:
+                    on_snapshot(pending.pop(0), model)
+    model.eval()
+    return model

@@ -1,0 +1,268 @@
+"""The controlled arithmetic world: built deterministically from its settings, cached on disk.
+
+`World(...).build()` writes, under `root/world-<hash of the settings>/`:
+- `reference/`: the tokenizer and the reference policy (`save_pretrained`), trained from scratch on
+  solutions that follow the borrowing misconception `misconception_rate` of the time;
+- `generators/<name>/`: snapshots of that training run (weaker generators, as in the paper's table of
+  Mistral-7B / Llama-8B / Llama-70B);
+- `train.jsonl`: outcome-labelled rollouts of the reference policy, several per instruction;
+- `bon-<name>.jsonl`: held-out best-of-N candidate sets, one per generator, with step labels;
+- `manifest.json`: the settings and what the build measured (pass@1 per generator, timings).
+Nothing is rebuilt while `manifest.json` exists, so changing any setting means a new directory.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iprm.data.records import Record, write_records
+from iprm.tasks.arithmetic import Problem, sample_problem, solve, verify
+from iprm.tasks.pretrain import build_model, encode_examples, pretrain
+from iprm.tasks.sampling import sample_responses
+from iprm.tasks.tokenizer import build_char_tokenizer
+
+log = logging.getLogger(__name__)
+BUILD_VERSION = 1  # bump when the builder's output changes for the same settings
+
+
+@dataclass(frozen=True)
+class Generator:
+    """A candidate generator: a snapshot of the reference's training run, sampled at a temperature.
+
+    Args:
+        fraction: fraction of the reference policy's training steps at which the snapshot is taken
+            (1.0 is the reference policy itself).
+        temperature: sampling temperature for its candidates.
+    """
+
+    fraction: float = 1.0
+    temperature: float = 1.0
+
+
+DEFAULT_GENERATORS = {
+    "weak": Generator(fraction=0.1, temperature=1.0),
+    "medium": Generator(fraction=0.3, temperature=1.0),
+    "strong": Generator(fraction=1.0, temperature=1.0),
+}
+
+
+class World:
+    """Settings of the controlled arithmetic world, and its builder.
+
+    Args:
+        root: directory under which built worlds are cached (one sub-directory per settings hash).
+        seed: seed for problems, solutions, model initialisation and sampling.
+        min_steps: fewest operations in a problem.
+        max_steps: most operations in a problem.
+        max_value: true running values stay in [0, max_value].
+        misconception_rate: probability that a training solution subtracts a borrowing step digit by
+            digit without borrowing (the systematic error the reference policy comes to believe).
+        pretrain_problems: worked solutions the reference policy is trained on.
+        pretrain_epochs: passes over them.
+        pretrain_batch_size: sequences per optimisation step.
+        pretrain_lr: peak AdamW learning rate.
+        hidden_size: width of the tiny Llama.
+        num_layers: its depth.
+        num_heads: its attention heads.
+        train_instructions: instructions for which rollouts are sampled (the implicit PRM's training set).
+        rollouts_per_instruction: responses sampled from the reference policy per instruction.
+        rollout_temperature: temperature for those rollouts.
+        eval_problems: held-out problems in each best-of-N set.
+        candidates_per_problem: candidates per problem in each best-of-N set.
+        generators: name → snapshot and temperature of each best-of-N generator.
+    """
+
+    def __init__(
+        self,
+        root: str = ".cache/iprm/worlds",
+        seed: int = 0,
+        min_steps: int = 3,
+        max_steps: int = 5,
+        max_value: int = 199,
+        misconception_rate: float = 0.5,
+        pretrain_problems: int = 20000,
+        pretrain_epochs: int = 3,
+        pretrain_batch_size: int = 64,
+        pretrain_lr: float = 3e-3,
+        hidden_size: int = 128,
+        num_layers: int = 4,
+        num_heads: int = 4,
+        train_instructions: int = 1000,
+        rollouts_per_instruction: int = 8,
+        rollout_temperature: float = 1.0,
+        eval_problems: int = 256,
+        candidates_per_problem: int = 64,
+        generators: dict[str, Generator] | None = None,
+    ):
+        self.root = root
+        self.settings = {
+            "seed": seed,
+            "min_steps": min_steps,
+            "max_steps": max_steps,
+            "max_value": max_value,
+            "misconception_rate": misconception_rate,
+            "pretrain_problems": pretrain_problems,
+            "pretrain_epochs": pretrain_epochs,
+            "pretrain_batch_size": pretrain_batch_size,
+            "pretrain_lr": pretrain_lr,
+            "hidden_size": hidden_size,
+            "num_layers": num_layers,
+            "num_heads": num_heads,
+            "train_instructions": train_instructions,
+            "rollouts_per_instruction": rollouts_per_instruction,
+            "rollout_temperature": rollout_temperature,
+            "eval_problems": eval_problems,
+            "candidates_per_problem": candidates_per_problem,
+            "generators": {
+                name: dataclasses.asdict(g) for name, g in (generators or DEFAULT_GENERATORS).items()
+            },
+            "build_version": BUILD_VERSION,
+        }
+        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+        self.directory = Path(root) / f"world-{digest}"
+
+    @property
+    def model_path(self) -> str:
+        return str(self.directory / "reference")
+
+    @property
+    def train_path(self) -> str:
+        return str(self.directory / "train.jsonl")
+
+    @property
+    def eval_paths(self) -> dict[str, str]:
+        return {name: str(self.directory / f"bon-{name}.jsonl") for name in self.settings["generators"]}
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / "manifest.json"
+
+    def manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text())
+
+    def build(self) -> dict:
+        """Build the world unless a finished build of the same settings exists; return its manifest."""
+        if self.manifest_path.exists():
+            log.info("reusing the world in %s", self.directory)
+            return self.manifest()
+        # Build into a scratch directory and rename at the end: a killed build never looks finished.
+        scratch = self.directory.with_name(self.directory.name + f".building-{os.getpid()}")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        manifest = _build(self.settings, scratch)
+        (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(self.directory, ignore_errors=True)
+        os.replace(scratch, self.directory)
+        return manifest
+
+
+def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str]) -> list[Problem]:
+    problems = []
+    while len(problems) < count:
+        problem = sample_problem(rng, settings["min_steps"], settings["max_steps"], settings["max_value"])
+        if problem.prompt not in exclude:
+            exclude.add(problem.prompt)
+            problems.append(problem)
+    return problems
+
+
+def _graded_records(problems: list[Problem], responses: list[str], per_problem: int, source: str) -> list[Record]:
+    records = []
+    for i, response in enumerate(responses):
+        problem = problems[i // per_problem]
+        verdict = verify(problem, response)
+        records.append(
+            Record(
+                instruction_id=problem.prompt.strip(),
+                prompt=problem.prompt,
+                response=response if response.strip() else "A:",
+                label=verdict.label,
+                answer=verdict.answer,
+                source=source,
+                step_labels=verdict.step_labels,
+                step_tags=verdict.step_tags,
+            )
+        )
+    return records
+
+
+def _sample(model, tokenizer, problems, per_problem, temperature, seed, desc) -> list[str]:
+    prompts = [p.prompt for p in problems for _ in range(per_problem)]
+    return sample_responses(
+        model, tokenizer, prompts, temperature=temperature, max_new_tokens=96, seed=seed, desc=desc
+    )
+
+
+def _build(settings: dict, directory: Path) -> dict:
+    started = time.perf_counter()
+    seed = settings["seed"]
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    tokenizer = build_char_tokenizer()
+    seen: set[str] = set()
+    # Held-out problems are drawn first so that training never sees them.
+    eval_problems = _problems(settings, rng, settings["eval_problems"], seen)
+    rollout_problems = _problems(settings, rng, settings["train_instructions"], seen)
+    pretrain_problems = _problems(settings, rng, settings["pretrain_problems"], seen)
+    solutions = [(p.prompt, solve(p, rng, settings["misconception_rate"])) for p in pretrain_problems]
+
+    model = build_model(
+        tokenizer, settings["hidden_size"], settings["num_layers"], settings["num_heads"], max_length=256
+    )
+    generators = settings["generators"]
+
+    def save_snapshot(fraction: float, snapshot) -> None:
+        for name, generator in generators.items():
+            if generator["fraction"] == fraction and fraction < 1.0:
+                snapshot.save_pretrained(directory / "generators" / name)
+                tokenizer.save_pretrained(directory / "generators" / name)
+
+    pretrain(
+        model,
+        encode_examples(tokenizer, solutions),
+        epochs=settings["pretrain_epochs"],
+        batch_size=settings["pretrain_batch_size"],
+        lr=settings["pretrain_lr"],
+        seed=seed,
+        pad_id=tokenizer.pad_token_id,
+        snapshot_at=sorted({g["fraction"] for g in generators.values()}),
+        on_snapshot=save_snapshot,
+    )
+    model.save_pretrained(directory / "reference")
+    tokenizer.save_pretrained(directory / "reference")
+    pretrain_seconds = time.perf_counter() - started
+
+    per_rollout = settings["rollouts_per_instruction"]
+    responses = _sample(
+        model, tokenizer, rollout_problems, per_rollout, settings["rollout_temperature"], seed + 1,
+        "world: sampling training rollouts",
+    )
+    train = _graded_records(rollout_problems, responses, per_rollout, "arithmetic")
+    write_records(train, directory / "train.jsonl")
+
+    stats = {"train": {"records": len(train), "pass@1": sum(r.label for r in train) / len(train)}}
+    per_candidate = settings["candidates_per_problem"]
+    for offset, (name, generator) in enumerate(generators.items()):
+        path = directory / ("reference" if generator["fraction"] >= 1.0 else f"generators/{name}")
+        policy = type(model).from_pretrained(path).eval()
+        responses = _sample(
+            policy, tokenizer, eval_problems, per_candidate, generator["temperature"], seed + 2 + offset,
+            f"world: sampling best-of-N candidates ({name})",
+        )
+        records = _graded_records(eval_problems, responses, per_candidate, name)
+        write_records(records, directory / f"bon-{name}.jsonl")
+        stats[name] = {"records": len(records), "pass@1": sum(r.label for r in records) / len(records)}
+    return {
+        "settings": settings,
+        "stats": stats,
+        "seconds": {"pretrain": round(pretrain_seconds, 1), "total": round(time.perf_counter() - started, 1)},
+    }
