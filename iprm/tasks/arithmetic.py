@@ -133,7 +133,8 @@ def verify(problem: Problem, response: str) -> Verdict:
     verifier does, so a lucky wrong path can still be labelled correct.
     """
     values = problem.values()
-    lines = [line for line in response.split("\n") if line]
+    # Steps are the non-blank lines, stripped, exactly as `iprm.data.collate.split_steps` finds them.
+    lines = [line.strip() for line in response.split("\n") if line.strip()]
     step_labels, step_tags, answer = [], [], None
     for k, line in enumerate(lines):
         answer_match = ANSWER_PATTERN.match(line)

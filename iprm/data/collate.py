@@ -1,0 +1,222 @@
+"""Tokenisation and collation: one tokenisation with character offsets → token tensors and step ends.
+
+`prompt + response` is tokenised once, exactly as the model reads it, and step boundaries are found
+through the tokens' character offsets, never by tokenising steps separately (which would change the tokens
+at every boundary for BPE tokenizers). With offsets (s_t, e_t) of token t and the prompt's length P:
+
+    token t is a response token   ⇔  t ≥ 1 and e_t > P       (special tokens have (0, 0) and never are)
+    step k ends at token          max { t response token : s_t < end character of step k }
+
+so q_k, the sum of token log-ratios up to step k's end, covers every character of steps 1..k.
+"""
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from iprm.data.records import Record
+
+
+@dataclass
+class Encoded:
+    """One tokenised (prompt, response) pair.
+
+    Args:
+        input_ids: Token ids of `prompt + response`, special tokens included.
+        response_mask: Whether each token belongs to the response (its log-probability counts).
+        step_ends: Index of the last token of each (kept) step.
+        num_steps: Steps in the whole response, before truncation dropped any.
+    """
+
+    input_ids: list[int]
+    response_mask: list[bool]
+    step_ends: list[int]
+    num_steps: int = 0
+
+
+def split_steps(response: str, separator: str) -> list[tuple[int, int]]:
+    """Character spans (start, end) of the non-empty steps of `response`.
+
+    Separators and the whitespace around a step are left out, so a step ends at its last visible
+    character; empty or whitespace-only segments (e.g. from repeated separators) are not steps.
+    """
+    if not separator:
+        raise ValueError("the step separator must be a non-empty string")
+    spans, start = [], 0
+    for segment in response.split(separator):
+        text = segment.strip()
+        if text:
+            first = start + segment.index(text)
+            spans.append((first, first + len(text)))
+        start += len(segment) + len(separator)
+    return spans
+
+
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id used for right padding: the pad token, else end-of-sequence, else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def _tokenize(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str
+) -> tuple[list[int], list, list[bool]]:
+    """Token ids, character offsets and response mask of `prompt + response`."""
+    if not tokenizer.is_fast:
+        raise TypeError(
+            f"{type(tokenizer).__name__} is not a fast tokenizer; step ends need character offsets"
+        )
+    encoding = tokenizer(prompt + response, return_offsets_mapping=True, add_special_tokens=True)
+    offsets = encoding["offset_mapping"]
+    # Token 0 has no log-probability (nothing predicts it), so it never counts as a response token.
+    mask = [index >= 1 and end > len(prompt) for index, (_, end) in enumerate(offsets)]
+    return encoding["input_ids"], offsets, mask
+
+
+def _step_ends(offsets: list, mask: list[bool], spans: list[tuple[int, int]], shift: int) -> list[int]:
+    tokens = [index for index, is_response in enumerate(mask) if is_response]
+    starts = [offsets[index][0] for index in tokens]
+    ends = []
+    for _, end in spans:
+        position = bisect_left(starts, end + shift) - 1
+        if position < 0:
+            raise ValueError(f"no response token covers the step ending at character {end}")
+        ends.append(tokens[position])
+    return ends
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    separator: str,
+    max_length: int | None = None,
+) -> Encoded:
+    """Tokenise `prompt + response` once and locate the last token of every step.
+
+    Truncation to `max_length` tokens drops the steps whose last token is cut off; at least the first step
+    must fit, otherwise a ValueError says how many tokens it needs.
+    """
+    spans = split_steps(response, separator)
+    if not spans:
+        raise ValueError(f"response has no steps when split on {separator!r}: {response!r}")
+    input_ids, offsets, mask = _tokenize(tokenizer, prompt, response)
+    step_ends = _step_ends(offsets, mask, spans, shift=len(prompt))
+    if max_length is not None and len(input_ids) > max_length:
+        if step_ends[0] >= max_length:
+            raise ValueError(
+                f"max_length={max_length} cuts the first step: "
+                f"the prompt and the first step need {step_ends[0] + 1} tokens"
+            )
+        input_ids, mask = input_ids[:max_length], mask[:max_length]
+        step_ends = [end for end in step_ends if end < max_length]
+    return Encoded(input_ids, mask, step_ends, num_steps=len(spans))
+
+
+def pad(rows: list[list], value: int | bool, dtype: torch.dtype) -> Tensor:
+    """Right-pad variable-length rows into one [len(rows), longest] tensor."""
+    out = torch.full((len(rows), max([1, *map(len, rows)])), value, dtype=dtype)
+    for row, values in enumerate(rows):
+        out[row, : len(values)] = torch.tensor(values, dtype=dtype)
+    return out
+
+
+def _step_labels(record: Record, encoded: Encoded) -> list[int]:
+    """1/0 per kept step, −1 when the record has no step labels."""
+    if record.step_labels is None:
+        return [-1] * len(encoded.step_ends)
+    if len(record.step_labels) != encoded.num_steps:
+        raise ValueError(
+            f"instruction {record.instruction_id!r}: {len(record.step_labels)} step labels for "
+            f"{encoded.num_steps} steps; does the step separator match the data?"
+        )
+    return [int(label) for label in record.step_labels[: len(encoded.step_ends)]]
+
+
+def mismatched_partners(groups: list[int]) -> list[int]:
+    """For each item, the nearest later item (cyclically) from a different group."""
+    size = len(groups)
+    partners = []
+    for i, group in enumerate(groups):
+        offset = next((k for k in range(1, size) if groups[(i + k) % size] != group), None)
+        if offset is None:
+            raise ValueError("mismatched pairs need at least two instructions in every batch; got one")
+        partners.append((i + offset) % size)
+    return partners
+
+
+# Evaluation items carry these; they become batch tensors of the same name (answer_id → answer).
+EVAL_KEYS = {"problem": "problem", "candidate": "candidate", "answer_id": "answer"}
+
+
+class Collator:
+    """Turns a list of dataset items into right-padded tensors.
+
+    Items are dicts with `record` (a `Record`), `index` and `group` (integer instruction id), and for
+    evaluation sets also `problem`, `candidate` and `answer_id`. The batch holds `input_ids`,
+    `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
+    label); `labels`, `groups`, `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them.
+
+    Args:
+        tokenizer: A fast tokenizer (character offsets are needed to find step ends).
+        separator: The string between consecutive steps of a response.
+        max_length: Truncate each sequence to this many tokens, dropping steps that no longer fit.
+        mismatched_pairs: Also return `kl_input_ids`, `kl_attention_mask`, `kl_response_mask`: each item's
+            prompt with the response of an item from a different instruction (KTO's reference point).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        separator: str = "\n",
+        max_length: int | None = None,
+        mismatched_pairs: bool = False,
+    ):
+        self.tokenizer = tokenizer
+        self.separator = separator
+        self.max_length = max_length
+        self.mismatched_pairs = mismatched_pairs
+        self.pad_id = pad_token_id(tokenizer)
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
+        records: list[Record] = [item["record"] for item in items]
+        encoded = [
+            encode(self.tokenizer, r.prompt, r.response, self.separator, self.max_length) for r in records
+        ]
+        batch = self._sequences([e.input_ids for e in encoded], [e.response_mask for e in encoded])
+        batch["step_ends"] = pad([e.step_ends for e in encoded], -1, torch.long)
+        batch["step_labels"] = pad(
+            [_step_labels(r, e) for r, e in zip(records, encoded, strict=True)], -1, torch.long
+        )
+        batch["labels"] = torch.tensor([float(r.label) for r in records])
+        batch["groups"] = torch.tensor([item["group"] for item in items], dtype=torch.long)
+        batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
+        for key, name in EVAL_KEYS.items():
+            if all(key in item for item in items):
+                batch[name] = torch.tensor([item[key] for item in items], dtype=torch.long)
+        if self.mismatched_pairs:
+            batch.update(self._mismatched(records, batch["groups"].tolist()))
+        return batch
+
+    def _sequences(
+        self, ids: list[list[int]], masks: list[list[bool]], prefix: str = ""
+    ) -> dict[str, Tensor]:
+        return {
+            f"{prefix}input_ids": pad(ids, self.pad_id, torch.long),
+            f"{prefix}attention_mask": pad([[1] * len(row) for row in ids], 0, torch.long),
+            f"{prefix}response_mask": pad(masks, False, torch.bool),
+        }
+
+    def _mismatched(self, records: list[Record], groups: list[int]) -> dict[str, Tensor]:
+        ids, masks = [], []
+        for record, partner in zip(records, mismatched_partners(groups), strict=True):
+            input_ids, _, mask = _tokenize(self.tokenizer, record.prompt, records[partner].response)
+            ids.append(input_ids[: self.max_length])
+            masks.append(mask[: self.max_length])
+        return self._sequences(ids, masks, prefix="kl_")

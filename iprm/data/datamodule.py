@@ -1,0 +1,454 @@
+"""The LightningDataModule: records → training knobs → batches of whole instruction groups.
+
+Training batches always hold every response of the instructions they contain, because the pairwise
+objectives (DPO, NCA) pair correct with incorrect responses *within* an instruction and KTO's reference
+point pairs a prompt with another instruction's response. The training-set knobs apply in a fixed order:
+
+    deduplicate → instruction_fraction → responses_per_instruction → balance
+
+and `summary` records the count after each.
+"""
+
+import logging
+import math
+import random
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from iprm.data.collate import Collator
+from iprm.data.official import load_official_candidates, looks_official
+from iprm.data.records import Record, load_records
+
+log = logging.getLogger(__name__)
+
+Balance = Literal["none", "dataset", "instruction"]
+
+
+def load_data(path: str | Path, source: str | None = None) -> list[Record]:
+    """Load records from any supported file: the official JSON-list format or `load_records`' formats."""
+    if looks_official(path):
+        return load_official_candidates(path, source)
+    return load_records(path, source)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training-set knobs: pure functions of a record list, each keeping file order.
+
+
+def by_instruction(records: list[Record]) -> dict[str, list[int]]:
+    """Record positions per instruction id, instructions in first-appearance order."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for position, record in enumerate(records):
+        groups[record.instruction_id].append(position)
+    return dict(groups)
+
+
+def _keep(records: list[Record], positions: set[int]) -> list[Record]:
+    return [record for position, record in enumerate(records) if position in positions]
+
+
+def drop_duplicates(records: list[Record]) -> list[Record]:
+    """Drop each response identical to an earlier response to the same instruction."""
+    seen: set[tuple[str, str]] = set()
+    kept = []
+    for record in records:
+        key = (record.instruction_id, record.response)
+        if key not in seen:
+            seen.add(key)
+            kept.append(record)
+    return kept
+
+
+def subsample_instructions(records: list[Record], fraction: float, seed: int) -> list[Record]:
+    """Keep a seeded random `fraction` of the instructions (at least one).
+
+    The instructions are shuffled once and a prefix is kept, so smaller fractions are subsets of larger ones
+    under the same seed (data-scaling curves compare nested training sets).
+    """
+    instructions = list(by_instruction(records))
+    random.Random(seed).shuffle(instructions)
+    kept = set(instructions[: max(1, round(fraction * len(instructions)))])
+    return [record for record in records if record.instruction_id in kept]
+
+
+def first_per_instruction(records: list[Record], k: int) -> list[Record]:
+    """Keep the first `k` responses of every instruction, in file order."""
+    return _keep(records, {p for positions in by_instruction(records).values() for p in positions[:k]})
+
+
+def _sample(positions: list[int], k: int, rng: random.Random) -> list[int]:
+    shuffled = list(positions)
+    rng.shuffle(shuffled)
+    return shuffled[:k]
+
+
+def balance_dataset(records: list[Record], seed: int) -> list[Record]:
+    """Subsample the majority class (seeded) to the minority class's count over the whole dataset."""
+    positives = [p for p, record in enumerate(records) if record.label]
+    negatives = [p for p, record in enumerate(records) if not record.label]
+    count, rng = min(len(positives), len(negatives)), random.Random(seed)
+    return _keep(records, {*_sample(positives, count, rng), *_sample(negatives, count, rng)})
+
+
+def balance_instructions(records: list[Record], seed: int) -> list[Record]:
+    """Within each instruction keep min(#correct, #incorrect) of each class; one-class instructions go."""
+    rng, kept = random.Random(seed), set()
+    for positions in by_instruction(records).values():
+        positives = [p for p in positions if records[p].label]
+        negatives = [p for p in positions if not records[p].label]
+        count = min(len(positives), len(negatives))
+        kept.update(_sample(positives, count, rng), _sample(negatives, count, rng))
+    return _keep(records, kept)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Samplers: instruction order per epoch, then batches of whole instruction groups sharded across ranks.
+
+
+class InstructionSampler(Sampler[int]):
+    """The order of instructions in one epoch: a permutation seeded by (seed, epoch), or file order."""
+
+    def __init__(self, num_instructions: int, shuffle: bool = True, seed: int = 0):
+        self.num_instructions = num_instructions
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        if not self.shuffle:
+            return iter(range(self.num_instructions))
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.num_instructions, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_instructions
+
+
+class InstructionBatchSampler(Sampler[list[int]]):
+    """Batches of whole instruction groups, sharded across ranks.
+
+    Each batch holds every item of `instructions_per_batch` instructions; a lone instruction left over at
+    the end of an epoch joins the previous batch, so that every batch offers other instructions' responses
+    for mismatched pairs. Batch j of the epoch goes to rank j mod num_replicas; the list wraps around so
+    every rank gets the same number of batches (DDP hangs otherwise).
+
+    Args:
+        groups: Item indices of each instruction.
+        instructions_per_batch: Instructions per batch on each rank.
+        shuffle: Reshuffle the instruction order every epoch (seeded by `seed` and the epoch).
+        seed: Seed of the instruction order.
+        num_replicas: Number of ranks sharing the data.
+        rank: This rank, in [0, num_replicas).
+    """
+
+    def __init__(
+        self,
+        groups: list[list[int]],
+        instructions_per_batch: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if not groups or not all(groups):
+            raise ValueError("every instruction group must hold at least one item, and there must be one")
+        if instructions_per_batch < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"bad sampler settings: {instructions_per_batch=}, {rank=}, {num_replicas=}")
+        self.groups = groups
+        self.instructions_per_batch = instructions_per_batch
+        self.num_replicas = num_replicas
+        self.rank = rank
+        # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
+        self.sampler = InstructionSampler(len(groups), shuffle, seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def _instruction_batches(self) -> list[list[int]]:
+        order, size = list(self.sampler), self.instructions_per_batch
+        batches = [order[start : start + size] for start in range(0, len(order), size)]
+        if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+            lone = batches.pop()
+            batches[-1] = batches[-1] + lone
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._instruction_batches()
+        wrapped = [batches[j % len(batches)] for j in range(len(self) * self.num_replicas)]
+        for instructions in wrapped[self.rank :: self.num_replicas]:
+            yield [item for instruction in instructions for item in self.groups[instruction]]
+
+    def __len__(self) -> int:
+        count, size = len(self.groups), self.instructions_per_batch
+        batches = math.ceil(count / size) - (size > 1 and count > size and count % size == 1)
+        return math.ceil(batches / self.num_replicas)
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def eval_items(records: list[Record]) -> list[dict[str, Any]]:
+    """Dataset items for a best-of-N candidate set: problem, candidate and per-problem answer ids."""
+    problems: dict[str, int] = {}
+    candidates: dict[int, int] = defaultdict(int)
+    answers: dict[int, dict[str, int]] = defaultdict(dict)
+    items = []
+    for index, record in enumerate(records):
+        problem = problems.setdefault(record.instruction_id, len(problems))
+        answer = (record.answer or "").strip()
+        # A missing or empty answer gets −1 so it never wins a vote.
+        answer_id = answers[problem].setdefault(answer, len(answers[problem])) if answer else -1
+        items.append(
+            {
+                "record": record,
+                "index": index,
+                "group": problem,
+                "problem": problem,
+                "candidate": candidates[problem],
+                "answer_id": answer_id,
+            }
+        )
+        candidates[problem] += 1
+    return items
+
+
+class PRMDataModule(L.LightningDataModule):
+    """Outcome-labelled responses for training an implicit PRM, and best-of-N candidate sets to evaluate it.
+
+    Args:
+        model_path: Directory or hub id of the starting checkpoint and its tokenizer; with `world`, the
+            world's reference policy unless given.
+        train_path: Training records (JSON lines, parquet, or the official JSON list); with `world`, the
+            world's rollouts unless given.
+        extra_train_paths: More training files, concatenated after `train_path`; records without a
+            `source` take the file's stem.
+        eval_paths: Name → best-of-N candidate file; one validation/test dataloader per entry, in this order.
+            With `world`, the world's evaluation sets unless given.
+        predict_path: Records to score with `predict`.
+        world: A controlled world (anything with `build()`, `model_path`, `train_path`, `eval_paths`); built
+            (or found in its cache) by `prepare_data`, it supplies the paths not given here.
+        instruction_fraction: Fraction of training instructions kept (seeded; smaller fractions are subsets
+            of larger ones).
+        responses_per_instruction: Keep the first k responses of each instruction (all when None).
+        balance: "dataset": subsample the majority label to the minority's count; "instruction": keep
+            min(#correct, #incorrect) of each label per instruction, dropping one-label instructions.
+        deduplicate: Drop responses identical to an earlier response to the same instruction.
+        instructions_per_batch: Instructions per training batch on each device; a batch holds all of their
+            responses.
+        eval_batch_size: Responses per evaluation and prediction batch.
+        step_separator: The string between consecutive steps of a response.
+        max_length: Truncate sequences to this many tokens, dropping steps that no longer fit.
+        mismatched_pairs: Also collate each prompt with another instruction's response (KTO's reference
+            point).
+        num_workers: DataLoader worker processes.
+        seed: Seed of the knobs' subsampling and of the instruction order.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        train_path: str | None = None,
+        extra_train_paths: list[str] | None = None,
+        eval_paths: dict[str, str] | None = None,
+        predict_path: str | None = None,
+        world: Any | None = None,
+        instruction_fraction: float = 1.0,
+        responses_per_instruction: int | None = None,
+        balance: Balance = "none",
+        deduplicate: bool = False,
+        instructions_per_batch: int = 8,
+        eval_batch_size: int = 64,
+        step_separator: str = "\n",
+        max_length: int | None = None,
+        mismatched_pairs: bool = False,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.world = world
+        # Read by the CLI right after instantiation, so it must come from the world without building it.
+        self.model_path = model_path if model_path is not None or world is None else world.model_path
+        self.train_path = train_path if train_path is not None or world is None else world.train_path
+        self.extra_train_paths = list(extra_train_paths or [])
+        self.eval_paths = dict(eval_paths or (world.eval_paths if world is not None else {}))
+        self.predict_path = predict_path
+        self.instruction_fraction = instruction_fraction
+        self.responses_per_instruction = responses_per_instruction
+        self.balance = balance
+        self.deduplicate = deduplicate
+        self.instructions_per_batch = instructions_per_batch
+        self.eval_batch_size = eval_batch_size
+        self.step_separator = step_separator
+        self.max_length = max_length
+        self.mismatched_pairs = mismatched_pairs
+        self.num_workers = num_workers
+        self.seed = seed
+        self.summary: dict[str, int] = {}
+        self._tokenizer: PreTrainedTokenizerBase | None = None
+        self._train: list[Record] | None = None
+        self._eval: dict[str, list[Record]] | None = None
+        self._predict: list[Record] | None = None
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        """Reject settings that could only fail later, deep inside a run."""
+        problems = []
+        if not 0 < self.instruction_fraction <= 1:
+            problems.append(f"instruction_fraction must be in (0, 1], got {self.instruction_fraction}")
+        if self.responses_per_instruction is not None and self.responses_per_instruction < 1:
+            problems.append(
+                f"responses_per_instruction must be at least 1, got {self.responses_per_instruction}"
+            )
+        if self.balance not in ("none", "dataset", "instruction"):
+            problems.append(f"balance must be 'none', 'dataset' or 'instruction', got {self.balance!r}")
+        if self.instructions_per_batch < 1 or self.eval_batch_size < 1:
+            problems.append("instructions_per_batch and eval_batch_size must be positive")
+        if self.max_length is not None and self.max_length < 2:
+            problems.append(f"max_length must be at least 2 tokens, got {self.max_length}")
+        if self.mismatched_pairs and self.instructions_per_batch < 2:
+            problems.append("mismatched_pairs needs instructions_per_batch >= 2 (pairs cross instructions)")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    # -- loading ------------------------------------------------------------------------------------------
+
+    def prepare_data(self) -> None:
+        if self.world is not None:
+            self.world.build()
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._tokenizer is None:
+            if self.model_path is None:
+                raise ValueError("data.model_path is required (or a world that supplies it)")
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if stage in (None, "fit") and self._train is None:
+            self._train = self._load_train()
+        if stage in (None, "fit", "validate", "test") and self._eval is None:
+            self._eval = {name: load_data(path) for name, path in self.eval_paths.items()}
+        if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
+            self._predict = load_data(self.predict_path)
+
+    def _load_train(self) -> list[Record]:
+        if self.train_path is None:
+            raise ValueError("data.train_path is required to fit (or a world that supplies it)")
+        records = load_data(self.train_path)
+        for path in self.extra_train_paths:
+            records += load_data(path, source=Path(path).stem)
+        records = self._apply_knobs(records)
+        if not records:
+            raise ValueError(f"the training set is empty after the data knobs: {self.summary}")
+        return records
+
+    def _knobs(self) -> list[tuple[str, Callable[[list[Record]], list[Record]] | None]]:
+        """The training-set knobs in the order they apply; None where a knob is off."""
+        fraction, k, seed = self.instruction_fraction, self.responses_per_instruction, self.seed
+        balance = {"dataset": balance_dataset, "instruction": balance_instructions}.get(self.balance)
+        return [
+            ("deduplicate", drop_duplicates if self.deduplicate else None),
+            (
+                "instruction_fraction",
+                partial(subsample_instructions, fraction=fraction, seed=seed) if fraction < 1 else None,
+            ),
+            ("responses_per_instruction", partial(first_per_instruction, k=k) if k is not None else None),
+            ("balance", partial(balance, seed=seed) if balance else None),
+        ]
+
+    def _apply_knobs(self, records: list[Record]) -> list[Record]:
+        self.summary = {"loaded": len(records)}
+        for name, knob in self._knobs():
+            if knob is not None:
+                records = knob(records)
+            self.summary[f"after_{name}"] = len(records)
+        self.summary["instructions"] = len(by_instruction(records))
+        self.summary["correct"] = sum(record.label for record in records)
+        self.summary["incorrect"] = len(records) - self.summary["correct"]
+        log.info("training data: %s", ", ".join(f"{key}={value}" for key, value in self.summary.items()))
+        return records
+
+    # -- public views -------------------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        if self._tokenizer is None:
+            raise RuntimeError("call setup() first: the tokenizer is loaded there")
+        return self._tokenizer
+
+    @property
+    def train_records(self) -> list[Record]:
+        if self._train is None:
+            raise RuntimeError("call setup('fit') first: the training records are loaded there")
+        return self._train
+
+    @property
+    def eval_records(self) -> dict[str, list[Record]]:
+        if self._eval is None:
+            raise RuntimeError("call setup() first: the evaluation records are loaded there")
+        return self._eval
+
+    def train_items(self) -> list[dict[str, Any]]:
+        """Training dataset items: the record, its index and its integer instruction id (`group`)."""
+        instructions: dict[str, int] = {}
+        return [
+            {"record": r, "index": i, "group": instructions.setdefault(r.instruction_id, len(instructions))}
+            for i, r in enumerate(self.train_records)
+        ]
+
+    def train_labels_and_groups(self) -> tuple[Tensor, Tensor]:
+        """Outcome labels (float) and integer instruction ids of the whole training set, by index."""
+        items = self.train_items()
+        labels = torch.tensor([float(item["record"].label) for item in items])
+        return labels, torch.tensor([item["group"] for item in items], dtype=torch.long)
+
+    # -- dataloaders --------------------------------------------------------------------------------------
+
+    def _collator(self, mismatched_pairs: bool = False) -> Collator:
+        return Collator(self.tokenizer, self.step_separator, self.max_length, mismatched_pairs)
+
+    def _ranks(self) -> tuple[int, int]:
+        # Lightning leaves our batch sampler alone (use_distributed_sampler=False), so it shards itself.
+        if self.trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.trainer.global_rank
+
+    def train_dataloader(self) -> DataLoader:
+        items = self.train_items()
+        groups: dict[int, list[int]] = defaultdict(list)
+        for item in items:
+            groups[item["group"]].append(item["index"])
+        num_replicas, rank = self._ranks()
+        sampler = InstructionBatchSampler(
+            list(groups.values()), self.instructions_per_batch, True, self.seed, num_replicas, rank
+        )
+        return DataLoader(
+            items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
+        )
+
+    def _workers(self) -> dict[str, Any]:
+        return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
+
+    def _sequential(self, records: list[Record]) -> DataLoader:
+        collator = self._collator()
+        return DataLoader(eval_items(records), self.eval_batch_size, collate_fn=collator, **self._workers())
+
+    def val_dataloader(self) -> list[DataLoader]:
+        return [self._sequential(records) for records in self.eval_records.values()]
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        if self._predict is None:
+            raise ValueError("data.predict_path is required to predict")
+        return self._sequential(self._predict)

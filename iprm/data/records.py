@@ -1,0 +1,200 @@
+"""The record schema every data source is turned into, its validation, and its loaders.
+
+A `Record` is one response to one instruction with its outcome label (is the final answer right?), and,
+where known, the label of every step. Files in any supported format are validated row by row, so a bad
+input stops with a `RecordError` naming the file, the line (or row) and the field:
+
+    rollouts.jsonl:17: field 'label': expected a boolean, got 'yes'
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+# Formats read through a `datasets` builder rather than line by line.
+DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
+JSON_LINES = {".jsonl", ".json"}
+
+
+class RecordError(ValueError):
+    """A data file does not hold valid records; the message names the file, line (or row) and field."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One response to one instruction, with its outcome label and optional step annotations.
+
+    Args:
+        instruction_id: Identifies the instruction (problem); responses sharing it form a group.
+        prompt: The instruction text, exactly as the model sees it before the response.
+        response: The response text; steps are separated by the data module's `step_separator`.
+        label: Outcome label: whether the final answer is correct.
+        answer: The extracted final answer, used for majority voting; None when none was found.
+        source: Which data source the record came from (e.g. a generator or a file stem).
+        step_labels: Ground-truth correctness of each step, where known.
+        step_tags: Optional per-step annotation (e.g. the misconception applied), "" for none;
+            as long as `step_labels` when both are given.
+    """
+
+    instruction_id: str
+    prompt: str
+    response: str
+    label: bool
+    answer: str | None = None
+    source: str = "default"
+    step_labels: tuple[bool, ...] | None = None
+    step_tags: tuple[str, ...] | None = None
+
+
+class _FieldError(Exception):
+    """A field-level problem; loaders add the location before it reaches the user."""
+
+    def __init__(self, field: str | None, problem: str):
+        super().__init__(problem if field is None else f"field '{field}': {problem}")
+
+
+def _expect(data: Mapping[str, Any], field: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = data[field]
+    # bool is an int subclass; a JSON `true` must never pass as an integer id and vice versa.
+    if isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds):
+        raise _FieldError(field, f"expected {what}, got {value!r}")
+    return value
+
+
+def _optional_list(data: Mapping[str, Any], field: str, kind: type, what: str) -> tuple | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(item, kind) for item in value):
+        raise _FieldError(field, f"expected a list of {what}, got {value!r}")
+    return tuple(value)
+
+
+def _check_required(data: Mapping[str, Any]) -> None:
+    for field in ("instruction_id", "prompt", "response", "label"):
+        if field not in data or data[field] is None:
+            raise _FieldError(field, "missing required field")
+
+
+def _parse(data: Any, source: str | None) -> Record:
+    """Validate one mapping and build its `Record`; raises `_FieldError` without a location."""
+    if not isinstance(data, Mapping):
+        raise _FieldError(None, f"expected a JSON object, got {type(data).__name__}")
+    _check_required(data)
+    instruction_id = _expect(data, "instruction_id", (str, int), "a string or an integer")
+    response = _expect(data, "response", (str,), "a string")
+    if not response.strip():
+        raise _FieldError("response", "empty response")
+    step_labels = _optional_list(data, "step_labels", bool, "booleans")
+    step_tags = _optional_list(data, "step_tags", str, "strings")
+    if step_labels is not None and step_tags is not None and len(step_tags) != len(step_labels):
+        raise _FieldError("step_tags", f"{len(step_tags)} tags for {len(step_labels)} step labels")
+    answer = data.get("answer")
+    if answer is not None:
+        answer = _expect(data, "answer", (str,), "a string or null")
+    record_source = data.get("source")
+    if record_source is not None:
+        record_source = _expect(data, "source", (str,), "a string")
+    return Record(
+        instruction_id=str(instruction_id),
+        prompt=_expect(data, "prompt", (str,), "a string"),
+        response=response,
+        label=_expect(data, "label", (bool,), "a boolean"),
+        answer=answer,
+        source=record_source or source or "default",
+        step_labels=step_labels,
+        step_tags=step_tags,
+    )
+
+
+def parse_record(data: Mapping[str, Any], where: str = "<record>", source: str | None = None) -> Record:
+    """Validate one mapping with the JSON field names of `Record`; errors are prefixed with `where`.
+
+    `source` fills in records that do not name their own. `instruction_id` may be an integer.
+    """
+    try:
+        return _parse(data, source)
+    except _FieldError as error:
+        raise RecordError(f"{where}: {error}") from None
+
+
+def _load_json_lines(path: Path, source: str | None) -> list[Record]:
+    records = []
+    with path.open(encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as error:
+                hint = (
+                    " (a JSON array? records are one JSON object per line)"
+                    if line.lstrip()[:1] == "["
+                    else ""
+                )
+                raise RecordError(f"{path}:{number}: malformed JSON: {error.msg}{hint}") from None
+            records.append(parse_record(data, f"{path}:{number}", source))
+    return records
+
+
+def records_from_dataset(dataset: datasets.Dataset, name: str, source: str | None = None) -> list[Record]:
+    """Validate every row of a `datasets.Dataset`; errors name `name` and the 1-based row."""
+    return [parse_record(row, f"{name}: row {number}", source) for number, row in enumerate(dataset, start=1)]
+
+
+def _load_with_datasets(path: Path, source: str | None) -> list[Record]:
+    builder = DATASET_BUILDERS.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+    # A throwaway cache: loading must leave nothing behind (the default cache lives in the home directory).
+    with tempfile.TemporaryDirectory() as cache_dir:
+        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+        return records_from_dataset(dataset, str(path), source)
+
+
+def load_records(path: str | Path, source: str | None = None) -> list[Record]:
+    """Load and validate records from `.jsonl`/`.json` (JSON lines), `.parquet` or another `datasets` format.
+
+    Args:
+        path: The file to read. Blank JSON lines are skipped.
+        source: The `source` of records that do not name one (default: "default").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no records file at {path}")
+    if path.suffix.lower() in JSON_LINES:
+        return _load_json_lines(path, source)
+    return _load_with_datasets(path, source)
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """The JSON form of a record: tuples as lists, and fields at their default left out.
+
+    Leaving defaults out keeps files short and lets a loader's `source` fill in records that never had one.
+    """
+    data = {}
+    for field in fields(Record):
+        value = getattr(record, field.name)
+        if field.default is MISSING or value != field.default:
+            data[field.name] = list(value) if isinstance(value, tuple) else value
+    return data
+
+
+def write_records(records: Iterable[Record], path: str | Path) -> None:
+    """Write records as JSON lines, atomically: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # The temporary file must be on the same file system for os.replace to be atomic.
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            for record in records:
+                file.write(json.dumps(record_to_dict(record), ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
