@@ -94,7 +94,7 @@ class ImplicitPRM(L.LightningModule):
             return
         if self.hparams.model_path is None:
             raise ValueError("model.model_path is not set: give data.model_path (or a data.world)")
-        self.policy = self._load(self.hparams.model_path)
+        self.policy = self._load(self.hparams.model_path).train()
         needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
         if needs_reference:
             self.reference = self._load(self.hparams.reference_path or self.hparams.model_path)
@@ -112,8 +112,21 @@ class ImplicitPRM(L.LightningModule):
             raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
 
     def on_fit_start(self) -> None:
-        labels, groups = self.trainer.datamodule.train_labels_and_groups()
+        datamodule = self.trainer.datamodule
+        labels, groups = datamodule.train_labels_and_groups()
         self.objective.observe_dataset(labels, groups)
+        stats = {f"data/{key}": float(value) for key, value in datamodule.summary.items()}
+        if self.objective.pairwise:
+            positives = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, labels.float())
+            sizes = torch.bincount(groups, minlength=len(positives)).float()
+            unpaired = int((((positives == 0) | (positives == sizes)) & (sizes > 0)).sum())
+            stats["data/unpaired_instructions"] = float(unpaired)
+            log.warning(
+                "%d of %d training instructions have no (correct, incorrect) pair and contribute nothing "
+                "under %s", unpaired, int((sizes > 0).sum()), type(self.objective).__name__,
+            )
+        if self.logger is not None:
+            self.logger.log_metrics(stats, step=0)
 
     def on_fit_end(self) -> None:
         if not self.trainer.is_global_zero:

@@ -27,6 +27,7 @@ class Objective(nn.Module):
     """
 
     requires_kl: bool = False  # True: the batch must carry `kl_logratio` from mismatched pairs
+    pairwise: bool = False  # True: only instructions with a (correct, incorrect) pair contribute
 
     def __init__(self, beta: float = 0.05) -> None:
         super().__init__()
@@ -125,6 +126,8 @@ class DPO(Objective):
         beta: scale of the implicit reward r = β·log π_θ/π_ref.
     """
 
+    pairwise = True
+
     def forward(
         self, logratio: Tensor, labels: Tensor, groups: Tensor, kl_logratio: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
@@ -143,6 +146,8 @@ class NCA(Objective):
     Args:
         beta: scale of the implicit reward r = β·log π_θ/π_ref.
     """
+
+    pairwise = True
 
     def forward(
         self, logratio: Tensor, labels: Tensor, groups: Tensor, kl_logratio: Tensor | None = None

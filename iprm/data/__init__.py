@@ -1,22 +1,4 @@
-"""Data: the record schema and loaders, collation into token tensors with step ends, and the DataModule."""
-
-from iprm.data.collate import Collator, Encoded, encode, split_steps
-from iprm.data.datamodule import InstructionBatchSampler, PRMDataModule
-from iprm.data.official import grade, load_official_candidates
-from iprm.data.records import Record, RecordError, load_records, records_from_dataset, write_records
-
-__all__ = [
-    "Collator",
-    "Encoded",
-    "InstructionBatchSampler",
-    "PRMDataModule",
-    "Record",
-    "RecordError",
-    "encode",
-    "grade",
-    "load_official_candidates",
-    "load_records",
-    "records_from_dataset",
-    "split_steps",
-    "write_records",
-]
+"""Data: the record schema and loaders (`records`), collation into token tensors with step ends
+(`collate`), the official candidate format and math-verify grading (`official`), and the DataModule
+(`datamodule`). Import from the submodules; this package imports nothing so that the world builder and
+the data module can depend on each other's pieces without a cycle."""

@@ -27,6 +27,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 from iprm.data.collate import Collator
 from iprm.data.official import load_official_candidates, looks_official
 from iprm.data.records import Record, load_records
+from iprm.tasks.world import World
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ class PRMDataModule(L.LightningDataModule):
         eval_paths: Name → best-of-N candidate file; one validation/test dataloader per entry, in this order.
             With `world`, the world's evaluation sets unless given.
         predict_path: Records to score with `predict`.
-        world: A controlled world (anything with `build()`, `model_path`, `train_path`, `eval_paths`); built
+        world: The controlled arithmetic world (`iprm.tasks.world.World`); built
             (or found in its cache) by `prepare_data`, it supplies the paths not given here.
         instruction_fraction: Fraction of training instructions kept (seeded; smaller fractions are subsets
             of larger ones).
@@ -263,7 +264,7 @@ class PRMDataModule(L.LightningDataModule):
         extra_train_paths: list[str] | None = None,
         eval_paths: dict[str, str] | None = None,
         predict_path: str | None = None,
-        world: Any | None = None,
+        world: World | None = None,
         instruction_fraction: float = 1.0,
         responses_per_instruction: int | None = None,
         balance: Balance = "none",
@@ -390,6 +391,12 @@ class PRMDataModule(L.LightningDataModule):
         if self._train is None:
             raise RuntimeError("call setup('fit') first: the training records are loaded there")
         return self._train
+
+    @property
+    def predict_records(self) -> list[Record]:
+        if self._predict is None:
+            raise RuntimeError("call setup('predict') with data.predict_path set first")
+        return self._predict
 
     @property
     def eval_records(self) -> dict[str, list[Record]]:

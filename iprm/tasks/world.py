@@ -48,10 +48,12 @@ class Generator:
     temperature: float = 1.0
 
 
+# Measured on the default world: pass@1 of a 0.25 / 0.5 snapshot was 0.04 / 0.14, the final policy 0.56 at
+# temperature 1; lower temperature removes most sampling noise but not the misconception it believes in.
 DEFAULT_GENERATORS = {
-    "weak": Generator(fraction=0.1, temperature=1.0),
-    "medium": Generator(fraction=0.3, temperature=1.0),
-    "strong": Generator(fraction=1.0, temperature=1.0),
+    "weak": Generator(fraction=0.6, temperature=1.0),
+    "medium": Generator(fraction=1.0, temperature=1.0),
+    "strong": Generator(fraction=1.0, temperature=0.5),
 }
 
 
@@ -87,8 +89,8 @@ class World:
         seed: int = 0,
         min_steps: int = 3,
         max_steps: int = 5,
-        max_value: int = 199,
-        misconception_rate: float = 0.5,
+        max_value: int = 99,
+        misconception_rate: float = 0.4,
         pretrain_problems: int = 20000,
         pretrain_epochs: int = 3,
         pretrain_batch_size: int = 64,
@@ -166,8 +168,14 @@ class World:
 
 
 def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str]) -> list[Problem]:
-    problems = []
+    problems, attempts = [], 0
     while len(problems) < count:
+        attempts += 1
+        if attempts > 100 * count + 10_000:
+            raise ValueError(
+                f"could not draw {count} distinct problems: the settings allow too few "
+                "(raise max_value or max_steps, or ask for fewer problems)"
+            )
         problem = sample_problem(rng, settings["min_steps"], settings["max_steps"], settings["max_value"])
         if problem.prompt not in exclude:
             exclude.add(problem.prompt)
@@ -179,12 +187,14 @@ def _graded_records(problems: list[Problem], responses: list[str], per_problem: 
     records = []
     for i, response in enumerate(responses):
         problem = problems[i // per_problem]
+        # An immediate EOS is a (wrong) answer too; records need a non-empty response to score.
+        response = response if response.strip() else "A:"
         verdict = verify(problem, response)
         records.append(
             Record(
                 instruction_id=problem.prompt.strip(),
                 prompt=problem.prompt,
-                response=response if response.strip() else "A:",
+                response=response,
                 label=verdict.label,
                 answer=verdict.answer,
                 source=source,

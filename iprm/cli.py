@@ -1,0 +1,39 @@
+"""The command line: `python -m iprm {fit,validate,test,predict} --config … [--config overlay …] [--a.b value]`.
+
+A `LightningCLI` over `ImplicitPRM` and `PRMDataModule`. Configs compose left to right; any value can be
+overridden with a dotted flag. `data.model_path` (the starting checkpoint and its tokenizer) is linked into
+the model, so data and model can never disagree on the tokenizer. The evaluation callback and the
+prediction writer are always present, configured under `evaluation.*` and `prediction.*`.
+"""
+
+from lightning.pytorch.cli import LightningCLI
+
+from iprm.data.datamodule import PRMDataModule
+from iprm.eval.callback import BestOfNEvaluation
+from iprm.module import ImplicitPRM
+from iprm.predict import PredictionWriter
+
+
+class IPRMCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.model_path", "model.model_path", apply_on="instantiate")
+        parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
+        parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+
+def main(args: list[str] | None = None) -> IPRMCLI:
+    return IPRMCLI(
+        ImplicitPRM,
+        PRMDataModule,
+        args=args,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            # Batches hold whole instruction groups; the data module shards them across ranks itself.
+            "use_distributed_sampler": False,
+            "num_sanity_val_steps": 0,
+            "logger": {
+                "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                "init_args": {"save_dir": "runs", "name": "iprm"},
+            },
+        },
+    )

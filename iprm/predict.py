@@ -1,0 +1,54 @@
+"""Write per-step and per-response scores of every predicted record to JSONL, atomically.
+
+Each output line is the input record plus `step_scores` (`single` and `accumulative` lists, one value per
+step) and `scores` (the response score under every scorer of `iprm.module.scorer_names`). The file is
+written to a temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+
+
+def _finite(values: torch.Tensor) -> list[float]:
+    return [float(v) for v in values if not math.isnan(float(v))]
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes `python -m iprm predict` results.
+
+    Args:
+        output_path: the JSONL file to write; None writes `<log_dir>/predictions.jsonl`.
+    """
+
+    def __init__(self, output_path: str | None = None):
+        super().__init__(write_interval="epoch")
+        self.output_path = output_path
+
+    def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
+        from iprm.module import scorer_names
+
+        if trainer.world_size > 1:
+            raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
+        records = trainer.datamodule.predict_records
+        path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        names = scorer_names()
+        handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
+        with handle:
+            for batch in predictions:
+                for row, index in enumerate(batch["index"].tolist()):
+                    line = dataclasses.asdict(records[index])
+                    line["step_scores"] = {
+                        mode: _finite(batch[f"step_scores/{mode}"][row]) for mode in ("single", "accumulative")
+                    }
+                    line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
+                    handle.write(json.dumps(line) + "\n")
+        os.replace(handle.name, path)

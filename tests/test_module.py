@@ -1,0 +1,97 @@
+"""The LightningModule: what one optimiser step touches, the reference cache, the invariants of the paper."""
+
+import math
+
+import pytest
+import torch
+
+from iprm.data.collate import Collator
+from iprm.data.records import Record
+from iprm.module import ImplicitPRM, scorer_names
+from iprm.objectives import CE, DPO
+
+
+def _batch(tokenizer) -> dict:
+    records = [
+        Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),
+        Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False),
+        Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),
+        Record("b", "Q:40*2-9\n", "40*2=80\n80-9=79\nA:79", False),
+    ]
+    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(records)]
+    return Collator(tokenizer, separator="\n")(items)
+
+
+def _module(tiny_model_dir: str, objective, **kwargs) -> ImplicitPRM:
+    module = ImplicitPRM(model_path=tiny_model_dir, objective=objective, lr=1e-2, **kwargs)
+    module.configure_model()
+    return module
+
+
+def test_one_step_changes_every_policy_parameter_and_no_reference_parameter(tiny_model_dir, char_tokenizer):
+    module = _module(tiny_model_dir, DPO(beta=1.0))
+    batch = _batch(char_tokenizer)
+    policy_before = {k: v.clone() for k, v in module.policy.state_dict().items()}
+    reference_before = {k: v.clone() for k, v in module.reference.state_dict().items()}
+    optimizer = torch.optim.SGD(module.policy.parameters(), lr=1.0)
+    # Perturb the policy first: at policy == reference every DPO gradient is symmetric but not zero.
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    optimizer.step()
+    unchanged = [k for k, v in module.policy.state_dict().items() if torch.equal(v, policy_before[k])]
+    assert unchanged == [], f"policy parameters the step did not change: {unchanged}"
+    for key, value in module.reference.state_dict().items():
+        assert torch.equal(value, reference_before[key]), key
+    assert all(not p.requires_grad for p in module.reference.parameters())
+
+
+def test_policy_equal_to_reference_gives_zero_rewards_and_dpo_ln2(tiny_model_dir, char_tokenizer):
+    module = _module(tiny_model_dir, DPO(beta=0.3))
+    batch = _batch(char_tokenizer)
+    loss = module.training_step(batch, 0)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    scored = module.score(batch, "eval0")
+    for mode in ("single", "accumulative"):
+        steps = scored[f"step_scores/{mode}"]
+        assert torch.all(steps[~steps.isnan()] == 0)
+    prm_columns = [i for i, name in enumerate(scorer_names()) if name.startswith("prm_")]
+    assert torch.all(scored["scores"][:, prm_columns] == 0)
+
+
+def test_cached_reference_equals_live_reference(tiny_model_dir, char_tokenizer):
+    batch = _batch(char_tokenizer)
+    module = _module(tiny_model_dir, CE(beta=0.5))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    first = module.training_step(batch, 0)
+    assert len(module._reference_cache) == 4
+    # Poison the reference: a second step must read the cache, not recompute.
+    with torch.no_grad():
+        for p in module.reference.parameters():
+            p.mul_(0)
+    second = module.training_step(batch, 0)
+    assert second.item() == pytest.approx(first.item(), abs=1e-6)
+
+
+def test_reference_free_training_uses_policy_logprobs_only(tiny_model_dir, char_tokenizer):
+    batch = _batch(char_tokenizer)
+    module = _module(tiny_model_dir, CE(beta=0.5), reference_free=True, reference_free_inference=True)
+    assert module.reference is None
+    loss = module.training_step(batch, 0)
+    from iprm import rewards
+
+    logratio = rewards.token_logprobs(
+        module.policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    ).sum(-1)
+    expected, _ = CE(beta=0.5)(logratio, batch["labels"], batch["groups"])
+    assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+def test_non_finite_loss_stops_training(tiny_model_dir, char_tokenizer):
+    module = _module(tiny_model_dir, CE(beta=0.5))
+    with torch.no_grad():
+        next(module.policy.parameters()).fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="non-finite training loss"):
+        module.training_step(_batch(char_tokenizer), 0)
