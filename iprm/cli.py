@@ -1,4 +1,4 @@
-"""The command line: `python -m iprm {fit,validate,test,predict} --config … [--config overlay …] [--a.b value]`.
+"""The command line: `python -m iprm {fit,validate,test,predict} --config … [--config …] [--a.b value]`.
 
 A `LightningCLI` over `ImplicitPRM` and `PRMDataModule`. Configs compose left to right; any value can be
 overridden with a dotted flag. `data.model_path` (the starting checkpoint and its tokenizer) is linked into

@@ -123,7 +123,10 @@ class ImplicitPRM(L.LightningModule):
             stats["data/unpaired_instructions"] = float(unpaired)
             log.warning(
                 "%d of %d training instructions have no (correct, incorrect) pair and contribute nothing "
-                "under %s", unpaired, int((sizes > 0).sum()), type(self.objective).__name__,
+                "under %s",
+                unpaired,
+                int((sizes > 0).sum()),
+                type(self.objective).__name__,
             )
         if self.logger is not None:
             self.logger.log_metrics(stats, step=0)
@@ -140,7 +143,10 @@ class ImplicitPRM(L.LightningModule):
 
     def _logprobs(self, model: PreTrainedModel, batch: dict, prefix: str = "") -> torch.Tensor:
         return rewards.token_logprobs(
-            model, batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"], batch[f"{prefix}response_mask"]
+            model,
+            batch[f"{prefix}input_ids"],
+            batch[f"{prefix}attention_mask"],
+            batch[f"{prefix}response_mask"],
         )
 
     @torch.no_grad()
@@ -177,23 +183,34 @@ class ImplicitPRM(L.LightningModule):
         loss, metrics = self.objective(logratio, batch["labels"], batch["groups"], kl_logratio=kl_logratio)
         if not torch.isfinite(loss):
             raise FloatingPointError(
-                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, batch {batch_idx}; "
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
+                f"batch {batch_idx}; "
                 "lower model.lr, check the data, or use a float32 dtype"
             )
         size = len(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         for name, value in metrics.items():
             summed = name in ("pairs", "unpaired_groups")
-            self.log(f"train/{name}", value, batch_size=size, reduce_fx="sum" if summed else "mean",
-                     on_step=not summed, on_epoch=summed)
+            self.log(
+                f"train/{name}",
+                value,
+                batch_size=size,
+                reduce_fx="sum" if summed else "mean",
+                on_step=not summed,
+                on_epoch=summed,
+            )
         return loss
 
     @torch.no_grad()
     def _mismatched_logratio(self, batch: dict) -> torch.Tensor:
         if "kl_input_ids" not in batch:
-            raise ValueError(f"{type(self.objective).__name__} needs mismatched pairs: set data.mismatched_pairs")
+            raise ValueError(
+                f"{type(self.objective).__name__} needs mismatched pairs: set data.mismatched_pairs"
+            )
         policy = self._logprobs(self.policy, batch, "kl_").sum(-1)
-        reference = None if self.hparams.reference_free else self._logprobs(self.reference, batch, "kl_").sum(-1)
+        reference = (
+            None if self.hparams.reference_free else self._logprobs(self.reference, batch, "kl_").sum(-1)
+        )
         return rewards.logratio(policy, reference)
 
     def configure_optimizers(self):
@@ -236,8 +253,10 @@ class ImplicitPRM(L.LightningModule):
         prm_reference = None if self.hparams.reference_free_inference else reference_cumulative
         cumulative = {"prm": rewards.logratio(policy_cumulative, prm_reference)}
         # Reference-only baseline: the reference log-likelihood itself, i.e. π_ref against a uniform π.
-        cumulative["reference"] = reference_cumulative if reference_cumulative is not None else torch.full_like(
-            policy_cumulative, float("nan")
+        cumulative["reference"] = (
+            reference_cumulative
+            if reference_cumulative is not None
+            else torch.full_like(policy_cumulative, float("nan"))
         )
         out, columns = {}, []
         for kind_name, values in cumulative.items():

@@ -21,6 +21,15 @@ def _finite(values: torch.Tensor) -> list[float]:
     return [float(v) for v in values if not math.isnan(float(v))]
 
 
+def _scored(record, batch: dict, row: int, names: list[str]) -> dict:
+    line = dataclasses.asdict(record)
+    line["step_scores"] = {
+        mode: _finite(batch[f"step_scores/{mode}"][row]) for mode in ("single", "accumulative")
+    }
+    line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
+    return line
+
+
 class PredictionWriter(BasePredictionWriter):
     """Writes `python -m iprm predict` results.
 
@@ -41,14 +50,14 @@ class PredictionWriter(BasePredictionWriter):
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
         path.parent.mkdir(parents=True, exist_ok=True)
         names = scorer_names()
-        handle = tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False)
-        with handle:
-            for batch in predictions:
-                for row, index in enumerate(batch["index"].tolist()):
-                    line = dataclasses.asdict(records[index])
-                    line["step_scores"] = {
-                        mode: _finite(batch[f"step_scores/{mode}"][row]) for mode in ("single", "accumulative")
-                    }
-                    line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
-                    handle.write(json.dumps(line) + "\n")
+        with tempfile.NamedTemporaryFile(
+            "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+        ) as handle:
+            try:
+                for batch in predictions:
+                    for row, index in enumerate(batch["index"].tolist()):
+                        handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")
+            except BaseException:
+                os.unlink(handle.name)
+                raise
         os.replace(handle.name, path)

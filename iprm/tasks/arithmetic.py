@@ -1,4 +1,4 @@
-"""Multi-step arithmetic: problems, worked solutions (correct or following a misconception), an exact verifier.
+"""Multi-step arithmetic: problems, worked solutions (correct or misconceived), an exact verifier.
 
 A problem is a start value and a chain of operations evaluated left to right, `Q:80+13*2+10`; a solution
 writes one operation per line and ends with the answer line, `80+13=93` / `93*2=186` / `186+10=196` /

@@ -33,7 +33,9 @@ def build_model(
     return LlamaForCausalLM(config)
 
 
-def encode_examples(tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], int]]:
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, pairs: Sequence[tuple[str, str]]
+) -> list[tuple[list[int], int]]:
     """Token ids of prompt + response + EOS, with the index of the first response token."""
     prompts = tokenizer([p for p, _ in pairs])["input_ids"]
     full = tokenizer([p + r for p, r in pairs])["input_ids"]

@@ -183,7 +183,9 @@ def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str])
     return problems
 
 
-def _graded_records(problems: list[Problem], responses: list[str], per_problem: int, source: str) -> list[Record]:
+def _graded_records(
+    problems: list[Problem], responses: list[str], per_problem: int, source: str
+) -> list[Record]:
     records = []
     for i, response in enumerate(responses):
         problem = problems[i // per_problem]
@@ -253,7 +255,12 @@ def _build(settings: dict, directory: Path) -> dict:
 
     per_rollout = settings["rollouts_per_instruction"]
     responses = _sample(
-        model, tokenizer, rollout_problems, per_rollout, settings["rollout_temperature"], seed + 1,
+        model,
+        tokenizer,
+        rollout_problems,
+        per_rollout,
+        settings["rollout_temperature"],
+        seed + 1,
         "world: sampling training rollouts",
     )
     train = _graded_records(rollout_problems, responses, per_rollout, "arithmetic")
@@ -265,7 +272,12 @@ def _build(settings: dict, directory: Path) -> dict:
         path = directory / ("reference" if generator["fraction"] >= 1.0 else f"generators/{name}")
         policy = type(model).from_pretrained(path).eval()
         responses = _sample(
-            policy, tokenizer, eval_problems, per_candidate, generator["temperature"], seed + 2 + offset,
+            policy,
+            tokenizer,
+            eval_problems,
+            per_candidate,
+            generator["temperature"],
+            seed + 2 + offset,
             f"world: sampling best-of-N candidates ({name})",
         )
         records = _graded_records(eval_problems, responses, per_candidate, name)
