@@ -4,8 +4,11 @@ Training minimises an outcome objective on ℓ = Σ_t log π_θ(y_t|·) − log 
 evaluation and prediction read step scores off the same log-ratio (`iprm.rewards`), q_k = β·ℓ_{≤k}.
 The reference's log-probabilities depend on nothing that trains, so they are computed once per record
 (cumulative values at every step end, plus the response total) and reused in every later epoch.
+Every forward and backward that runs in training is counted in FLOPs (`iprm.flops`): `train/flops`
+(cumulative) while training, `flops/{train,data,total}` and `<log_dir>/flops.json` at its end.
 """
 
+import json
 import logging
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import lightning as L
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from iprm import rewards
+from iprm import flops, rewards
 from iprm.objectives import CE, Objective
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,10 @@ class ImplicitPRM(L.LightningModule):
         self.reference: PreTrainedModel | None = None
         # (dataset kind, record index) → reference cumulative log-prob at each step end, then the total.
         self._reference_cache: dict[tuple[str, int], torch.Tensor] = {}
+        # Training cost (`iprm.flops`): tokens and FLOPs of every forward/backward that ran, this rank.
+        self._costs: dict[str, flops.ForwardCost] = {}
+        self._counts = flops.zero_counts()
+        self._data_cost: dict = {"flops": float("nan")}
         # The reference is reloadable from its path; checkpoints carry the policy only.
         self.strict_loading = False
 
@@ -95,27 +102,34 @@ class ImplicitPRM(L.LightningModule):
         if self.hparams.model_path is None:
             raise ValueError("model.model_path is not set: give data.model_path (or a data.world)")
         self.policy = self._load(self.hparams.model_path).train()
+        self._costs["policy"] = flops.ForwardCost.of(self.policy)
         needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
         if needs_reference:
             self.reference = self._load(self.hparams.reference_path or self.hparams.model_path)
             self.reference.eval().requires_grad_(False)
+            self._costs["reference"] = flops.ForwardCost.of(self.reference)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("reference.")]:
             del state[key]
+        checkpoint["flops"] = dict(self._counts)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         expected = {f"policy.{k}" for k in self.policy.state_dict()} if self.policy is not None else set()
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
+        self._counts.update(checkpoint.get("flops", {}))
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
         labels, groups = datamodule.train_labels_and_groups()
         self.objective.observe_dataset(labels, groups)
         stats = {f"data/{key}": float(value) for key, value in datamodule.summary.items()}
+        # The rollouts were sampled by the starting checkpoint, which is the policy before training.
+        self._data_cost = flops.data_flops(datamodule, self._costs["policy"])
+        stats["flops/data"] = self._data_cost["flops"]
         if self.objective.pairwise:
             positives = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, labels.float())
             sizes = torch.bincount(groups, minlength=len(positives)).float()
@@ -130,6 +144,26 @@ class ImplicitPRM(L.LightningModule):
             )
         if self.logger is not None:
             self.logger.log_metrics(stats, step=0)
+
+    def on_train_end(self) -> None:
+        # Summed over ranks here, not in on_fit_end: the strategy has torn down its process group by then.
+        summed = dict(self._counts)
+        if self.trainer.world_size > 1:
+            values = torch.tensor(list(summed.values()), dtype=torch.float64, device=self.device)
+            summed = dict(
+                zip(summed, self.trainer.strategy.reduce(values, reduce_op="sum").tolist(), strict=True)
+            )
+        cost = flops.totals(summed, self._data_cost)
+        if not self.trainer.is_global_zero:
+            return
+        if self.logger is not None:
+            names = ("train", "data", "total")
+            self.logger.log_metrics({f"flops/{name}": cost[name] for name in names}, step=self.global_step)
+        path = Path(self.trainer.log_dir or ".") / "flops.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        models = {name: c.as_dict() for name, c in self._costs.items()}
+        path.write_text(json.dumps({**cost, "models": models}, indent=2) + "\n")
+        log.info("training %.3g FLOPs, data %.3g FLOPs (written to %s)", cost["train"], cost["data"], path)
 
     def on_fit_end(self) -> None:
         if not self.trainer.is_global_zero:
@@ -158,6 +192,8 @@ class ImplicitPRM(L.LightningModule):
             rows = torch.tensor(missing, device=batch["input_ids"].device)
             sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "response_mask", "step_ends")}
             token_logps = self._logprobs(self.reference, sub)
+            if kind == "train":
+                flops.count(self._counts, "reference", self._costs["reference"], sub["attention_mask"], 1)
             values = torch.cat(
                 [rewards.cumulative_at(token_logps, sub["step_ends"]), token_logps.sum(-1, keepdim=True)], -1
             )
@@ -175,6 +211,7 @@ class ImplicitPRM(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         policy_total = self._logprobs(self.policy, batch).sum(-1)
+        flops.count(self._counts, "policy", self._costs["policy"], batch["attention_mask"], passes=3)
         reference_total = None
         if not self.hparams.reference_free:
             reference_total = self._reference_cumulative(batch, "train")[:, -1]
@@ -189,6 +226,8 @@ class ImplicitPRM(L.LightningModule):
             )
         size = len(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        spent = self._counts["policy_flops"] + self._counts["reference_flops"]
+        self.log("train/flops", spent, batch_size=size, reduce_fx="sum", sync_dist=True)  # cumulative
         for name, value in metrics.items():
             summed = name in ("pairs", "unpaired_groups")
             self.log(
@@ -208,9 +247,11 @@ class ImplicitPRM(L.LightningModule):
                 f"{type(self.objective).__name__} needs mismatched pairs: set data.mismatched_pairs"
             )
         policy = self._logprobs(self.policy, batch, "kl_").sum(-1)
-        reference = (
-            None if self.hparams.reference_free else self._logprobs(self.reference, batch, "kl_").sum(-1)
-        )
+        flops.count(self._counts, "policy", self._costs["policy"], batch["kl_attention_mask"], passes=1)
+        if self.hparams.reference_free:
+            return rewards.logratio(policy, None)
+        reference = self._logprobs(self.reference, batch, "kl_").sum(-1)
+        flops.count(self._counts, "reference", self._costs["reference"], batch["kl_attention_mask"], passes=1)
         return rewards.logratio(policy, reference)
 
     def configure_optimizers(self):

@@ -73,6 +73,26 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
         lines = (run / "evaluation" / f"test-{name}.csv").read_text().splitlines()
         assert lines[0].startswith("scorer,1,2,4,8")
         assert any(line.startswith("bon/reference_accumulative_sum,") for line in lines)
+    table1 = (run / "evaluation" / "test-table1.csv").read_text().splitlines()
+    assert (
+        table1[0]
+        == "method,"
+        + ",".join(f"{g}@{n}" for g in ("weak", "medium", "strong") for n in (4, 16, 64))
+        + ",avg"
+    )
+    assert [line.split(",")[0] for line in table1[1:]] == [
+        "reference-only (reference_accumulative_sum)",
+        "CE best-of-N (prm_accumulative_min)",
+        "CE best-of-N (prm_single_min)",
+        "majority voting",
+        "CE weighted majority (prm_accumulative_min)",
+        "CE weighted majority (prm_single_min)",
+        "oracle (pass@N)",
+    ]
+    steps = (run / "evaluation" / "test-steps.md").read_text()
+    for scorer in ("prm_single", "prm_accumulative", "reference_single", "reference_accumulative"):
+        assert f"| {scorer} |" in steps
+    assert "medium AUROC (misconception)" in steps
 
 
 @pytest.mark.integration
@@ -94,7 +114,8 @@ def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_pat
         assert row["scores"]["prm_accumulative_last"] == pytest.approx(row["step_scores"]["accumulative"][-1])
 
 
-SHIPPED = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.rglob("*.yaml"))
+# Sweep files are not CLI configs: tests/test_sweep.py checks them.
+SHIPPED = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")
 
 
 @pytest.mark.parametrize("config", SHIPPED)

@@ -182,3 +182,21 @@ def test_selection_metric_rejects_wrong_score_width():
         SelectionMetrics(scorers=["a"]).update(
             s["problem"], s["candidate"], s["answer"], s["label"], s["scores"]
         )
+
+
+def test_selection_metrics_report_nan_for_a_scorer_that_scored_nothing():
+    """Without a reference model the reference-only scores are all NaN: that scorer must not report the
+    first candidate's accuracy as if it had chosen it."""
+    from iprm.eval.metrics import SelectionMetrics
+
+    metric = SelectionMetrics(["prm", "reference"], ns=(1, 2))
+    scores = torch.tensor(
+        [[0.1, float("nan")], [0.9, float("nan")], [0.3, float("nan")], [0.2, float("nan")]]
+    )
+    metric.update(
+        torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0, 1]),
+        torch.tensor([False, True, True, False]), scores,
+    )  # fmt: skip
+    values = metric.compute()
+    assert values["bon@2/prm"] == 1.0
+    assert values["bon@2/reference"].isnan() and values["wmaj@2/reference"].isnan()

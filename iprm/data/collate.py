@@ -139,6 +139,12 @@ def _step_labels(record: Record, encoded: Encoded) -> list[int]:
     return [int(label) for label in record.step_labels[: len(encoded.step_ends)]]
 
 
+def _step_tagged(record: Record, encoded: Encoded) -> list[bool]:
+    """Whether each kept step carries a (non-empty) tag, e.g. where a known misconception applies."""
+    tags = record.step_tags or ()
+    return [bool(tags[k]) if k < len(tags) else False for k in range(len(encoded.step_ends))]
+
+
 def mismatched_partners(groups: list[int]) -> list[int]:
     """For each item, the nearest later item (cyclically) from a different group."""
     size = len(groups)
@@ -161,7 +167,8 @@ class Collator:
     Items are dicts with `record` (a `Record`), `index` and `group` (integer instruction id), and for
     evaluation sets also `problem`, `candidate` and `answer_id`. The batch holds `input_ids`,
     `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
-    label); `labels`, `groups`, `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them.
+    label), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`, `index` [B];
+    and `problem`, `candidate`, `answer` [B] when items carry them.
 
     Args:
         tokenizer: A fast tokenizer (character offsets are needed to find step ends).
@@ -193,6 +200,9 @@ class Collator:
         batch["step_ends"] = pad([e.step_ends for e in encoded], -1, torch.long)
         batch["step_labels"] = pad(
             [_step_labels(r, e) for r, e in zip(records, encoded, strict=True)], -1, torch.long
+        )
+        batch["step_tagged"] = pad(
+            [_step_tagged(r, e) for r, e in zip(records, encoded, strict=True)], False, torch.bool
         )
         batch["labels"] = torch.tensor([float(r.label) for r in records])
         batch["groups"] = torch.tensor([item["group"] for item in items], dtype=torch.long)

@@ -1,9 +1,15 @@
-"""Best-of-N evaluation after every validation epoch and at test time, as a Lightning callback.
+"""Best-of-N and step-level evaluation after every validation epoch and at test time, as a callback.
 
 The module scores every candidate of every best-of-N set (`ImplicitPRM.score`); this callback gathers
-those scores across batches and ranks (`SelectionMetrics`), logs `val/<set>/bon@16/<scorer>`-style
-scalars, a best-of-N curve and a step-score heat map to TensorBoard, and writes the tables as markdown and
-CSV beside the logs (`<log_dir>/evaluation/<stage>-<set>.md`).
+those scores across batches and ranks (`SelectionMetrics`, `ProcessMetrics`), logs
+`val/<set>/bon@16/<scorer>`-style scalars, a best-of-N curve and a step-score heat map to TensorBoard,
+and writes markdown and CSV tables beside the logs (`<log_dir>/evaluation/`): one per set with every
+scorer and N, the paper's Table 1 layout over all sets (`<stage>-table1`), and the step-level table
+(`<stage>-steps`).
+
+Step-level metrics need step labels. ProcessBench F1 needs a threshold τ: it is tuned on the
+calibration half of each set (even problem indices) and the F1 and AUROCs are reported on the other half
+(odd problem indices), so no number is measured on the data that chose its threshold.
 """
 
 import logging
@@ -13,9 +19,20 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from iprm.eval.metrics import SelectionMetrics
-from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, write_table
+from iprm.eval.metrics import ProcessMetrics, SelectionMetrics
+from iprm.eval.process import processbench_f1, step_auroc, tune_threshold
+from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
 from iprm.eval.selection import DEFAULT_NS
+from iprm.eval.tables import step_table, table1
+
+# Step scorers: the key of `ImplicitPRM.score`'s output for each.
+STEP_SCORERS = {
+    "prm_single": "step_scores/single",
+    "prm_accumulative": "step_scores/accumulative",
+    "reference_single": "reference_step_scores/single",
+    "reference_accumulative": "reference_step_scores/accumulative",
+}
+SPLITS = ("calibration", "evaluation")
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +44,8 @@ class BestOfNEvaluation(Callback):
         ns: candidate counts N to report; those beyond a set's smallest candidate count are dropped.
         figure_scorers: scorers drawn in the best-of-N figure (names from `iprm.module.scorer_names`).
         heatmap_candidates: candidates of the first problem shown in the step-score heat map (0: none).
+        table_scorers: PRM scorers given rows in the Table 1 layout.
+        reference_scorer: the reference-only scorer given a row in the Table 1 layout.
     """
 
     def __init__(
@@ -34,11 +53,16 @@ class BestOfNEvaluation(Callback):
         ns: list[int] = list(DEFAULT_NS),  # noqa: B006 (jsonargparse needs a plain default to show in --help)
         figure_scorers: list[str] = ["prm_accumulative_min", "prm_single_min", "reference_accumulative_sum"],  # noqa: B006
         heatmap_candidates: int = 8,
+        table_scorers: list[str] = ["prm_accumulative_min", "prm_single_min"],  # noqa: B006
+        reference_scorer: str = "reference_accumulative_sum",
     ):
         self.ns = tuple(ns)
         self.figure_scorers = list(figure_scorers)
         self.heatmap_candidates = heatmap_candidates
+        self.table_scorers = list(table_scorers)
+        self.reference_scorer = reference_scorer
         self.metrics: list[SelectionMetrics] = []
+        self.process: list[dict[tuple[str, str], ProcessMetrics]] = []
         self.names: list[str] = []
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -47,12 +71,29 @@ class BestOfNEvaluation(Callback):
 
         self.names = list(trainer.datamodule.eval_records)
         self.metrics = [SelectionMetrics(scorer_names(), self.ns).to(pl_module.device) for _ in self.names]
+        self.process = [
+            {
+                (scorer, split): ProcessMetrics().to(pl_module.device)
+                for scorer in STEP_SCORERS
+                for split in SPLITS
+            }
+            for _ in self.names
+        ]
         self.heatmaps = {}
 
     def _batch_end(self, outputs: dict, batch: dict, dataloader_idx: int) -> None:
         self.metrics[dataloader_idx].update(
             batch["problem"], batch["candidate"], batch["answer"], batch["labels"].bool(), outputs["scores"]
         )
+        if (batch["step_labels"] >= 0).any():
+            calibration = batch["problem"] % 2 == 0
+            for split, rows in zip(SPLITS, (calibration, ~calibration), strict=True):
+                if not rows.any():
+                    continue
+                for scorer, key in STEP_SCORERS.items():
+                    self.process[dataloader_idx][(scorer, split)].update(
+                        outputs[key][rows], batch["step_labels"][rows], batch["step_tagged"][rows]
+                    )
         if dataloader_idx not in self.heatmaps and self.heatmap_candidates > 0:
             rows = batch["problem"] == batch["problem"][0]
             rows = rows.nonzero().flatten()[: self.heatmap_candidates]
@@ -61,21 +102,49 @@ class BestOfNEvaluation(Callback):
                 batch["step_labels"][rows].cpu(),
             )
 
+    def _step_metrics(self, k: int) -> dict[str, dict[str, float]]:
+        """Per step scorer: τ tuned on the calibration half; F1 and AUROCs on the evaluation half."""
+        out = {}
+        for scorer in STEP_SCORERS:
+            calibration, evaluation = (self.process[k][(scorer, split)] for split in SPLITS)
+            if not calibration.update_called or not evaluation.update_called:
+                continue
+            scores, labels, _ = calibration.step_tensors()
+            test_scores, test_labels, tagged = evaluation.step_tensors()
+            try:
+                tau = tune_threshold(scores, labels)
+                f1 = processbench_f1(test_scores, test_labels, tau)["f1"]
+            except ValueError:  # a split without erroneous or without fully correct samples
+                tau = f1 = float("nan")
+            out[scorer] = {
+                "f1": f1,
+                "tau": tau,
+                "step_auroc": step_auroc(test_scores, test_labels),
+                "step_auroc_tagged": step_auroc(test_scores, test_labels, tagged),
+            }
+        return out
+
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         experiment = getattr(trainer.logger, "experiment", None)
+        directory = Path(trainer.log_dir or ".") / "evaluation"
+        suffix = f"-epoch{trainer.current_epoch}" if stage == "val" else ""
+        selection, process = {}, {}
         for k, name in enumerate(self.names):
             values = {key: float(value) for key, value in self.metrics[k].compute().items()}
+            steps = self._step_metrics(k)
+            flat = values | {
+                f"process/{s}/{key}": v for s, by_key in steps.items() for key, v in by_key.items()
+            }
             pl_module.log_dict(
-                {f"{stage}/{name}/{key}": value for key, value in values.items()},
+                {f"{stage}/{name}/{key}": value for key, value in flat.items()},
                 add_dataloader_idx=False,
-                sync_dist=False,  # already gathered across ranks by the metric
+                sync_dist=False,  # already gathered across ranks by the metrics
             )
+            selection[name], process[name] = values, steps
             if not trainer.is_global_zero or not values:
                 continue
-            rows = selection_table(values)
-            suffix = f"-epoch{trainer.current_epoch}" if stage == "val" else ""
             for stem in (f"{stage}-{name}", f"{stage}-{name}{suffix}"):
-                write_table(rows, Path(trainer.log_dir or ".") / "evaluation" / stem)
+                write_table(selection_table(values), directory / stem)
             if hasattr(experiment, "add_figure"):
                 figure = best_of_n_figure(values, self.figure_scorers, title=f"{name} ({stage})")
                 experiment.add_figure(f"{stage}/{name}/best_of_n", figure, trainer.global_step)
@@ -83,6 +152,17 @@ class BestOfNEvaluation(Callback):
                     scores, labels = self.heatmaps[k]
                     figure = step_heatmap(scores, labels)
                     experiment.add_figure(f"{stage}/{name}/step_rewards", figure, trainer.global_step)
+        if not trainer.is_global_zero or not selection:
+            return
+        label = type(pl_module.objective).__name__
+        tables = {"table1": table1(selection, self.table_scorers, self.reference_scorer, label)}
+        if any(process.values()):
+            tables["steps"] = step_table(process)
+        for kind, rows in tables.items():
+            for stem in (f"{stage}-{kind}", f"{stage}-{kind}{suffix}"):
+                write_table(rows, directory / stem)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text(f"{stage}/{kind}", to_markdown(rows), trainer.global_step)
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._start(trainer, pl_module)

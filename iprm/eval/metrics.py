@@ -80,6 +80,10 @@ class SelectionMetrics(Metric):
         by_scorer = {name: scores[:, k] for k, name in enumerate(self.scorers)}
         ns = available_ns(problem, self.ns)
         values = selection_metrics(problem, candidate, answer, label.bool(), by_scorer, ns)
+        # A scorer that scored nothing (e.g. reference-only without a reference) selected nothing either.
+        unscored = [name for name, score in by_scorer.items() if score.isnan().all()]
+        for key in [k for k in values if k.partition("/")[2] in unscored]:
+            values[key] = math.nan
         return {key: torch.tensor(value) for key, value in values.items()}
 
 

@@ -1,0 +1,55 @@
+"""The paper's Table 1 layout and the step-level table, from the flat metrics of every best-of-N set.
+
+Table 1: one row per method (reference-only, the implicit PRM's best-of-N, majority voting, weighted
+majority voting with the PRM, oracle), one column per generator × N, plus the average over columns.
+Step table: one row per step scorer, per generator the ProcessBench F1 (at τ tuned on the calibration
+half), that τ, the step AUROC and the step AUROC restricted to steps where the misconception applies.
+"""
+
+import math
+
+TABLE1_NS = (4, 16, 64)
+PROCESS_COLUMNS = {
+    "f1": "F1",
+    "tau": "τ",
+    "step_auroc": "AUROC",
+    "step_auroc_tagged": "AUROC (misconception)",
+}
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+def table1(
+    results: dict[str, dict[str, float]], prm_scorers: list[str], reference_scorer: str, label: str = "PRM"
+) -> list[dict]:
+    """`results` maps each set (generator) to its flat selection metrics (`bon@16/<scorer>`, `maj@16`, …)."""
+    methods = [(f"reference-only ({reference_scorer})", f"bon@{{n}}/{reference_scorer}")]
+    methods += [(f"{label} best-of-N ({s})", f"bon@{{n}}/{s}") for s in prm_scorers]
+    methods += [("majority voting", "maj@{n}")]
+    methods += [(f"{label} weighted majority ({s})", f"wmaj@{{n}}/{s}") for s in prm_scorers]
+    methods += [("oracle (pass@N)", "oracle@{n}")]
+    rows = []
+    for name, pattern in methods:
+        row: dict = {"method": name}
+        for generator, metrics in results.items():
+            for n in TABLE1_NS:
+                row[f"{generator}@{n}"] = float(metrics.get(pattern.format(n=n), math.nan))
+        row["avg"] = _mean([v for k, v in row.items() if k != "method"])
+        rows.append(row)
+    return rows
+
+
+def step_table(results: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
+    """`results` maps each set to {step scorer: {"f1", "tau", "step_auroc", "step_auroc_tagged"}}."""
+    scorers = list(dict.fromkeys(s for by_scorer in results.values() for s in by_scorer))
+    rows = []
+    for scorer in scorers:
+        row: dict = {"step scorer": scorer}
+        for generator, by_scorer in results.items():
+            for key, title in PROCESS_COLUMNS.items():
+                row[f"{generator} {title}"] = float(by_scorer.get(scorer, {}).get(key, math.nan))
+        rows.append(row)
+    return rows

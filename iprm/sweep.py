@@ -1,0 +1,407 @@
+"""Sweeps: one `fit` + `test` per point × seed through the CLI, resumable, collected into one table.
+
+A sweep file (`configs/sweeps/*.yaml`) names its base configs (composed left to right), its seeds, and its
+points: explicit ones (`config:` overlays and dotted overrides), a grid of dotted overrides (their
+cartesian product), or both (crossed):
+
+    name: instruction_fraction
+    base: [configs/quickstart.yaml]
+    seeds: [0, 1, 2]
+    grid: {data.instruction_fraction: [0.25, 0.5, 0.75, 1.0]}
+
+    python -m iprm.sweep configs/sweeps/instruction_fraction.yaml [--output DIR] [--seeds N] [--dry-run]
+        [--any.cli.flag VALUE …]   # appended to every fit and test
+
+Each run lives in `<output>/<point>/seed<k>/`: `fit/` and `test/` logs, `checkpoints/`, `policy/`,
+`fit.log`, `test.log`, `run.json` (commands, commit, seconds), and last `metrics.json` (the flat test
+metrics and the FLOPs of training and data collection). A run with a `metrics.json` is skipped, so
+rerunning a sweep resumes it; an unfinished run starts over. A failed run is reported and the sweep goes
+on. Every `metrics.json` is then collected into `<output>/results.csv` (a row per point × seed) and
+`<output>/results.md` (per best-of-N set, a row per point: mean ± std over seeds of the headline metrics).
+"""
+
+import argparse
+import csv
+import itertools
+import json
+import logging
+import math
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from iprm.eval.report import to_markdown
+
+log = logging.getLogger(__name__)
+DEFAULT_SEEDS = [0, 1, 2]
+# Inverse of the row names of `iprm.eval.report.selection_table`, back to the logged metric names.
+_ROW_METHODS = {"majority": "maj", "oracle": "oracle", "pass@k": "pass"}
+# Headline columns of results.md: title → flat key, with {set} the best-of-N set and {n} the sweep's N.
+HEADLINE = {
+    "pass@1": "{set}/pass@1",
+    "maj@{n}": "{set}/maj@{n}",
+    "reference bo@{n}": "{set}/bon@{n}/reference_accumulative_sum",
+    "PRM bo@{n} (acc. min)": "{set}/bon@{n}/prm_accumulative_min",
+    "PRM bo@{n} (single min)": "{set}/bon@{n}/prm_single_min",
+    "wmaj@{n} (acc. min)": "{set}/wmaj@{n}/prm_accumulative_min",
+    "wmaj@{n} (single min)": "{set}/wmaj@{n}/prm_single_min",
+}
+COST = {"training FLOPs": "flops/train", "data FLOPs": "flops/data"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of a sweep at one seed."""
+
+    point: str
+    seed: int
+    overrides: dict[str, Any]  # "config" → overlay paths; every other key a dotted CLI key
+    directory: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.directory / "metrics.json").exists()
+
+
+# --- the sweep file ---------------------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path) -> dict:
+    sweep = yaml.safe_load(Path(path).read_text())
+    unknown = set(sweep) - {"name", "base", "seeds", "points", "grid", "n"}
+    if unknown:
+        raise ValueError(f"{path}: unknown sweep keys {sorted(unknown)}")
+    sweep.setdefault("name", Path(path).stem)
+    sweep["base"] = _as_list(sweep.get("base", []))
+    sweep.setdefault("seeds", DEFAULT_SEEDS)
+    sweep.setdefault("n", 16)
+    return sweep
+
+
+def _as_list(value: Any) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _normalise(overrides: dict | None) -> dict[str, Any]:
+    """`--config`/`config` → a list of overlays; `--a.b` → `a.b`."""
+    out = {key.lstrip("-"): value for key, value in (overrides or {}).items()}
+    if "config" in out:
+        out["config"] = _as_list(out["config"])
+    return out
+
+
+def _grid_points(grid: dict[str, list]) -> dict[str, dict]:
+    """Each combination of grid values, named by the last key parts: `deduplicate=true,balance=dataset`."""
+    keys, out = list(grid), {}
+    for values in itertools.product(*(_as_list(grid[key]) for key in keys)):
+        cell = dict(zip(keys, values, strict=True))
+        out[",".join(f"{key.split('.')[-1]}={_flag_value(v)}" for key, v in cell.items())] = cell
+    return out
+
+
+def points(sweep: dict) -> dict[str, dict[str, Any]]:
+    """Point name → its overrides: the explicit points crossed with the grid (either may be absent)."""
+    explicit = {name: _normalise(o) for name, o in (sweep.get("points") or {"": {}}).items()}
+    grid = _grid_points(sweep["grid"]) if sweep.get("grid") else {"": {}}
+    crossed = {}
+    for (name, overrides), (cell, values) in itertools.product(explicit.items(), grid.items()):
+        crossed[",".join(part for part in (name, cell) if part) or "base"] = {**overrides, **values}
+    return crossed
+
+
+# --- commands ---------------------------------------------------------------------------------------------
+
+
+def _flag_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # true/false/null, numbers, lists and dicts as the CLI parses them
+
+
+def _checkpoint_callbacks(configs: list[str], directory: Path) -> list[str]:
+    """`--trainer.callbacks` with every configured ModelCheckpoint writing into this run (configs may fix
+    its dirpath); nothing when no config lists callbacks (Lightning's default writes into the log dir)."""
+    callbacks = None
+    for config in configs:
+        trainer = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}
+        callbacks = trainer.get("callbacks", callbacks)
+    if not isinstance(callbacks, list) or not callbacks:
+        return []
+    for callback in callbacks:
+        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
+            callback.setdefault("init_args", {})["dirpath"] = str(directory / "checkpoints")
+    return ["--trainer.callbacks", json.dumps(callbacks)]
+
+
+def cli_args(run: Run, base: list[str], extra: list[str], stage: str) -> list[str]:
+    """The arguments of `python -m iprm <stage>` for a run: configs, overrides, seed, its own directories."""
+    configs = [*base, *run.overrides.get("config", [])]
+    overrides = [[f"--{key}", _flag_value(v)] for key, v in run.overrides.items() if key != "config"]
+    return [
+        *(arg for config in configs for arg in ("--config", config)),
+        *itertools.chain.from_iterable(overrides),
+        "--seed_everything", str(run.seed), "--data.seed", str(run.seed),
+        "--trainer.default_root_dir", str(run.directory),
+        "--trainer.logger.init_args.save_dir", str(run.directory / stage),
+        "--model.export_dir", str(run.directory / "policy"),
+        *_checkpoint_callbacks(configs, run.directory),
+        *extra,
+    ]  # fmt: skip
+
+
+def _command(stage: str, args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "iprm", stage, *args]
+
+
+def _find(directory: Path, pattern: str) -> Path:
+    """The file a run wrote that matches `pattern`: `last.ckpt` first, then the newest."""
+    found = sorted(directory.glob(pattern), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))
+    if not found:
+        raise FileNotFoundError(f"{directory} holds no {pattern}")
+    return found[-1]
+
+
+# --- running ----------------------------------------------------------------------------------------------
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+    except OSError:
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def _stage(run: Run, stage: str, args: list[str]) -> bool:
+    command = _command(stage, args)
+    log_path = run.directory / f"{stage}.log"
+    with log_path.open("w") as out:
+        out.write(shlex.join(command) + "\n\n")
+        out.flush()
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        log.error("FAILED %s seed %d (%s, exit %d): see %s", run.point, run.seed, stage, code, log_path)
+    return code == 0
+
+
+def execute(run: Run, base: list[str], extra: list[str]) -> bool:
+    """Fit then test one run from scratch and write its metrics.json; False if either stage failed."""
+    shutil.rmtree(run.directory, ignore_errors=True)  # an unfinished run starts over
+    run.directory.mkdir(parents=True)
+    started = time.perf_counter()
+    fit = cli_args(run, base, extra, "fit")
+    if not _stage(run, "fit", fit):
+        return False
+    try:
+        test = [*cli_args(run, base, extra, "test"), "--ckpt_path", str(_find(run.directory, "**/*.ckpt"))]
+        if not _stage(run, "test", test):
+            return False
+        metrics = read_metrics(run.directory)
+    except FileNotFoundError as error:
+        log.error("FAILED %s seed %d: %s", run.point, run.seed, error)
+        return False
+    commands = {stage: shlex.join(_command(stage, args)) for stage, args in (("fit", fit), ("test", test))}
+    meta = {"point": run.point, "seed": run.seed, "commit": _commit(), "commands": commands}
+    _write_json(run.directory / "run.json", meta | {"seconds": round(time.perf_counter() - started, 1)})
+    _write_json(run.directory / "metrics.json", metrics)
+    return True
+
+
+def _write_json(path: Path, value: dict) -> None:
+    scratch = path.with_name(f".{path.name}.tmp")
+    scratch.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(scratch, path)  # metrics.json marks a run done: it must never exist half-written
+
+
+# --- metrics ----------------------------------------------------------------------------------------------
+
+
+def _float(cell: str) -> float:
+    return float(cell) if cell not in ("", None) else math.nan
+
+
+def _selection_key(row: str, n: str) -> str:
+    """`bon/prm_single_min`, `16` → `bon@16/prm_single_min`; `majority`, `16` → `maj@16`."""
+    method, _, scorer = row.partition("/")
+    method = _ROW_METHODS.get(method, method)
+    return f"{method}@{n}/{scorer}" if scorer else f"{method}@{n}"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as file:
+        return next(csv.reader(file))
+
+
+def _flat_table(path: Path, prefix: str) -> dict[str, float]:
+    """`<prefix>/<row label>/<column>` for every cell of a table whose first column labels its rows."""
+    out = {}
+    for row in _read_csv(path):
+        label, *cells = row.items()
+        out |= {f"{prefix}/{label[1]}/{column}": _float(value) for column, value in cells}
+    return out
+
+
+def read_metrics(directory: Path) -> dict[str, float]:
+    """A finished run's flat metrics: per best-of-N set `<set>/bon@16/<scorer>`, `<set>/maj@16`, …;
+    `table1/<method>/<column>`; `steps/<scorer>/<column>`; `flops/{train,data,total}`."""
+    evaluation = _find(directory, "test/**/evaluation")
+    table1 = evaluation / "test-table1.csv"
+    metrics: dict[str, float] = {}
+    # Sets in the data module's order, which Table 1's columns (`<set>@<n>`) keep.
+    for name in dict.fromkeys(c.rpartition("@")[0] for c in _header(table1) if "@" in c):
+        for row in _read_csv(evaluation / f"test-{name}.csv"):
+            label = row.pop("scorer")
+            metrics |= {f"{name}/{_selection_key(label, n)}": _float(v) for n, v in row.items()}
+    metrics |= _flat_table(table1, "table1")
+    if (evaluation / "test-steps.csv").exists():
+        metrics |= _flat_table(evaluation / "test-steps.csv", "steps")
+    cost = json.loads(_find(directory, "fit/**/flops.json").read_text())
+    return metrics | {f"flops/{key}": float(cost[key]) for key in ("train", "data", "total")}
+
+
+# --- collecting -------------------------------------------------------------------------------------------
+
+
+def result_rows(runs: list[Run]) -> list[dict]:
+    """A row per finished run: point, seed, its overrides, commit and seconds, then its metrics."""
+    rows = []
+    for run in [run for run in runs if run.done]:
+        overrides = {key: _flag_value(value) for key, value in run.overrides.items()}
+        metrics = json.loads((run.directory / "metrics.json").read_text())
+        rows.append({"point": run.point, "seed": run.seed, **overrides, **_meta(run), **metrics})
+    return rows
+
+
+def _meta(run: Run) -> dict:
+    path = run.directory / "run.json"
+    meta = json.loads(path.read_text()) if path.exists() else {}
+    return {"commit": meta.get("commit", "unknown"), "seconds": meta.get("seconds", math.nan)}
+
+
+def _summary(values: list[float], style: str) -> str:
+    """mean ± sample std over the finite values ("–" if none; the mean alone for one)."""
+    finite = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
+    if not finite:
+        return "–"
+    mean = statistics.fmean(finite)
+    if len(finite) == 1:
+        return format(mean, style)
+    return f"{mean:{style}} ± {statistics.stdev(finite):{style}}"
+
+
+def _table(rows: list[dict], columns: dict[str, str], style: str) -> list[dict]:
+    """One row per point (in sweep order): the number of seeds, then each column's mean ± std."""
+    by_point: dict[str, list[dict]] = {}
+    for row in rows:
+        by_point.setdefault(row["point"], []).append(row)
+    return [
+        {"point": point, "seeds": len(group)}
+        | {title: _summary([r.get(key, math.nan) for r in group], style) for title, key in columns.items()}
+        for point, group in by_point.items()
+    ]
+
+
+def results_markdown(rows: list[dict], sweep: dict, command: str) -> str:
+    """Per best-of-N set a table of the headline metrics, then the cost table."""
+    n = sweep["n"]
+    sets = list(dict.fromkeys(key.split("/")[0] for row in rows for key in row if key.endswith("/pass@1")))
+    commits = sorted({str(row["commit"]) for row in rows})
+    header = f"`{command}`; commit {', '.join(commits) or '–'}; mean ± std over seeds."
+    parts = [f"# Sweep `{sweep['name']}`\n\n{header}\n"]
+    for name in sets:
+        columns = {t.format(n=n): k.format(set=name, n=n) for t, k in HEADLINE.items()}
+        parts.append(f"## {name}\n\n" + to_markdown(_table(rows, columns, ".3f")))
+    parts.append("## cost\n\n" + to_markdown(_table(rows, COST, ".3g")))
+    return "\n".join(parts)
+
+
+def collect(runs: list[Run], output: Path, sweep: dict, command: str) -> list[dict]:
+    """Write `results.csv` and `results.md` from every finished run; returns the csv rows."""
+    rows = result_rows(runs)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with (output / "results.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    (output / "results.md").write_text(results_markdown(rows, sweep, command))
+    return rows
+
+
+# --- entry point ------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.sweep",
+        allow_abbrev=False,  # every unknown --flag goes to the runs; none may be taken for ours
+        description="Run a sweep: fit + test per point × seed, resumable. Other --flags go to every run.",
+    )
+    parser.add_argument("sweep", help="the sweep file, e.g. configs/sweeps/objectives.yaml")
+    parser.add_argument("--output", help="where runs and results go (default runs/sweeps/<name>)")
+    parser.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the file's")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return parser
+
+
+def plan(sweep: dict, output: Path, seeds: list[int]) -> list[Run]:
+    return [
+        Run(name, seed, overrides, output / name / f"seed{seed}")
+        for name, overrides in points(sweep).items()
+        for seed in seeds
+    ]
+
+
+def _dry_run(runs: list[Run], base: list[str], extra: list[str]) -> None:
+    for run in runs:
+        if run.done:
+            print(f"# {run.point} seed {run.seed}: done, skipped")
+            continue
+        print(f"# {run.point} seed {run.seed}")
+        print(shlex.join(_command("fit", cli_args(run, base, extra, "fit"))))
+        print(shlex.join(_command("test", cli_args(run, base, extra, "test"))) + " --ckpt_path <last.ckpt>")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, extra = _parser().parse_known_args(argv)
+    sweep = load_sweep(args.sweep)
+    output = Path(args.output or Path("runs/sweeps") / sweep["name"])
+    runs = plan(sweep, output, list(range(args.seeds)) if args.seeds else list(sweep["seeds"]))
+    if args.dry_run:
+        _dry_run(runs, sweep["base"], extra)
+        return 0
+    failed = []
+    for i, run in enumerate(runs, 1):
+        if run.done:
+            log.info("[%d/%d] %s seed %d: done, skipped", i, len(runs), run.point, run.seed)
+            continue
+        log.info("[%d/%d] %s seed %d: running in %s", i, len(runs), run.point, run.seed, run.directory)
+        if not execute(run, sweep["base"], extra):
+            failed.append(run)
+    output.mkdir(parents=True, exist_ok=True)
+    command = "python -m iprm.sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
+    rows = collect(runs, output, sweep, command)
+    log.info("%d of %d runs finished; results in %s", len(rows), len(runs), output / "results.md")
+    for run in failed:
+        log.error("failed: %s seed %d (logs in %s)", run.point, run.seed, run.directory)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    sys.exit(main())

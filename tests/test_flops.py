@@ -1,0 +1,116 @@
+"""FLOPs: the count from a model's shape against a hand computation, and what the module counts.
+
+The tiny Llama of these tests: hidden 32, MLP 64, 2 layers, 4 heads of 8 (no grouped KV), vocab 50.
+
+    attention  q, k, v, o        4 · 32·32             = 4096
+    MLP        gate, up, down    3 · 32·64             = 6144
+    norms      input, post-attn  2 · 32                =   64
+    per layer                                            10304
+    N = 2 layers · 10304 + final norm 32               = 20640   (embedding and LM head excluded)
+
+    F([3, 5]) = 2·N·(3+5) + 2·n_layers·d_model·(3² + 5²) = 330240 + 128·34 = 334592
+    sampling 8 tokens in 2 sequences (context 4) = 2·N·8 + 2·2·32·8·4 = 330240 + 4096 = 334336
+"""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from iprm import flops
+from iprm.data.collate import Collator
+from iprm.data.datamodule import PRMDataModule
+from iprm.data.records import Record, write_records
+from iprm.module import ImplicitPRM
+from iprm.objectives import CE
+from iprm.tasks.world import World
+
+N = 20640
+
+
+def _llama(tie: bool = False) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        tie_word_embeddings=tie,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_non_embedding_parameters_by_hand(tie):
+    assert flops.non_embedding_parameters(_llama(tie)) == N
+
+
+def test_forward_and_sampling_cost_by_hand():
+    cost = flops.ForwardCost.of(_llama())
+    assert cost == flops.ForwardCost(parameters=N, layers=2, width=32)
+    assert cost(torch.tensor([3, 5])) == 334592
+    assert cost.sampling(tokens=8, sequences=2) == 334336
+
+
+def test_module_counts_policy_forward_backward_and_each_reference_forward_once(
+    tiny_model_dir, char_tokenizer
+):
+    module = ImplicitPRM(model_path=tiny_model_dir, objective=CE(beta=0.5))
+    module.configure_model()
+    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(_records())]
+    batch = Collator(char_tokenizer, separator="\n")(items)
+    one_forward = flops.ForwardCost(N, 2, 32)(batch["attention_mask"].sum(-1))
+    tokens = float(batch["attention_mask"].sum())
+    module.training_step(batch, 0)
+    module.training_step(batch, 1)  # the reference's log-probs now come from its cache
+    assert module._counts == {
+        "policy_tokens": 2 * tokens,
+        "policy_flops": 2 * 3 * one_forward,
+        "reference_tokens": tokens,
+        "reference_flops": one_forward,
+    }
+
+
+def _records() -> list[Record]:
+    return [
+        Record("a", "Q:1+2\n", "1+2=3\nA:3", True),
+        Record("a", "Q:1+2\n", "1+2=4\nA:4", False),
+        Record("b", "Q:10-3\n", "10-3=7\nA:7", True),
+        Record("b", "Q:10-3\n", "10-3=13\nA:13", False),
+    ]
+
+
+def test_data_tokens_from_records_count_only_the_rollouts_a_run_needed(tmp_path, tiny_model_dir):
+    """One instruction of two, one response of two: <bos> + prompt, response + <eos>, one character each."""
+    write_records(_records(), tmp_path / "train.jsonl")
+    datamodule = PRMDataModule(
+        model_path=tiny_model_dir,
+        train_path=str(tmp_path / "train.jsonl"),
+        instruction_fraction=0.5,
+        responses_per_instruction=1,
+    )
+    datamodule.setup("fit")
+    (kept,) = flops.rollouts_needed(_records(), datamodule)
+    counts = flops.sampling_tokens(datamodule)
+    assert counts == {
+        "prompt_tokens": 1 + len(kept.prompt),
+        "sampled_tokens": len(kept.response) + 1,
+        "records": 1,
+        "source": "records",
+    }
+    data = flops.data_flops(datamodule, flops.ForwardCost(N, 2, 32))
+    tokens = len(kept.prompt) + len(kept.response) + 2
+    assert data["flops"] == 2 * N * tokens + 2 * 2 * 32 * tokens * tokens
+
+
+def test_data_tokens_from_a_world_manifest_scale_with_the_share_needed(tmp_path, tiny_model_dir):
+    world = World(root=str(tmp_path))
+    world.directory.mkdir(parents=True)
+    write_records(_records(), world.train_path)
+    stats = {"train": {"records": 4, "prompt_tokens": 400, "sampled_tokens": 1000}}
+    world.manifest_path.write_text(json.dumps({"stats": stats}))
+    datamodule = PRMDataModule(model_path=tiny_model_dir, world=world, responses_per_instruction=1)
+    counts = flops.sampling_tokens(datamodule)
+    assert counts == {"prompt_tokens": 200, "sampled_tokens": 500, "records": 2, "source": "world manifest"}

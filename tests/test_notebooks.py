@@ -1,0 +1,49 @@
+"""The notebooks run top to bottom on the outputs of a miniature fit and predict, so they never rot."""
+
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from iprm.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke_outputs(tmp_path_factory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("notebooks")
+    common = [
+        "--config", str(ROOT / "configs" / "smoke.yaml"),
+        "--data.world.root", str(tmp / "worlds"),
+        "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
+    ]  # fmt: skip
+    main(["fit", *common, "--model.export_dir", str(tmp / "policy")])
+    checkpoint = next((tmp / "runs").rglob("*.ckpt"))
+    candidates = next((tmp / "worlds").glob("world-*/bon-medium.jsonl"))
+    predictions = tmp / "predictions.jsonl"
+    main([
+        "predict", *common, "--ckpt_path", str(checkpoint), "--data.predict_path", str(candidates),
+        "--prediction.output_path", str(predictions),
+    ])  # fmt: skip
+    return tmp / "runs" / "smoke", predictions
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["quickstart_results", "step_rewards"])
+def test_notebook_runs_top_to_bottom(name, smoke_outputs, monkeypatch):
+    run, predictions = smoke_outputs
+    monkeypatch.setenv("IPRM_RUN", str(run))
+    monkeypatch.setenv("IPRM_PREDICTIONS", str(predictions))
+    monkeypatch.setenv("IPRM_CANDIDATES", "4")
+    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    NotebookClient(
+        notebook,
+        timeout=120,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    ).execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no figure"

@@ -1,0 +1,122 @@
+"""The sweep runner: points from explicit overrides and grids, per-run commands, metrics collection, and an
+end-to-end two-point sweep on the miniature world that is then resumed without rerunning anything."""
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from iprm import sweep
+from iprm.cli import main as cli_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+
+
+def test_points_cross_explicit_points_with_the_grid():
+    spec = {
+        "points": {"ce": {"--config": "a.yaml"}, "dpo": {"config": ["b.yaml"], "--model.lr": 0.1}},
+        "grid": {"data.instruction_fraction": [0.5, 1.0], "data.deduplicate": [True]},
+    }
+    assert sweep.points(spec) == {
+        "ce,instruction_fraction=0.5,deduplicate=true": {
+            "config": ["a.yaml"], "data.instruction_fraction": 0.5, "data.deduplicate": True,
+        },
+        "ce,instruction_fraction=1.0,deduplicate=true": {
+            "config": ["a.yaml"], "data.instruction_fraction": 1.0, "data.deduplicate": True,
+        },
+        "dpo,instruction_fraction=0.5,deduplicate=true": {
+            "config": ["b.yaml"], "model.lr": 0.1, "data.instruction_fraction": 0.5, "data.deduplicate": True,
+        },
+        "dpo,instruction_fraction=1.0,deduplicate=true": {
+            "config": ["b.yaml"], "model.lr": 0.1, "data.instruction_fraction": 1.0, "data.deduplicate": True,
+        },
+    }  # fmt: skip
+    assert sweep.points({}) == {"base": {}}
+
+
+def test_cli_args_put_configs_first_and_move_the_checkpoints_into_the_run(tmp_path):
+    run = sweep.Run(
+        "dpo", 2, {"config": ["configs/objective/dpo.yaml"], "model.reference_free": True}, tmp_path
+    )
+    args = sweep.cli_args(run, ["configs/quickstart.yaml"], ["--trainer.max_epochs", "2"], "fit")
+    assert args[:4] == ["--config", "configs/quickstart.yaml", "--config", "configs/objective/dpo.yaml"]
+    assert args[4:6] == ["--model.reference_free", "true"]
+    assert args[-2:] == ["--trainer.max_epochs", "2"]
+    flags = dict(zip(args[::2], args[1::2], strict=True))
+    assert flags["--seed_everything"] == flags["--data.seed"] == "2"
+    assert flags["--trainer.logger.init_args.save_dir"] == str(tmp_path / "fit")
+    (checkpoint,) = json.loads(flags["--trainer.callbacks"])
+    assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "checkpoints")
+    assert checkpoint["init_args"]["save_last"] is True
+
+
+def test_selection_rows_map_back_to_metric_names():
+    assert sweep._selection_key("bon/prm_single_min", "16") == "bon@16/prm_single_min"
+    assert sweep._selection_key("wmaj/prm_accumulative_min", "4") == "wmaj@4/prm_accumulative_min"
+    assert sweep._selection_key("majority", "16") == "maj@16"
+    assert sweep._selection_key("pass@k", "1") == "pass@1"
+    assert sweep._selection_key("oracle", "64") == "oracle@64"
+
+
+def test_summary_is_mean_and_sample_std_over_finite_values():
+    assert sweep._summary([0.5, 0.7, float("nan")], ".3f") == "0.600 ± 0.141"
+    assert sweep._summary([0.25], ".3f") == "0.250"
+    assert sweep._summary([float("nan")], ".3f") == "–"
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
+def test_every_shipped_sweep_parses_through_the_cli(path, tmp_path, monkeypatch, capsys):
+    """Every point of every shipped sweep gives a `fit` command line the CLI accepts."""
+    monkeypatch.chdir(ROOT)
+    spec = sweep.load_sweep(path)
+    assert len(spec["seeds"]) >= (1 if path.stem == "smoke" else 3)
+    for run in sweep.plan(spec, tmp_path, spec["seeds"][:1]):
+        with pytest.raises(SystemExit) as exit_info:
+            cli_main(["fit", *sweep.cli_args(run, spec["base"], [], "fit"), "--print_config"])
+        assert exit_info.value.code in (0, None), run.point
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["seed_everything"] == printed["data"]["seed"] == run.seed
+        assert printed["model"]["export_dir"] == str(run.directory / "policy")
+        for callback in printed["trainer"]["callbacks"] or []:
+            if "dirpath" in callback["init_args"]:
+                assert callback["init_args"]["dirpath"] == str(run.directory / "checkpoints")
+
+
+def _run_smoke(tmp_path: Path) -> int:
+    world = ["--data.world.root", str(tmp_path / "worlds")]  # built in the test's tmp (~15 s)
+    return sweep.main([str(ROOT / "configs/sweeps/smoke.yaml"), "--output", str(tmp_path / "sweep"), *world])
+
+
+@pytest.mark.integration
+def test_smoke_sweep_runs_end_to_end_and_resumes(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)
+    caplog.set_level(logging.INFO, logger="iprm.sweep")
+    assert _run_smoke(tmp_path) == 0
+    output = tmp_path / "sweep"
+    with (output / "results.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["point"], row["seed"]) for row in rows] == [("ce", "0"), ("dpo_half", "0")]
+    for row in rows:
+        assert float(row["flops/train"]) > 0 and float(row["flops/data"]) > 0
+        assert 0 <= float(row["strong/pass@1"]) <= 1
+        assert row["strong/bon@8/prm_accumulative_min"] != ""
+    assert rows[1]["data.instruction_fraction"] == "0.5"
+    assert float(rows[1]["flops/data"]) < float(rows[0]["flops/data"])  # half the rollouts were needed
+    markdown = (output / "results.md").read_text()
+    headings = [line for line in markdown.splitlines() if line.startswith("## ")]
+    assert headings == ["## weak", "## medium", "## strong", "## cost"]
+    assert "| ce | 1 |" in markdown and "| dpo_half | 1 |" in markdown
+    assert "PRM bo@8 (acc. min)" in markdown
+
+    finished = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "results" not in p.name}
+    caplog.clear()
+    assert _run_smoke(tmp_path) == 0
+    assert caplog.text.count("done, skipped") == 2
+    now = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "results" not in p.name}
+    assert now == finished  # nothing reran, nothing new
+    with (output / "results.csv").open() as file:
+        assert len(list(csv.DictReader(file))) == 2
