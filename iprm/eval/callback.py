@@ -95,8 +95,12 @@ class BestOfNEvaluation(Callback):
                         outputs[key][rows], batch["step_labels"][rows], batch["step_tagged"][rows]
                     )
         if dataloader_idx not in self.heatmaps and self.heatmap_candidates > 0:
-            rows = batch["problem"] == batch["problem"][0]
-            rows = rows.nonzero().flatten()[: self.heatmap_candidates]
+            # The first problem of the batch whose candidates disagree shows a correct and a wrong
+            # solution side by side; fall back to the first problem.
+            problems = batch["problem"].unique(sorted=False)
+            mixed = [p for p in problems if batch["labels"][batch["problem"] == p].unique().numel() == 2]
+            chosen = mixed[0] if mixed else batch["problem"][0]
+            rows = (batch["problem"] == chosen).nonzero().flatten()[: self.heatmap_candidates]
             self.heatmaps[dataloader_idx] = (
                 outputs["step_scores/single"][rows].cpu(),
                 batch["step_labels"][rows].cpu(),
