@@ -98,7 +98,11 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
 @pytest.mark.integration
 def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
-    inputs = next(world_root.glob("world-*/bon-strong.jsonl"))
+    labelled = next(world_root.glob("world-*/bon-strong.jsonl"))
+    # A file to score needs no outcome label: strip them all.
+    inputs = tmp_path / "unlabelled.jsonl"
+    lines = [json.loads(line) for line in labelled.read_text().splitlines()]
+    inputs.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "label"}) + "\n" for r in lines))
     output = tmp_path / "scored.jsonl"
     main([
         "predict", *_smoke_args(tmp_path, world_root), "--ckpt_path", str(ckpt),
@@ -106,6 +110,7 @@ def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_pat
     ])  # fmt: skip
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == len(inputs.read_text().splitlines())
+    assert all(row["label"] is None for row in rows)
     for row in rows:
         steps = [line for line in row["response"].split("\n") if line.strip()]
         assert len(row["step_scores"]["single"]) == len(steps)
@@ -148,3 +153,30 @@ def test_help_documents_the_arguments():
     ):
         assert flag in fit.stdout, flag
     assert "starting checkpoint" in fit.stdout  # docstrings become help text
+
+
+@pytest.mark.integration
+def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path, tiny_model_dir):
+    """No world: a user's JSONL rollouts, a best-of-N file and a local checkpoint directory."""
+    rows = []
+    for problem in range(4):
+        for candidate in range(4):
+            correct = candidate % 2 == 0
+            answer = str(problem + 2) if correct else str(problem + 3)
+            rows.append({
+                "instruction_id": f"p{problem}", "prompt": f"Q:{problem}+2\n",
+                "response": f"{problem}+2={answer}\nA:{answer}", "label": correct, "answer": answer,
+            })  # fmt: skip
+    data = tmp_path / "mine.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    main([
+        "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.world", "null",
+        "--data.model_path", tiny_model_dir, "--data.train_path", str(data),
+        "--data.eval_paths", json.dumps({"mine": str(data)}), "--data.instructions_per_batch", "2",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--trainer.default_root_dir", str(tmp_path), "--model.export_dir", str(tmp_path / "policy"),
+    ])  # fmt: skip
+    run = next((tmp_path / "runs" / "smoke").glob("version_*"))
+    table = (run / "evaluation" / "val-mine.csv").read_text().splitlines()
+    assert table[0] == "scorer,1,2,4"
+    assert (tmp_path / "policy" / "config.json").exists()

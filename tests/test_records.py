@@ -150,3 +150,12 @@ def test_official_errors_name_file_index_and_field(tmp_path, item, message):
 )
 def test_grade(answer, reference, expected):
     assert grade(answer, reference) is expected
+
+
+def test_records_to_score_may_omit_the_label(tmp_path):
+    path = tmp_path / "to_score.jsonl"
+    path.write_text('{"instruction_id": "q", "prompt": "Q:1+1\\n", "response": "1+1=2\\nA:2"}\n')
+    with pytest.raises(RecordError, match=r"to_score.jsonl:1: field 'label': missing required field"):
+        load_records(path)
+    (record,) = load_records(path, require_label=False)
+    assert record.label is None and record.response == "1+1=2\nA:2"

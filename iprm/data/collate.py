@@ -10,6 +10,7 @@ at every boundary for BPE tokenizers). With offsets (s_t, e_t) of token t and th
 so q_k, the sum of token log-ratios up to step k's end, covers every character of steps 1..k.
 """
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any
@@ -204,7 +205,8 @@ class Collator:
         batch["step_tagged"] = pad(
             [_step_tagged(r, e) for r, e in zip(records, encoded, strict=True)], False, torch.bool
         )
-        batch["labels"] = torch.tensor([float(r.label) for r in records])
+        # Records that are only scored (predict) may have no label: NaN, never a made-up class.
+        batch["labels"] = torch.tensor([math.nan if r.label is None else float(r.label) for r in records])
         batch["groups"] = torch.tensor([item["group"] for item in items], dtype=torch.long)
         batch["index"] = torch.tensor([item["index"] for item in items], dtype=torch.long)
         for key, name in EVAL_KEYS.items():

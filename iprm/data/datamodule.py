@@ -34,11 +34,11 @@ log = logging.getLogger(__name__)
 Balance = Literal["none", "dataset", "instruction"]
 
 
-def load_data(path: str | Path, source: str | None = None) -> list[Record]:
+def load_data(path: str | Path, source: str | None = None, require_label: bool = True) -> list[Record]:
     """Load records from any supported file: the official JSON-list format or `load_records`' formats."""
     if looks_official(path):
         return load_official_candidates(path, source)
-    return load_records(path, source)
+    return load_records(path, source, require_label)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,7 +339,7 @@ class PRMDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate", "test") and self._eval is None:
             self._eval = {name: load_data(path) for name, path in self.eval_paths.items()}
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
-            self._predict = load_data(self.predict_path)
+            self._predict = load_data(self.predict_path, require_label=False)
 
     def _load_train(self) -> list[Record]:
         if self.train_path is None:

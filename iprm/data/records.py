@@ -34,7 +34,8 @@ class Record:
         instruction_id: Identifies the instruction (problem); responses sharing it form a group.
         prompt: The instruction text, exactly as the model sees it before the response.
         response: The response text; steps are separated by the data module's `step_separator`.
-        label: Outcome label: whether the final answer is correct.
+        label: Outcome label: whether the final answer is correct; None only for records loaded just to be
+            scored (`require_label=False`, as `predict` does).
         answer: The extracted final answer, used for majority voting; None when none was found.
         source: Which data source the record came from (e.g. a generator or a file stem).
         step_labels: Ground-truth correctness of each step, where known.
@@ -45,7 +46,7 @@ class Record:
     instruction_id: str
     prompt: str
     response: str
-    label: bool
+    label: bool | None
     answer: str | None = None
     source: str = "default"
     step_labels: tuple[bool, ...] | None = None
@@ -76,17 +77,17 @@ def _optional_list(data: Mapping[str, Any], field: str, kind: type, what: str) -
     return tuple(value)
 
 
-def _check_required(data: Mapping[str, Any]) -> None:
-    for field in ("instruction_id", "prompt", "response", "label"):
+def _check_required(data: Mapping[str, Any], require_label: bool) -> None:
+    for field in ("instruction_id", "prompt", "response", "label")[: 4 if require_label else 3]:
         if field not in data or data[field] is None:
             raise _FieldError(field, "missing required field")
 
 
-def _parse(data: Any, source: str | None) -> Record:
+def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
     """Validate one mapping and build its `Record`; raises `_FieldError` without a location."""
     if not isinstance(data, Mapping):
         raise _FieldError(None, f"expected a JSON object, got {type(data).__name__}")
-    _check_required(data)
+    _check_required(data, require_label)
     instruction_id = _expect(data, "instruction_id", (str, int), "a string or an integer")
     response = _expect(data, "response", (str,), "a string")
     if not response.strip():
@@ -105,7 +106,7 @@ def _parse(data: Any, source: str | None) -> Record:
         instruction_id=str(instruction_id),
         prompt=_expect(data, "prompt", (str,), "a string"),
         response=response,
-        label=_expect(data, "label", (bool,), "a boolean"),
+        label=_expect(data, "label", (bool,), "a boolean") if data.get("label") is not None else None,
         answer=answer,
         source=record_source or source or "default",
         step_labels=step_labels,
@@ -113,18 +114,21 @@ def _parse(data: Any, source: str | None) -> Record:
     )
 
 
-def parse_record(data: Mapping[str, Any], where: str = "<record>", source: str | None = None) -> Record:
+def parse_record(
+    data: Mapping[str, Any], where: str = "<record>", source: str | None = None, require_label: bool = True
+) -> Record:
     """Validate one mapping with the JSON field names of `Record`; errors are prefixed with `where`.
 
-    `source` fills in records that do not name their own. `instruction_id` may be an integer.
+    `source` fills in records that do not name their own. `instruction_id` may be an integer. Without
+    `require_label` (records to score, not to train or evaluate on) a missing label stays None.
     """
     try:
-        return _parse(data, source)
+        return _parse(data, source, require_label)
     except _FieldError as error:
         raise RecordError(f"{where}: {error}") from None
 
 
-def _load_json_lines(path: Path, source: str | None) -> list[Record]:
+def _load_json_lines(path: Path, source: str | None, require_label: bool) -> list[Record]:
     records = []
     with path.open(encoding="utf-8") as file:
         for number, line in enumerate(file, start=1):
@@ -139,36 +143,42 @@ def _load_json_lines(path: Path, source: str | None) -> list[Record]:
                     else ""
                 )
                 raise RecordError(f"{path}:{number}: malformed JSON: {error.msg}{hint}") from None
-            records.append(parse_record(data, f"{path}:{number}", source))
+            records.append(parse_record(data, f"{path}:{number}", source, require_label))
     return records
 
 
-def records_from_dataset(dataset: datasets.Dataset, name: str, source: str | None = None) -> list[Record]:
+def records_from_dataset(
+    dataset: datasets.Dataset, name: str, source: str | None = None, require_label: bool = True
+) -> list[Record]:
     """Validate every row of a `datasets.Dataset`; errors name `name` and the 1-based row."""
-    return [parse_record(row, f"{name}: row {number}", source) for number, row in enumerate(dataset, start=1)]
+    return [
+        parse_record(row, f"{name}: row {number}", source, require_label)
+        for number, row in enumerate(dataset, start=1)
+    ]
 
 
-def _load_with_datasets(path: Path, source: str | None) -> list[Record]:
+def _load_with_datasets(path: Path, source: str | None, require_label: bool) -> list[Record]:
     builder = DATASET_BUILDERS.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
     # A throwaway cache: loading must leave nothing behind (the default cache lives in the home directory).
     with tempfile.TemporaryDirectory() as cache_dir:
         dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
-        return records_from_dataset(dataset, str(path), source)
+        return records_from_dataset(dataset, str(path), source, require_label)
 
 
-def load_records(path: str | Path, source: str | None = None) -> list[Record]:
+def load_records(path: str | Path, source: str | None = None, require_label: bool = True) -> list[Record]:
     """Load and validate records from `.jsonl`/`.json` (JSON lines), `.parquet` or another `datasets` format.
 
     Args:
         path: The file to read. Blank JSON lines are skipped.
         source: The `source` of records that do not name one (default: "default").
+        require_label: Reject records without an outcome label (off for records that are only scored).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no records file at {path}")
     if path.suffix.lower() in JSON_LINES:
-        return _load_json_lines(path, source)
-    return _load_with_datasets(path, source)
+        return _load_json_lines(path, source, require_label)
+    return _load_with_datasets(path, source, require_label)
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:
