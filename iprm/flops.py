@@ -30,7 +30,8 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from iprm.data.datamodule import PRMDataModule, first_per_instruction, load_data, subsample_instructions
+from iprm.data.datamodule import PRMDataModule, load_data
+from iprm.data.knobs import first_per_instruction, subsample_instructions
 from iprm.data.records import Record
 
 

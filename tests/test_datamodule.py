@@ -8,8 +8,9 @@ from types import SimpleNamespace
 import pytest
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
-from iprm.data.datamodule import InstructionBatchSampler, PRMDataModule
+from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
+from iprm.data.sampler import InstructionBatchSampler
 
 # Labels of the responses to each instruction, in file order; "dup" repeats the instruction's first response.
 LABELS = {

@@ -158,3 +158,15 @@ def test_process_metric_pads_batches_of_different_lengths():
     assert values["f1"].item() == pytest.approx(processbench_f1(scores, labels, tau)["f1"])
     assert values["step_auroc"].item() == pytest.approx(step_auroc(scores, labels))
     assert values["step_auroc_masked"].item() == pytest.approx(step_auroc(scores, labels, mask))
+
+
+def test_f1_with_an_error_at_the_very_first_step():
+    """F: the first step is wrong (index 0) and is flagged → exact. G: first step wrong, flagged only at
+    step 2 → wrong. H: all correct, nothing flagged → right. acc_erroneous 1/2, acc_correct 1/1,
+    F1 = 2·(1/2)·1 / (1/2 + 1) = 2/3."""
+    scores = torch.tensor([[-1.0, 2.0], [1.0, -1.0], [1.0, 1.0]])
+    labels = torch.tensor([[0, 0], [0, 0], [1, 1]])
+    assert first_error(labels).tolist() == [0, 0, -1]
+    result = processbench_f1(scores, labels, 0.5)
+    assert (result["acc_erroneous"], result["acc_correct"]) == (0.5, 1.0)
+    assert result["f1"] == pytest.approx(2 / 3)

@@ -10,10 +10,8 @@ and `summary` records the count after each.
 """
 
 import logging
-import math
-import random
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -21,12 +19,21 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from iprm.data.collate import Collator
+from iprm.data.knobs import (
+    balance_dataset,
+    balance_instructions,
+    by_instruction,
+    drop_duplicates,
+    first_per_instruction,
+    subsample_instructions,
+)
 from iprm.data.official import load_official_candidates, looks_official
 from iprm.data.records import Record, load_records
+from iprm.data.sampler import InstructionBatchSampler
 from iprm.tasks.world import World
 
 log = logging.getLogger(__name__)
@@ -39,165 +46,6 @@ def load_data(path: str | Path, source: str | None = None, require_label: bool =
     if looks_official(path):
         return load_official_candidates(path, source)
     return load_records(path, source, require_label)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Training-set knobs: pure functions of a record list, each keeping file order.
-
-
-def by_instruction(records: list[Record]) -> dict[str, list[int]]:
-    """Record positions per instruction id, instructions in first-appearance order."""
-    groups: dict[str, list[int]] = defaultdict(list)
-    for position, record in enumerate(records):
-        groups[record.instruction_id].append(position)
-    return dict(groups)
-
-
-def _keep(records: list[Record], positions: set[int]) -> list[Record]:
-    return [record for position, record in enumerate(records) if position in positions]
-
-
-def drop_duplicates(records: list[Record]) -> list[Record]:
-    """Drop each response identical to an earlier response to the same instruction."""
-    seen: set[tuple[str, str]] = set()
-    kept = []
-    for record in records:
-        key = (record.instruction_id, record.response)
-        if key not in seen:
-            seen.add(key)
-            kept.append(record)
-    return kept
-
-
-def subsample_instructions(records: list[Record], fraction: float, seed: int) -> list[Record]:
-    """Keep a seeded random `fraction` of the instructions (at least one).
-
-    The instructions are shuffled once and a prefix is kept, so smaller fractions are subsets of larger ones
-    under the same seed (data-scaling curves compare nested training sets).
-    """
-    instructions = list(by_instruction(records))
-    random.Random(seed).shuffle(instructions)
-    kept = set(instructions[: max(1, round(fraction * len(instructions)))])
-    return [record for record in records if record.instruction_id in kept]
-
-
-def first_per_instruction(records: list[Record], k: int) -> list[Record]:
-    """Keep the first `k` responses of every instruction, in file order."""
-    return _keep(records, {p for positions in by_instruction(records).values() for p in positions[:k]})
-
-
-def _sample(positions: list[int], k: int, rng: random.Random) -> list[int]:
-    shuffled = list(positions)
-    rng.shuffle(shuffled)
-    return shuffled[:k]
-
-
-def balance_dataset(records: list[Record], seed: int) -> list[Record]:
-    """Subsample the majority class (seeded) to the minority class's count over the whole dataset."""
-    positives = [p for p, record in enumerate(records) if record.label]
-    negatives = [p for p, record in enumerate(records) if not record.label]
-    count, rng = min(len(positives), len(negatives)), random.Random(seed)
-    return _keep(records, {*_sample(positives, count, rng), *_sample(negatives, count, rng)})
-
-
-def balance_instructions(records: list[Record], seed: int) -> list[Record]:
-    """Within each instruction keep min(#correct, #incorrect) of each class; one-class instructions go."""
-    rng, kept = random.Random(seed), set()
-    for positions in by_instruction(records).values():
-        positives = [p for p in positions if records[p].label]
-        negatives = [p for p in positions if not records[p].label]
-        count = min(len(positives), len(negatives))
-        kept.update(_sample(positives, count, rng), _sample(negatives, count, rng))
-    return _keep(records, kept)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Samplers: instruction order per epoch, then batches of whole instruction groups sharded across ranks.
-
-
-class InstructionSampler(Sampler[int]):
-    """The order of instructions in one epoch: a permutation seeded by (seed, epoch), or file order."""
-
-    def __init__(self, num_instructions: int, shuffle: bool = True, seed: int = 0):
-        self.num_instructions = num_instructions
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.num_instructions))
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.num_instructions, generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_instructions
-
-
-class InstructionBatchSampler(Sampler[list[int]]):
-    """Batches of whole instruction groups, sharded across ranks.
-
-    Each batch holds every item of `instructions_per_batch` instructions; a lone instruction left over at
-    the end of an epoch joins the previous batch, so that every batch offers other instructions' responses
-    for mismatched pairs. Batch j of the epoch goes to rank j mod num_replicas; the list wraps around so
-    every rank gets the same number of batches (DDP hangs otherwise).
-
-    Args:
-        groups: Item indices of each instruction.
-        instructions_per_batch: Instructions per batch on each rank.
-        shuffle: Reshuffle the instruction order every epoch (seeded by `seed` and the epoch).
-        seed: Seed of the instruction order.
-        num_replicas: Number of ranks sharing the data.
-        rank: This rank, in [0, num_replicas).
-    """
-
-    def __init__(
-        self,
-        groups: list[list[int]],
-        instructions_per_batch: int,
-        shuffle: bool = True,
-        seed: int = 0,
-        num_replicas: int = 1,
-        rank: int = 0,
-    ):
-        if not groups or not all(groups):
-            raise ValueError("every instruction group must hold at least one item, and there must be one")
-        if instructions_per_batch < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"bad sampler settings: {instructions_per_batch=}, {rank=}, {num_replicas=}")
-        self.groups = groups
-        self.instructions_per_batch = instructions_per_batch
-        self.num_replicas = num_replicas
-        self.rank = rank
-        # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
-        self.sampler = InstructionSampler(len(groups), shuffle, seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def _instruction_batches(self) -> list[list[int]]:
-        order, size = list(self.sampler), self.instructions_per_batch
-        batches = [order[start : start + size] for start in range(0, len(order), size)]
-        if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
-            lone = batches.pop()
-            batches[-1] = batches[-1] + lone
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._instruction_batches()
-        wrapped = [batches[j % len(batches)] for j in range(len(self) * self.num_replicas)]
-        for instructions in wrapped[self.rank :: self.num_replicas]:
-            yield [item for instruction in instructions for item in self.groups[instruction]]
-
-    def __len__(self) -> int:
-        count, size = len(self.groups), self.instructions_per_batch
-        batches = math.ceil(count / size) - (size > 1 and count > size and count % size == 1)
-        return math.ceil(batches / self.num_replicas)
-
-
-# ---------------------------------------------------------------------------------------------------------
 
 
 def eval_items(records: list[Record]) -> list[dict[str, Any]]:
