@@ -1,7 +1,11 @@
 """Shared fixtures: a character tokenizer and tiny Llama models built in code (no network, fixed seeds)."""
 
+from pathlib import Path
+
+import nbformat
 import pytest
 import torch
+from nbclient import NotebookClient
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from iprm.tasks.tokenizer import build_char_tokenizer
@@ -43,3 +47,19 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer):
     make_tiny_llama(len(char_tokenizer)).save_pretrained(path)
     char_tokenizer.save_pretrained(path)
     return str(path)
+
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def assert_notebook_draws(name: str) -> None:
+    """Execute `notebooks/<name>.ipynb` top to bottom (inputs come from environment variables) and check
+    that no cell failed and at least one figure was drawn."""
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    client = NotebookClient(
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
+    client.execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no figure"

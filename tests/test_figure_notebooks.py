@@ -3,9 +3,8 @@ sweep, so they never rot."""
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import assert_notebook_draws
 
 from iprm import sweep
 
@@ -31,13 +30,4 @@ def smoke_results(tmp_path_factory) -> Path:
 def test_figure_notebook_runs_top_to_bottom(name, smoke_results, monkeypatch):
     monkeypatch.setenv("IPRM_SWEEP_CONFIG", str(ROOT / "configs/sweeps/smoke.yaml"))
     monkeypatch.setenv("IPRM_SWEEP", str(smoke_results))
-    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    NotebookClient(
-        notebook,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(ROOT / "notebooks")}},
-    ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no figure"
+    assert_notebook_draws(name)

@@ -2,9 +2,8 @@
 
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from conftest import assert_notebook_draws
 
 from iprm.cli import main
 
@@ -37,13 +36,4 @@ def test_notebook_runs_top_to_bottom(name, smoke_outputs, monkeypatch):
     monkeypatch.setenv("IPRM_RUN", str(run))
     monkeypatch.setenv("IPRM_PREDICTIONS", str(predictions))
     monkeypatch.setenv("IPRM_CANDIDATES", "4")
-    notebook = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
-    NotebookClient(
-        notebook,
-        timeout=120,
-        kernel_name="python3",
-        resources={"metadata": {"path": str(ROOT / "notebooks")}},
-    ).execute()
-    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no figure"
+    assert_notebook_draws(name)
