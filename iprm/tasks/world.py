@@ -290,8 +290,9 @@ def _build(settings: dict, directory: Path) -> dict:
     stats["train"] |= _sampled_token_counts(tokenizer, rollout_problems, per_rollout, responses)
     per_candidate = settings["candidates_per_problem"]
     for offset, (name, generator) in enumerate(generators.items()):
-        path = directory / ("reference" if generator["fraction"] >= 1.0 else f"generators/{name}")
-        policy = type(model).from_pretrained(path).eval()
+        # The final policy is still in memory; only snapshots are read back from disk.
+        snapshot = directory / "generators" / name
+        policy = model if generator["fraction"] >= 1.0 else type(model).from_pretrained(snapshot).eval()
         responses = _sample(
             policy,
             tokenizer,
