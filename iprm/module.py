@@ -3,7 +3,8 @@
 Training minimises an outcome objective on ℓ = Σ_t log π_θ(y_t|·) − log π_ref(y_t|·) per response;
 evaluation and prediction read step scores off the same log-ratio (`iprm.rewards`), q_k = β·ℓ_{≤k}.
 The reference's log-probabilities depend on nothing that trains, so they are computed once per record
-(cumulative values at every step end, plus the response total) and reused in every later epoch.
+(cumulative values at every step end, plus the response total) and reused in every later epoch, in memory
+or on disk across runs (`iprm.refcache`).
 Every forward and backward that runs in training is counted in FLOPs (`iprm.flops`): `train/flops`
 (cumulative) while training, `flops/{train,data,total}` and `<log_dir>/flops.json` at its end.
 """
@@ -16,8 +17,8 @@ import lightning as L
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from iprm import flops, rewards
-from iprm.objectives import CE, Objective
+from iprm import flops, refcache, rewards
+from iprm.objectives import CE, Objective, pair_mask
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,21 @@ class ImplicitPRM(L.LightningModule):
         trust_remote_code: allow checkpoints that ship their own modelling code (off: it runs that code).
         export_dir: where the trained policy is written with `save_pretrained` at the end of `fit`;
             None writes `<log_dir>/policy`.
+        reference_cache: where the reference's log-probs are kept once computed: "memory" (this
+            process), "disk" (also across runs, under `reference_cache_dir`), or "none" (the reference
+            runs on every batch; for measuring what the cache saves).
+        reference_cache_dir: root of the disk cache; entries are keyed by the reference checkpoint's
+            fingerprint and each record's tokens.
+        offload_reference: keep the reference in CPU memory during training: its log-probs for the
+            training set are computed before the first step and the accelerator holds only the policy;
+            a record missing from the cache later brings the reference back for that batch.
+        response_only_logprobs: run the LM head on response positions only (False: the model's full
+            forward, float32 log-softmax over every position; same numbers, for measuring).
+        forward_each_pair: for pairwise objectives (DPO, NCA), forward each (correct, incorrect) pair's
+            two responses separately, as the official DPO code does, so a response is forwarded once per
+            pair it joins; the loss and gradients are the same as forming the pairs inside the objective
+            (the default, one forward per response). For measuring.
+        compile: `torch.compile` the policy's and the reference's decoders.
     """
 
     def __init__(
@@ -70,14 +86,24 @@ class ImplicitPRM(L.LightningModule):
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
         export_dir: str | None = None,
+        reference_cache: str = "memory",
+        reference_cache_dir: str = ".cache/iprm/reference",
+        offload_reference: bool = False,
+        response_only_logprobs: bool = True,
+        forward_each_pair: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])
         self.objective = objective if objective is not None else CE()
         self.policy: PreTrainedModel | None = None
         self.reference: PreTrainedModel | None = None
-        # (dataset kind, record index) → reference cumulative log-prob at each step end, then the total.
-        self._reference_cache: dict[tuple[str, int], torch.Tensor] = {}
+        if reference_cache not in refcache.MODES:
+            raise ValueError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
+        # Record digest → reference cumulative log-prob at each step end, then the total (set up with the
+        # reference in `configure_model`, where its checkpoint is known).
+        in_memory = "memory" if reference_cache == "disk" else reference_cache
+        self._reference_cache = refcache.ReferenceCache(in_memory)
         # Training cost (`iprm.flops`): tokens and FLOPs of every forward/backward that ran, this rank.
         self._costs: dict[str, flops.ForwardCost] = {}
         self._counts = flops.zero_counts()
@@ -108,6 +134,17 @@ class ImplicitPRM(L.LightningModule):
             self.reference = self._load(self.hparams.reference_path or self.hparams.model_path)
             self.reference.eval().requires_grad_(False)
             self._costs["reference"] = flops.ForwardCost.of(self.reference)
+            if self.hparams.reference_cache == "disk":
+                path = self.hparams.reference_path or self.hparams.model_path
+                self._reference_cache = refcache.ReferenceCache(
+                    "disk",
+                    self.hparams.reference_cache_dir,
+                    refcache.fingerprint(path, self.hparams.torch_dtype),
+                )
+        if self.hparams.compile:
+            for model in (self.policy, self.reference):
+                if model is not None:
+                    model.get_decoder().compile()
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
@@ -181,40 +218,84 @@ class ImplicitPRM(L.LightningModule):
             batch[f"{prefix}input_ids"],
             batch[f"{prefix}attention_mask"],
             batch[f"{prefix}response_mask"],
+            response_only=self.hparams.response_only_logprobs,
         )
 
     @torch.no_grad()
-    def _reference_cumulative(self, batch: dict, kind: str) -> torch.Tensor:
-        """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total."""
-        keys = [(kind, int(i)) for i in batch["index"]]
+    def _reference_cumulative(self, batch: dict, count: bool = False) -> torch.Tensor:
+        """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total.
+
+        Records missing from the cache are forwarded (and, with `count`, counted as training FLOPs).
+        """
+        keys = refcache.record_keys(batch)
         missing = [row for row, key in enumerate(keys) if key not in self._reference_cache]
+        computed = {}
         if missing:
-            rows = torch.tensor(missing, device=batch["input_ids"].device)
+            device = batch["input_ids"].device
+            rows = torch.tensor(missing, device=device)
             sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "response_mask", "step_ends")}
-            token_logps = self._logprobs(self.reference, sub)
-            if kind == "train":
+            token_logps = self._reference_logprobs(sub)
+            if count:
                 flops.count(self._counts, "reference", self._costs["reference"], sub["attention_mask"], 1)
             values = torch.cat(
                 [rewards.cumulative_at(token_logps, sub["step_ends"]), token_logps.sum(-1, keepdim=True)], -1
             )
             for row, value in zip(missing, values, strict=True):
-                self._reference_cache[keys[row]] = value[~value.isnan()].cpu()
+                computed[keys[row]] = value[~value.isnan()].cpu()
+                self._reference_cache.put(keys[row], computed[keys[row]])
         width = batch["step_ends"].shape[1] + 1
         out = torch.full((len(keys), width), float("nan"))
         for row, key in enumerate(keys):
-            value = self._reference_cache[key]
+            value = computed[key] if key in computed else self._reference_cache[key]
             out[row, : len(value) - 1] = value[:-1]
             out[row, -1] = value[-1]
         return out.to(batch["input_ids"].device)
 
+    def _reference_logprobs(self, batch: dict, prefix: str = "") -> torch.Tensor:
+        """The reference's token log-probs, bringing it onto the batch's device for the call if offloaded."""
+        device = batch[f"{prefix}input_ids"].device
+        offloaded = self.reference.device != device
+        if offloaded:
+            self.reference.to(device)
+        try:
+            return self._logprobs(self.reference, batch, prefix)
+        finally:
+            if offloaded:
+                self.reference.to("cpu")
+
+    def on_train_start(self) -> None:
+        if not (self.hparams.offload_reference and self.reference is not None):
+            return
+        if self.hparams.reference_free:
+            self.reference.to("cpu")
+            return
+        # Fill the cache for this rank's training records, then free the accelerator of the reference.
+        for batch in self.trainer.datamodule.train_dataloader():
+            batch = self.trainer.strategy.batch_to_device(batch, self.device)
+            self._reference_cumulative(batch, count=True)
+        self._reference_cache.flush()
+        self.reference.to("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _flush_reference_cache(self) -> None:
+        self._reference_cache.flush()
+
+    on_train_epoch_end = _flush_reference_cache
+    on_validation_epoch_end = _flush_reference_cache
+    on_test_epoch_end = _flush_reference_cache
+    on_predict_epoch_end = _flush_reference_cache
+
     # --- training ----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.hparams.forward_each_pair and self.objective.pairwise:
+            batch = pair_by_pair(batch)
         policy_total = self._logprobs(self.policy, batch).sum(-1)
         flops.count(self._counts, "policy", self._costs["policy"], batch["attention_mask"], passes=3)
         reference_total = None
         if not self.hparams.reference_free:
-            reference_total = self._reference_cumulative(batch, "train")[:, -1]
+            reference_total = self._reference_cumulative(batch, count=True)[:, -1]
         logratio = rewards.logratio(policy_total, reference_total)
         kl_logratio = self._mismatched_logratio(batch) if self.objective.requires_kl else None
         loss, metrics = self.objective(logratio, batch["labels"], batch["groups"], kl_logratio=kl_logratio)
@@ -250,7 +331,7 @@ class ImplicitPRM(L.LightningModule):
         flops.count(self._counts, "policy", self._costs["policy"], batch["kl_attention_mask"], passes=1)
         if self.hparams.reference_free:
             return rewards.logratio(policy, None)
-        reference = self._logprobs(self.reference, batch, "kl_").sum(-1)
+        reference = self._reference_logprobs(batch, "kl_").sum(-1)
         flops.count(self._counts, "reference", self._costs["reference"], batch["kl_attention_mask"], passes=1)
         return rewards.logratio(policy, reference)
 
@@ -280,7 +361,7 @@ class ImplicitPRM(L.LightningModule):
         return self.objective.beta if beta is None else beta
 
     @torch.no_grad()
-    def score(self, batch: dict, kind: str) -> dict[str, torch.Tensor]:
+    def score(self, batch: dict) -> dict[str, torch.Tensor]:
         """Step scores of every record in the batch and its response score under every scorer.
 
         Returns `step_scores/{mode}` [B, S] (NaN padding) for the implicit PRM and for the
@@ -290,7 +371,7 @@ class ImplicitPRM(L.LightningModule):
         policy_cumulative = rewards.cumulative_at(self._logprobs(self.policy, batch), batch["step_ends"])
         reference_cumulative = None
         if self.reference is not None:
-            reference_cumulative = self._reference_cumulative(batch, kind)[:, :-1]
+            reference_cumulative = self._reference_cumulative(batch)[:, :-1]
         prm_reference = None if self.hparams.reference_free_inference else reference_cumulative
         cumulative = {"prm": rewards.logratio(policy_cumulative, prm_reference)}
         # Reference-only baseline: the reference log-likelihood itself, i.e. π_ref against a uniform π.
@@ -310,10 +391,25 @@ class ImplicitPRM(L.LightningModule):
         return out
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self.score(batch, f"eval{dataloader_idx}")
+        return self.score(batch)
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self.score(batch, f"eval{dataloader_idx}")
+        return self.score(batch)
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return {"index": batch["index"], **self.score(batch, "predict")}
+        return {"index": batch["index"], **self.score(batch)}
+
+
+def pair_by_pair(batch: dict) -> dict:
+    """The batch as the official DPO code forwards it: for each (correct, incorrect) pair of an instruction,
+    its chosen and its rejected response, each pair its own group. A response appears once per pair it
+    joins; the pairwise losses over the result equal those over the original batch."""
+    pairs = pair_mask(batch["labels"], batch["groups"]).nonzero()
+    rows = torch.cat([pairs[:, 0], pairs[:, 1]])
+    size = len(batch["labels"])
+    per_row = {k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == size}
+    out = {key: value[rows] if key in per_row else value for key, value in batch.items()}
+    count = len(pairs)
+    out["labels"] = torch.cat([torch.ones(count), torch.zeros(count)]).to(batch["labels"])
+    out["groups"] = torch.arange(count, device=rows.device).repeat(2)
+    return out

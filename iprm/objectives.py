@@ -132,7 +132,7 @@ class DPO(Objective):
         self, logratio: Tensor, labels: Tensor, groups: Tensor, kl_logratio: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r = self.beta * logratio
-        pairs = _pair_mask(labels, groups)
+        pairs = pair_mask(labels, groups)
         loss = _mean_over_pairs(-F.logsigmoid(r[:, None] - r[None, :]), pairs)
         return loss, _pairwise_metrics(r, labels, groups, pairs)
 
@@ -153,7 +153,7 @@ class NCA(Objective):
         self, logratio: Tensor, labels: Tensor, groups: Tensor, kl_logratio: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         r = self.beta * logratio
-        pairs = _pair_mask(labels, groups)
+        pairs = pair_mask(labels, groups)
         as_chosen = -F.logsigmoid(r) - 0.5 * F.logsigmoid(-r)
         as_rejected = -0.5 * F.logsigmoid(-r)
         loss = _mean_over_pairs(as_chosen[:, None] + as_rejected[None, :], pairs)
@@ -225,7 +225,7 @@ def _instruction_balanced_weights(positive: Tensor, groups: Tensor) -> tuple[Ten
     return weights, group_size.numel()
 
 
-def _pair_mask(labels: Tensor, groups: Tensor) -> Tensor:
+def pair_mask(labels: Tensor, groups: Tensor) -> Tensor:
     """[B, B] mask, True where response i is correct, j incorrect, and both answer the same instruction."""
     positive = labels.bool()
     return (groups[:, None] == groups[None, :]) & positive[:, None] & ~positive[None, :]

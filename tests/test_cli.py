@@ -119,8 +119,10 @@ def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_pat
         assert row["scores"]["prm_accumulative_last"] == pytest.approx(row["step_scores"]["accumulative"][-1])
 
 
-# Sweep files are not CLI configs: tests/test_sweep.py checks them.
-SHIPPED = sorted(str(p.relative_to(ROOT)) for p in CONFIGS.rglob("*.yaml") if p.parent.name != "sweeps")
+# Sweep and benchmark files are not CLI configs: tests/test_sweep.py and tests/test_benchmark_*.py read them.
+SHIPPED = sorted(
+    str(p.relative_to(ROOT)) for p in CONFIGS.rglob("*.yaml") if p.parent.name not in ("sweeps", "benchmarks")
+)
 
 
 @pytest.mark.parametrize("config", SHIPPED)
@@ -180,3 +182,20 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
     table = (run / "evaluation" / "val-mine.csv").read_text().splitlines()
     assert table[0] == "scorer,1,2,4"
     assert (tmp_path / "policy" / "config.json").exists()
+
+
+@pytest.mark.integration
+def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_training(tmp_path, world_root):
+    """Offloaded reference, disk cache, length-grouped batches and pair-by-pair DPO, through the CLI; a
+    second fit finds every reference log-prob on disk."""
+    cache = tmp_path / "reference-cache"
+    switches = [
+        "--config", str(CONFIGS / "objective" / "dpo.yaml"), "--model.offload_reference", "true",
+        "--model.reference_cache", "disk", "--model.reference_cache_dir", str(cache),
+        "--model.forward_each_pair", "true", "--data.group_by_length", "true",
+    ]  # fmt: skip
+    main(["fit", *_smoke_args(tmp_path / "first", world_root, *switches)])
+    shards = list(cache.glob("*/shard-*.pt"))
+    assert shards, "the disk cache was not written"
+    main(["fit", *_smoke_args(tmp_path / "second", world_root, *switches)])
+    assert set(cache.glob("*/shard-*.pt")) - set(shards) == set(), "the second fit recomputed the reference"

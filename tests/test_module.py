@@ -50,7 +50,7 @@ def test_policy_equal_to_reference_gives_zero_rewards_and_dpo_ln2(tiny_model_dir
     batch = _batch(char_tokenizer)
     loss = module.training_step(batch, 0)
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
-    scored = module.score(batch, "eval0")
+    scored = module.score(batch)
     for mode in ("single", "accumulative"):
         steps = scored[f"step_scores/{mode}"]
         assert torch.all(steps[~steps.isnan()] == 0)

@@ -96,6 +96,8 @@ class PRMDataModule(L.LightningDataModule):
         deduplicate: Drop responses identical to an earlier response to the same instruction.
         instructions_per_batch: Instructions per training batch on each device; a batch holds all of their
             responses.
+        group_by_length: Batch instructions of similar length together (their longest prompt + response,
+            in characters), so batches waste little on padding; the batches' order stays shuffled.
         eval_batch_size: Responses per evaluation and prediction batch.
         step_separator: The string between consecutive steps of a response.
         max_length: Truncate sequences to this many tokens, dropping steps that no longer fit.
@@ -118,6 +120,7 @@ class PRMDataModule(L.LightningDataModule):
         balance: Balance = "none",
         deduplicate: bool = False,
         instructions_per_batch: int = 8,
+        group_by_length: bool = False,
         eval_batch_size: int = 64,
         step_separator: str = "\n",
         max_length: int | None = None,
@@ -138,6 +141,7 @@ class PRMDataModule(L.LightningDataModule):
         self.balance = balance
         self.deduplicate = deduplicate
         self.instructions_per_batch = instructions_per_batch
+        self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size
         self.step_separator = step_separator
         self.max_length = max_length
@@ -280,11 +284,20 @@ class PRMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         items = self.train_items()
         groups: dict[int, list[int]] = defaultdict(list)
+        lengths: dict[int, int] = defaultdict(int)
         for item in items:
             groups[item["group"]].append(item["index"])
+            record = item["record"]
+            lengths[item["group"]] = max(lengths[item["group"]], len(record.prompt) + len(record.response))
         num_replicas, rank = self._ranks()
         sampler = InstructionBatchSampler(
-            list(groups.values()), self.instructions_per_batch, True, self.seed, num_replicas, rank
+            list(groups.values()),
+            self.instructions_per_batch,
+            True,
+            self.seed,
+            num_replicas,
+            rank,
+            lengths=[lengths[group] for group in groups] if self.group_by_length else None,
         )
         return DataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()

@@ -10,6 +10,10 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+# Length grouping sorts instructions within windows of this many batches: long enough to find similar
+# lengths, short enough that the epoch's order stays random at larger scales.
+LENGTH_WINDOW = 32
+
 
 class InstructionSampler(Sampler[int]):
     """The order of instructions in one epoch: a permutation seeded by (seed, epoch), or file order."""
@@ -48,6 +52,10 @@ class InstructionBatchSampler(Sampler[list[int]]):
         seed: Seed of the instruction order.
         num_replicas: Number of ranks sharing the data.
         rank: This rank, in [0, num_replicas).
+        lengths: With it, group instructions of similar length to waste little compute on padding: the
+            epoch's order is cut into windows of `LENGTH_WINDOW` batches, each window is sorted by this
+            length (one number per instruction, e.g. its longest response), batched, and the batches of
+            the epoch are shuffled (seeded). None: batches follow the shuffled order as is.
     """
 
     def __init__(
@@ -58,6 +66,7 @@ class InstructionBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        lengths: list[int] | None = None,
     ):
         if not groups or not all(groups):
             raise ValueError("every instruction group must hold at least one item, and there must be one")
@@ -67,6 +76,9 @@ class InstructionBatchSampler(Sampler[list[int]]):
         self.instructions_per_batch = instructions_per_batch
         self.num_replicas = num_replicas
         self.rank = rank
+        if lengths is not None and len(lengths) != len(groups):
+            raise ValueError(f"{len(lengths)} lengths for {len(groups)} instruction groups")
+        self.lengths = lengths
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
         self.sampler = InstructionSampler(len(groups), shuffle, seed)
 
@@ -75,10 +87,20 @@ class InstructionBatchSampler(Sampler[list[int]]):
 
     def _instruction_batches(self) -> list[list[int]]:
         order, size = list(self.sampler), self.instructions_per_batch
+        if self.lengths is not None:
+            window = size * LENGTH_WINDOW
+            order = [
+                instruction
+                for start in range(0, len(order), window)
+                for instruction in sorted(order[start : start + window], key=self.lengths.__getitem__)
+            ]
         batches = [order[start : start + size] for start in range(0, len(order), size)]
         if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
             lone = batches.pop()
             batches[-1] = batches[-1] + lone
+        if self.lengths is not None and self.sampler.shuffle:
+            generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

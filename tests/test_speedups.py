@@ -1,0 +1,155 @@
+"""Every switchable speed-up changes no number: pairs in the objective vs pair-by-pair forwarding, the
+reference cache (none / memory / disk), response-only log-probs, length-grouped batches."""
+
+import logging
+
+import pytest
+import torch
+
+from iprm import refcache
+from iprm.data.collate import Collator
+from iprm.data.records import Record
+from iprm.data.sampler import LENGTH_WINDOW, InstructionBatchSampler
+from iprm.module import ImplicitPRM, pair_by_pair
+from iprm.objectives import CE, DPO, NCA
+
+RECORDS = [
+    Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),
+    Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False),
+    Record("a", "Q:12-5+3\n", "12-5=17\n17+3=20\nA:20", False),
+    Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),
+    Record("b", "Q:40*2-9\n", "40*2=80\n80-9=79\nA:79", False),
+    Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),
+    Record("c", "Q:7+1\n", "7+1=8\nA:8", True),  # no pair
+]
+DISTINCT = len(RECORDS) - 1  # records 3 and 5 are the same response: one reference cache entry
+
+
+def _batch(tokenizer, records=RECORDS) -> dict:
+    groups: dict[str, int] = {}
+    items = [
+        {"record": r, "index": i, "group": groups.setdefault(r.instruction_id, len(groups))}
+        for i, r in enumerate(records)
+    ]
+    return Collator(tokenizer, separator="\n")(items)
+
+
+def _module(model_dir: str, objective, **kwargs) -> ImplicitPRM:
+    module = ImplicitPRM(model_path=model_dir, objective=objective, **kwargs)
+    module.configure_model()
+    torch.manual_seed(3)
+    with torch.no_grad():  # move the policy away from the reference so the log-ratios are not all zero
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return module
+
+
+def _loss_and_grads(module: ImplicitPRM, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
+    module.policy.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in module.policy.named_parameters()}
+
+
+@pytest.mark.parametrize("objective_class", [DPO, NCA])
+def test_pair_by_pair_forwarding_gives_the_same_loss_and_gradients(
+    objective_class, tiny_model_dir, char_tokenizer
+):
+    batch = _batch(char_tokenizer)
+    inside = _module(tiny_model_dir, objective_class(beta=0.5))
+    each_pair = _module(tiny_model_dir, objective_class(beta=0.5), forward_each_pair=True)
+    loss, grads = _loss_and_grads(inside, batch)
+    loss_pairs, grads_pairs = _loss_and_grads(each_pair, batch)
+    assert loss_pairs == pytest.approx(loss, abs=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_pairs[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_pair_by_pair_batch_repeats_each_response_once_per_pair(char_tokenizer):
+    batch = _batch(char_tokenizer)
+    expanded = pair_by_pair(batch)
+    # a: 1 correct × 2 incorrect = 2 pairs; b: 2 correct × 1 incorrect = 2 pairs; c: none.
+    assert expanded["index"].tolist() == [0, 0, 3, 5, 1, 2, 4, 4]
+    assert expanded["labels"].tolist() == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert expanded["groups"].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
+    assert expanded["input_ids"].shape == (8, batch["input_ids"].shape[1])
+
+
+@pytest.mark.parametrize("settings", [{"reference_cache": "none"}, {"response_only_logprobs": False}])
+def test_uncached_reference_and_full_logits_give_the_same_loss_and_scores(
+    settings, tiny_model_dir, char_tokenizer
+):
+    batch = _batch(char_tokenizer)
+    default = _module(tiny_model_dir, CE(beta=0.5))
+    variant = _module(tiny_model_dir, CE(beta=0.5), **settings)
+    assert variant.training_step(batch, 0).item() == pytest.approx(
+        default.training_step(batch, 0).item(), abs=1e-6
+    )
+    torch.testing.assert_close(
+        variant.score(batch)["scores"], default.score(batch)["scores"], atol=1e-5, rtol=0
+    )
+    if settings.get("reference_cache") == "none":
+        assert len(variant._reference_cache) == 0 and len(default._reference_cache) == DISTINCT
+
+
+def test_disk_cache_is_reused_by_a_later_run_and_survives_a_bad_shard(
+    tiny_model_dir, char_tokenizer, tmp_path, caplog
+):
+    batch = _batch(char_tokenizer)
+    first = _module(tiny_model_dir, CE(beta=0.5), reference_cache="disk", reference_cache_dir=str(tmp_path))
+    loss = first.training_step(batch, 0).item()
+    shard = first._reference_cache.flush()
+    assert shard is not None and shard.parent.parent == tmp_path
+    assert first._reference_cache.flush() is None  # nothing new to write
+    (shard.parent / "shard-0-bad.pt").write_bytes(b"not a torch file")
+
+    with caplog.at_level(logging.WARNING, logger="iprm.refcache"):
+        second = _module(
+            tiny_model_dir, CE(beta=0.5), reference_cache="disk", reference_cache_dir=str(tmp_path)
+        )
+    assert "shard-0-bad.pt" in caplog.text
+    assert len(second._reference_cache) == DISTINCT
+    with torch.no_grad():  # a run that read the cache never needs the reference's weights
+        for p in second.reference.parameters():
+            p.zero_()
+    assert second.training_step(batch, 0).item() == pytest.approx(loss, abs=1e-6)
+
+
+def test_record_keys_ignore_padding_and_position(char_tokenizer):
+    alone = refcache.record_keys(_batch(char_tokenizer, RECORDS[6:]))
+    together = refcache.record_keys(_batch(char_tokenizer, RECORDS[::-1]))
+    assert together[0] == alone[0]  # the same record, padded to a different width, in another row
+    assert len(set(together)) == DISTINCT
+
+
+def test_fingerprint_follows_the_weights_and_the_dtype(tmp_path, tiny_model_dir):
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, copy)
+    before = refcache.fingerprint(str(copy), "float32")
+    assert refcache.fingerprint(str(copy), "bfloat16") != before
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # rewritten: new modification time
+    assert refcache.fingerprint(str(copy), "float32") != before
+
+
+def test_length_grouped_batches_cover_every_instruction_once_and_pack_similar_lengths():
+    count, size = 200, 4
+    lengths = [(7 * i) % 97 for i in range(count)]
+    groups = [[2 * i, 2 * i + 1] for i in range(count)]
+    sampler = InstructionBatchSampler(groups, size, seed=5, lengths=lengths)
+    batches = list(sampler)
+    items = sorted(i for batch in batches for i in batch)
+    assert items == list(range(2 * count)) and len(batches) == len(sampler)
+
+    def padding(batches):
+        spans = [[lengths[i // 2] for i in batch] for batch in batches]
+        return sum(len(s) * max(s) - sum(s) for s in spans)
+
+    plain = list(InstructionBatchSampler(groups, size, seed=5))
+    assert padding(batches) < padding(plain) / 3
+    assert LENGTH_WINDOW * size < count  # the test exercises more than one window
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # reshuffled every epoch
