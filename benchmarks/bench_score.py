@@ -9,8 +9,12 @@ and must agree to `--atol`, else the script exits non-zero. Variants:
     baseline    what evaluation code usually does (the paper's): every step's end found by tokenising
                 `prompt + steps[:k+1]` again; a full forward of policy and reference; a float32 log-softmax
                 over the whole vocabulary at every position.
-    iprm_cold   iprm's evaluation path (PRMDataModule dataloader → collation → `validation_step`) with an
-                empty reference cache, so the reference runs too: the fair one-shot comparison.
+    iprm_cold_every_row  iprm's evaluation path (PRMDataModule dataloader → collation → `validation_step`)
+                with an empty reference cache, so the reference runs too, and every row forwarded even when
+                candidates repeat (`deduplicate_scoring=False`): the fair one-shot comparison for data
+                without duplicates.
+    iprm_cold   the same, identical candidates of a batch scored once (iprm's default); what it saves
+                depends on how often candidates repeat (`data.distinct_candidates` in the JSON).
     iprm_warm   the same with the reference's log-probs already cached: per-epoch evaluation after the first.
 
 Every variant pays its own tokenisation. Each runs in its own child process, forked from a server that has
@@ -46,7 +50,7 @@ from iprm.module import ImplicitPRM
 from iprm.tasks.arithmetic import sample_problem, solve, verify
 from iprm.tasks.tokenizer import build_char_tokenizer
 
-VARIANTS = ("baseline", "iprm_cold", "iprm_warm")
+VARIANTS = ("baseline", "iprm_cold_every_row", "iprm_cold", "iprm_warm")
 SEPARATOR = "\n"
 # Imported once by the fork server, so each variant's process starts with them loaded and nothing else.
 PRELOAD = ["torch", "transformers", "lightning", "iprm.module", "iprm.data.datamodule"]
@@ -237,7 +241,7 @@ def _baseline_runner(options: dict, workdir: Path, device: torch.device):
     return lambda: baseline_pass(policy, reference, tokenizer, records, size, beta, device), beta
 
 
-def _iprm_runner(options: dict, workdir: Path, device: torch.device, cold: bool):
+def _iprm_runner(options: dict, workdir: Path, device: torch.device, cold: bool, deduplicate: bool = True):
     datamodule = PRMDataModule(
         model_path=str(workdir / "policy"),
         eval_paths={"bench": str(workdir / "candidates.jsonl")},
@@ -247,7 +251,11 @@ def _iprm_runner(options: dict, workdir: Path, device: torch.device, cold: bool)
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()[0]
     count = len(datamodule.eval_records["bench"])
-    module = ImplicitPRM(model_path=str(workdir / "policy"), reference_path=str(workdir / "reference"))
+    module = ImplicitPRM(
+        model_path=str(workdir / "policy"),
+        reference_path=str(workdir / "reference"),
+        deduplicate_scoring=deduplicate,
+    )
     module.configure_model()
     module.eval().to(device)
 
@@ -269,7 +277,10 @@ def run_variant(variant: str, options: dict, workdir: str) -> dict:
     if variant == "baseline":
         run, beta = _baseline_runner(options, Path(workdir), device)
     else:
-        run, beta = _iprm_runner(options, Path(workdir), device, cold=variant == "iprm_cold")
+        cold = variant.startswith("iprm_cold")
+        run, beta = _iprm_runner(
+            options, Path(workdir), device, cold, deduplicate=variant != "iprm_cold_every_row"
+        )
     setup_rss = _peak_rss_mb()
     excludes_priming = None
     with torch.no_grad():

@@ -69,6 +69,8 @@ class ImplicitPRM(L.LightningModule):
             pair it joins; the loss and gradients are the same as forming the pairs inside the objective
             (the default, one forward per response). For measuring.
         compile: `torch.compile` the policy's and the reference's decoders.
+        deduplicate_scoring: score each distinct record of an evaluation or prediction batch once (same
+            numbers; off: forward every row, for measuring).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ImplicitPRM(L.LightningModule):
         response_only_logprobs: bool = True,
         forward_each_pair: bool = False,
         compile: bool = False,
+        deduplicate_scoring: bool = True,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])
@@ -366,8 +369,24 @@ class ImplicitPRM(L.LightningModule):
 
         Returns `step_scores/{mode}` [B, S] (NaN padding) for the implicit PRM and for the
         reference-only baseline (`reference_step_scores/{mode}`), and `scores` [B, K] in the order of
-        `scorer_names()`.
+        `scorer_names()`. With `deduplicate_scoring`, identical records of the batch (best-of-N
+        candidates often repeat) are forwarded once and their scores copied.
         """
+        if self.hparams.deduplicate_scoring:
+            first: dict[str, int] = {}
+            keys = refcache.record_keys(batch)
+            for row, key in enumerate(keys):
+                first.setdefault(key, row)
+            if len(first) < len(keys):
+                position = {key: i for i, key in enumerate(first)}
+                inverse = torch.tensor([position[key] for key in keys], device=batch["input_ids"].device)
+                unique = self._score(
+                    select_rows(batch, torch.tensor(list(first.values()), device=inverse.device))
+                )
+                return {name: value[inverse] for name, value in unique.items()}
+        return self._score(batch)
+
+    def _score(self, batch: dict) -> dict[str, torch.Tensor]:
         policy_cumulative = rewards.cumulative_at(self._logprobs(self.policy, batch), batch["step_ends"])
         reference_cumulative = None
         if self.reference is not None:
@@ -405,11 +424,15 @@ def pair_by_pair(batch: dict) -> dict:
     its chosen and its rejected response, each pair its own group. A response appears once per pair it
     joins; the pairwise losses over the result equal those over the original batch."""
     pairs = pair_mask(batch["labels"], batch["groups"]).nonzero()
-    rows = torch.cat([pairs[:, 0], pairs[:, 1]])
-    size = len(batch["labels"])
-    per_row = {k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == size}
-    out = {key: value[rows] if key in per_row else value for key, value in batch.items()}
+    out = select_rows(batch, torch.cat([pairs[:, 0], pairs[:, 1]]))
     count = len(pairs)
     out["labels"] = torch.cat([torch.ones(count), torch.zeros(count)]).to(batch["labels"])
-    out["groups"] = torch.arange(count, device=rows.device).repeat(2)
+    out["groups"] = torch.arange(count, device=pairs.device).repeat(2)
     return out
+
+
+def select_rows(batch: dict, rows: torch.Tensor) -> dict:
+    """The batch restricted to (or repeating) the given rows: every per-row tensor indexed by `rows`."""
+    size = len(batch["input_ids"])
+    per_row = {k for k, v in batch.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and len(v) == size}
+    return {key: value[rows] if key in per_row else value for key, value in batch.items()}

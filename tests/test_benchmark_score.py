@@ -67,7 +67,7 @@ def test_tiny_run_writes_both_variants_and_checks_equality(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| iprm_warm |" in done.stdout
     report = json.loads(output.read_text())
-    assert set(report["variants"]) == {"baseline", "iprm_cold", "iprm_warm"}
+    assert set(report["variants"]) == {"baseline", "iprm_cold_every_row", "iprm_cold", "iprm_warm"}
     for summary in report["variants"].values():
         assert summary["candidates_per_s"] > 0 and summary["response_tokens_per_s"] > 0
         assert summary["peak_rss_mb"] > 0

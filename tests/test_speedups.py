@@ -1,5 +1,6 @@
 """Every switchable speed-up changes no number: pairs in the objective vs pair-by-pair forwarding, the
-reference cache (none / memory / disk), response-only log-probs, length-grouped batches."""
+reference cache (none / memory / disk), response-only log-probs, deduplicated scoring, length-grouped
+batches."""
 
 import logging
 
@@ -76,8 +77,11 @@ def test_pair_by_pair_batch_repeats_each_response_once_per_pair(char_tokenizer):
     assert expanded["input_ids"].shape == (8, batch["input_ids"].shape[1])
 
 
-@pytest.mark.parametrize("settings", [{"reference_cache": "none"}, {"response_only_logprobs": False}])
-def test_uncached_reference_and_full_logits_give_the_same_loss_and_scores(
+@pytest.mark.parametrize(
+    "settings",
+    [{"reference_cache": "none"}, {"response_only_logprobs": False}, {"deduplicate_scoring": False}],
+)
+def test_uncached_reference_full_logits_and_every_row_scored_give_the_same_loss_and_scores(
     settings, tiny_model_dir, char_tokenizer
 ):
     batch = _batch(char_tokenizer)
@@ -86,9 +90,10 @@ def test_uncached_reference_and_full_logits_give_the_same_loss_and_scores(
     assert variant.training_step(batch, 0).item() == pytest.approx(
         default.training_step(batch, 0).item(), abs=1e-6
     )
-    torch.testing.assert_close(
-        variant.score(batch)["scores"], default.score(batch)["scores"], atol=1e-5, rtol=0
-    )
+    scored, expected = variant.score(batch), default.score(batch)  # RECORDS[3] and [5] are duplicates
+    assert scored.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(scored[name], value, atol=1e-5, rtol=0, equal_nan=True, msg=name)
     if settings.get("reference_cache") == "none":
         assert len(variant._reference_cache) == 0 and len(default._reference_cache) == DISTINCT
 
