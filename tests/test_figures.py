@@ -136,3 +136,12 @@ def test_scaling_figure_a_line_per_point_over_n(rows):
 def test_figures_refuse_rows_without_best_of_n_metrics():
     with pytest.raises(ValueError, match="no best-of-N metrics"):
         scaling_figure([{"point": "a", "flops/train": 1.0}])
+
+
+def test_command_line_writes_each_figure_as_an_image(rows, tmp_path):
+    from iprm.eval.figures import main
+
+    results = tmp_path / "results.csv"  # written by the `rows` fixture
+    for kind in ("flops", "voting", "scaling"):
+        (path,) = main([str(results), kind, str(tmp_path / "out" / f"{kind}.png"), "--n", "2"])
+        assert path.read_bytes().startswith(b"\x89PNG")

@@ -206,3 +206,44 @@ def scaling_figure(rows: list[dict], scorer: str = HEADLINE_SCORER, title: str =
     if title:
         figure.suptitle(title)
     return figure
+
+
+# --- command line -----------------------------------------------------------------------------------------
+
+FIGURES = ("flops", "voting", "scaling")
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """`python -m iprm.eval.figures RESULTS.csv {flops,voting,scaling} OUT.png [--n 16] [--scorer S]`:
+    write a sweep's figure as an image (what the figure notebooks draw). A scaling sweep with several
+    families (e.g. CE and DPO) gives one image per family, `OUT-<family>.png`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m iprm.eval.figures", description=main.__doc__)
+    parser.add_argument("results", type=Path, help="a sweep's results.csv")
+    parser.add_argument("figure", choices=FIGURES)
+    parser.add_argument("output", type=Path, help="image path (.png, .svg, .pdf)")
+    parser.add_argument("--n", type=int, default=16, help="N for the flops and voting figures")
+    parser.add_argument("--scorer", default=HEADLINE_SCORER)
+    args = parser.parse_args(argv)
+    rows = read_results(args.results)
+    if args.figure == "flops":
+        drawn = {"": accuracy_vs_flops_figure(rows, args.n, args.scorer)}
+    elif args.figure == "voting":
+        drawn = {"": majority_voting_figure(rows, args.n, args.scorer)}
+    else:
+        drawn = {
+            name: scaling_figure(group, args.scorer, title=name) for name, group in families(rows).items()
+        }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, figure in drawn.items():
+        path = args.output if len(drawn) == 1 else args.output.with_stem(f"{args.output.stem}-{name}")
+        figure.savefig(path, dpi=110)
+        written.append(path)
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
