@@ -15,6 +15,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import flops, refcache, rewards
@@ -69,6 +70,9 @@ class ImplicitPRM(L.LightningModule):
             pair it joins; the loss and gradients are the same as forming the pairs inside the objective
             (the default, one forward per response). For measuring.
         compile: `torch.compile` the policy's and the reference's decoders.
+        step_label_weight: add this weight × a cross-entropy of every labelled step's accumulative
+            reward against its prefix's correctness (records' `step_labels`): the "added step labels"
+            data factor; 0 trains on outcome labels only, as the paper's method does.
         deduplicate_scoring: score each distinct record of an evaluation or prediction batch once (same
             numbers; off: forward every row, for measuring).
     """
@@ -95,6 +99,7 @@ class ImplicitPRM(L.LightningModule):
         forward_each_pair: bool = False,
         compile: bool = False,
         deduplicate_scoring: bool = True,
+        step_label_weight: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])
@@ -294,14 +299,18 @@ class ImplicitPRM(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.forward_each_pair and self.objective.pairwise:
             batch = pair_by_pair(batch)
-        policy_total = self._logprobs(self.policy, batch).sum(-1)
+        policy_logps = self._logprobs(self.policy, batch)
         flops.count(self._counts, "policy", self._costs["policy"], batch["attention_mask"], passes=3)
-        reference_total = None
+        reference = None
         if not self.hparams.reference_free:
-            reference_total = self._reference_cumulative(batch, count=True)[:, -1]
-        logratio = rewards.logratio(policy_total, reference_total)
+            reference = self._reference_cumulative(batch, count=True)
+        logratio = rewards.logratio(policy_logps.sum(-1), None if reference is None else reference[:, -1])
         kl_logratio = self._mismatched_logratio(batch) if self.objective.requires_kl else None
         loss, metrics = self.objective(logratio, batch["labels"], batch["groups"], kl_logratio=kl_logratio)
+        if self.hparams.step_label_weight > 0:
+            step_loss = self._step_label_loss(batch, policy_logps, reference)
+            loss = loss + self.hparams.step_label_weight * step_loss
+            metrics["step_label_loss"] = step_loss.detach()
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step}, "
@@ -323,6 +332,21 @@ class ImplicitPRM(L.LightningModule):
                 on_epoch=summed,
             )
         return loss
+
+    def _step_label_loss(
+        self, batch: dict, policy_logps: torch.Tensor, reference: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Cross-entropy of each labelled step's accumulative reward q_k = β·ℓ_{≤k} against whether steps
+        1..k are all correct (the process label of a prefix); the mean over labelled steps, 0 without any."""
+        cumulative = rewards.cumulative_at(policy_logps, batch["step_ends"])
+        cumulative = rewards.logratio(cumulative, None if reference is None else reference[:, :-1])
+        labels = batch["step_labels"]
+        known = (labels >= 0) & (batch["step_ends"] >= 0)
+        prefix_correct = (labels == 1).long().cumprod(-1).float()
+        if not known.any():
+            return cumulative.nan_to_num().sum() * 0.0
+        q = self.objective.beta * cumulative[known]
+        return F.binary_cross_entropy_with_logits(q, prefix_correct[known])
 
     @torch.no_grad()
     def _mismatched_logratio(self, batch: dict) -> torch.Tensor:

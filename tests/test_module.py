@@ -95,3 +95,33 @@ def test_non_finite_loss_stops_training(tiny_model_dir, char_tokenizer):
         next(module.policy.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite training loss"):
         module.training_step(_batch(char_tokenizer), 0)
+
+
+def test_step_labels_add_a_cross_entropy_on_each_labelled_prefix(tiny_model_dir, char_tokenizer):
+    from iprm import rewards
+
+    records = [
+        Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True, step_labels=(True, True, True)),
+        Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False, step_labels=(False, True, False)),
+        Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),  # no step labels: outcome only
+    ]
+    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(records)]
+    batch = Collator(char_tokenizer, separator="\n")(items)
+    plain = _module(tiny_model_dir, CE(beta=0.5))
+    weighted = _module(tiny_model_dir, CE(beta=0.5), step_label_weight=2.0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p, q in zip(plain.policy.parameters(), weighted.policy.parameters(), strict=True):
+            p.add_(0.05 * torch.randn_like(p))
+            q.copy_(p)
+    outcome = plain.training_step(batch, 0)
+    total = weighted.training_step(batch, 0)
+    # By hand: q_k = β·(policy − reference) cumulative at each step end; prefix labels 1,1,1 and 0,0,0.
+    with torch.no_grad():
+        ends = batch["step_ends"]
+        policy = rewards.cumulative_at(weighted._logprobs(weighted.policy, batch), ends)
+        reference = rewards.cumulative_at(weighted._logprobs(weighted.reference, batch), ends)
+        q = 0.5 * (policy - reference)[:2, :3].reshape(-1)
+        targets = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+        expected = torch.nn.functional.binary_cross_entropy_with_logits(q, targets)
+    assert total.item() == pytest.approx(outcome.item() + 2.0 * expected.item(), abs=1e-5)
