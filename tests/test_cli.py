@@ -199,3 +199,27 @@ def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_trainin
     assert shards, "the disk cache was not written"
     main(["fit", *_smoke_args(tmp_path / "second", world_root, *switches)])
     assert set(cache.glob("*/shard-*.pt")) - set(shards) == set(), "the second fit recomputed the reference"
+
+
+@pytest.mark.integration
+def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(world_root):
+    """The "extra instructions from a second task family" data factor on the miniature world."""
+    from iprm.data.datamodule import PRMDataModule
+    from iprm.tasks.world import World
+
+    settings = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["world"]
+    world = World(**{**settings, "root": str(world_root)})
+    data = PRMDataModule(world=world, extra_families=["addmul"])
+    data.prepare_data()
+    data.setup("fit")
+    base = [r for r in data.train_records if r.source != "extra-addmul"]
+    extra = [r for r in data.train_records if r.source == "extra-addmul"]
+    assert len(extra) == len(base) == settings["train_instructions"] * settings["rollouts_per_instruction"]
+    assert not {r.instruction_id for r in extra} & {r.instruction_id for r in base}
+    assert all("-" not in r.prompt for r in extra) and any("-" in r.prompt for r in base)
+    assert all(r.step_labels is not None for r in extra)
+    built = Path(world.extra_train_path("addmul")).stat().st_mtime_ns
+    PRMDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
+    assert Path(world.extra_train_path("addmul")).stat().st_mtime_ns == built
+    with pytest.raises(ValueError, match="needs data.world"):
+        PRMDataModule(extra_families=["addmul"])

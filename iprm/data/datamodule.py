@@ -83,6 +83,8 @@ class PRMDataModule(L.LightningDataModule):
             world's rollouts unless given.
         extra_train_paths: More training files, concatenated after `train_path`; records without a
             `source` take the file's stem.
+        extra_families: With `world`, second task families (`iprm.tasks.world.EXTRA_FAMILIES`) whose
+            rollouts join the training set as extra instructions; built on first use.
         eval_paths: Name → best-of-N candidate file; one validation/test dataloader per entry, in this order.
             With `world`, the world's evaluation sets unless given.
         predict_path: Records to score with `predict`.
@@ -112,6 +114,7 @@ class PRMDataModule(L.LightningDataModule):
         model_path: str | None = None,
         train_path: str | None = None,
         extra_train_paths: list[str] | None = None,
+        extra_families: list[str] | None = None,
         eval_paths: dict[str, str] | None = None,
         predict_path: str | None = None,
         world: World | None = None,
@@ -134,6 +137,12 @@ class PRMDataModule(L.LightningDataModule):
         self.model_path = model_path if model_path is not None or world is None else world.model_path
         self.train_path = train_path if train_path is not None or world is None else world.train_path
         self.extra_train_paths = list(extra_train_paths or [])
+        self.extra_families = list(extra_families or [])
+        if self.extra_families and world is None:
+            raise ValueError(
+                "data.extra_families needs data.world: the families are sampled by its reference"
+            )
+        self.extra_train_paths += [world.extra_train_path(family) for family in self.extra_families]
         self.eval_paths = dict(eval_paths or (world.eval_paths if world is not None else {}))
         self.predict_path = predict_path
         self.instruction_fraction = instruction_fraction
@@ -180,6 +189,8 @@ class PRMDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         if self.world is not None:
             self.world.build()
+            for family in self.extra_families:
+                self.world.build_extra(family)
 
     def setup(self, stage: str | None = None) -> None:
         if self._tokenizer is None:

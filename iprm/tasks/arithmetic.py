@@ -68,7 +68,8 @@ def sample_problem(
     """A random problem whose true running values stay in [0, max_value].
 
     Subtraction is drawn `subtract_weight` times as often as each other operator, so the misconception
-    has room to matter; multiplication only by 2 or 3 when the result stays in range.
+    has room to matter (0: never, a family of addition-and-multiplication chains); multiplication only by 2
+    or 3 when the result stays in range.
     """
     value = rng.randint(10, max_value // 2)
     start, operations = value, []
@@ -84,6 +85,13 @@ def sample_problem(
         if factors:
             choices.append(("*", rng.choice(factors)))
             weights.append(1.0)
+        if weights.count(0.0):  # an operator weighted 0 is never drawn (a task family without it)
+            choices = [c for c, w in zip(choices, weights, strict=True) if w > 0]
+            weights = [w for w in weights if w > 0]
+            if not choices:  # nothing allowed from here: stop, or start afresh if too short
+                if len(operations) >= min_steps:
+                    break
+                return sample_problem(rng, min_steps, max_steps, max_value, subtract_weight)
         op, operand = rng.choices(choices, weights)[0]
         operations.append((op, operand))
         value = apply(value, op, operand)

@@ -9,6 +9,9 @@
 - `bon-<name>.jsonl`: held-out best-of-N candidate sets, one per generator, with step labels;
 - `manifest.json`: the settings and what the build measured (pass@1 per generator, timings).
 Nothing is rebuilt while `manifest.json` exists, so changing any setting means a new directory.
+
+`World.build_extra(family)` adds, on demand, `extra-<family>.jsonl`: the reference's rollouts on as many
+instructions of a second task family (`EXTRA_FAMILIES`), for the "extra instructions" data factor.
 """
 
 import dataclasses
@@ -48,6 +51,10 @@ class Generator:
     fraction: float = 1.0
     temperature: float = 1.0
 
+
+# Second task families: name → `sample_problem` keyword arguments. "addmul": addition-and-multiplication
+# chains, which never subtract, so the misconception the reference believes in cannot occur.
+EXTRA_FAMILIES = {"addmul": {"subtract_weight": 0.0}}
 
 # Measured on the default world (96 fresh problems × 16 samples each): the final policy fails 28 % of
 # samples by the misconception and 3 % by noise at temperature 1 (at 0.5: 28 % and 1 %), so its errors are
@@ -154,6 +161,42 @@ class World:
     def manifest(self) -> dict:
         return json.loads(self.manifest_path.read_text())
 
+    def extra_train_path(self, family: str) -> str:
+        if family not in EXTRA_FAMILIES:
+            raise ValueError(f"unknown task family {family!r}; expected one of {sorted(EXTRA_FAMILIES)}")
+        return str(self.directory / f"extra-{family}.jsonl")
+
+    def build_extra(self, family: str) -> str:
+        """Sample the reference's rollouts on `train_instructions` new problems of `family` (as many per
+        instruction, at the same temperature, as the world's own rollouts), unless already there."""
+        path = Path(self.extra_train_path(family))
+        if path.exists():
+            return str(path)
+        self.build()
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = self.settings
+        seen: set[str] = (
+            set()
+        )  # every prompt of the build: replay its draws (held-out, rollouts, pretraining)
+        replay = random.Random(settings["seed"])
+        for count in ("eval_problems", "train_instructions", "pretrain_problems"):
+            _problems(settings, replay, settings[count], seen)
+        rng = random.Random(f"{settings['seed']}-{family}")
+        family_settings = {**settings, **EXTRA_FAMILIES[family]}
+        problems = _problems(family_settings, rng, settings["train_instructions"], seen)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        per = settings["rollouts_per_instruction"]
+        responses = _sample(
+            model, tokenizer, problems, per, settings["rollout_temperature"], settings["seed"] + 100,
+            f"world: sampling rollouts of the {family} family",
+        )  # fmt: skip
+        scratch = path.with_name(f"{path.name}.building-{os.getpid()}")
+        write_records(_graded_records(problems, responses, per, f"extra-{family}"), scratch)
+        os.replace(scratch, path)
+        return str(path)
+
     def build(self) -> dict:
         """Build the world unless a finished build of the same settings exists; return its manifest."""
         if self.manifest_path.exists():
@@ -179,7 +222,13 @@ def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str])
                 f"could not draw {count} distinct problems: the settings allow too few "
                 "(raise max_value or max_steps, or ask for fewer problems)"
             )
-        problem = sample_problem(rng, settings["min_steps"], settings["max_steps"], settings["max_value"])
+        problem = sample_problem(
+            rng,
+            settings["min_steps"],
+            settings["max_steps"],
+            settings["max_value"],
+            settings.get("subtract_weight", 2.0),
+        )
         if problem.prompt not in exclude:
             exclude.add(problem.prompt)
             problems.append(problem)
