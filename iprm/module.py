@@ -115,6 +115,7 @@ class ImplicitPRM(L.LightningModule):
         # Training cost (`iprm.flops`): tokens and FLOPs of every forward/backward that ran, this rank.
         self._costs: dict[str, flops.ForwardCost] = {}
         self._counts = flops.zero_counts()
+        self._reference_counted: set[int] = set()  # training records whose reference forward is counted
         self._data_cost: dict = {"flops": float("nan")}
         # The reference is reloadable from its path; checkpoints carry the policy only.
         self.strict_loading = False
@@ -233,8 +234,15 @@ class ImplicitPRM(L.LightningModule):
     def _reference_cumulative(self, batch: dict, count: bool = False) -> torch.Tensor:
         """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total.
 
-        Records missing from the cache are forwarded (and, with `count`, counted as training FLOPs).
+        Records missing from the cache are forwarded. With `count` (training), each training record's
+        reference forward is counted in FLOPs the first time this run uses it, whether it ran now or came
+        from a cache an earlier run left on disk: the cost of a run does not depend on what ran before it.
         """
+        if count:
+            fresh = [row for row, i in enumerate(batch["index"].tolist()) if i not in self._reference_counted]
+            self._reference_counted.update(batch["index"][fresh].tolist())
+            mask = batch["attention_mask"][fresh]
+            flops.count(self._counts, "reference", self._costs["reference"], mask, 1)
         keys = refcache.record_keys(batch)
         missing = [row for row, key in enumerate(keys) if key not in self._reference_cache]
         computed = {}
@@ -243,8 +251,6 @@ class ImplicitPRM(L.LightningModule):
             rows = torch.tensor(missing, device=device)
             sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "response_mask", "step_ends")}
             token_logps = self._reference_logprobs(sub)
-            if count:
-                flops.count(self._counts, "reference", self._costs["reference"], sub["attention_mask"], 1)
             values = torch.cat(
                 [rewards.cumulative_at(token_logps, sub["step_ends"]), token_logps.sum(-1, keepdim=True)], -1
             )

@@ -119,6 +119,10 @@ def test_disk_cache_is_reused_by_a_later_run_and_survives_a_bad_shard(
         for p in second.reference.parameters():
             p.zero_()
     assert second.training_step(batch, 0).item() == pytest.approx(loss, abs=1e-6)
+    # A run's cost does not depend on the cache an earlier run left: each record's reference forward counts.
+    assert second._counts["reference_flops"] == first._counts["reference_flops"] > 0
+    second.training_step(batch, 0)  # the same records again, in the same run: counted once
+    assert second._counts["reference_flops"] == first._counts["reference_flops"]
 
 
 def test_record_keys_ignore_padding_and_position(char_tokenizer):
