@@ -268,6 +268,7 @@ def run_iprm(args: argparse.Namespace, workdir: Path, variant: str) -> dict:
     )
     timer = EpochTimer()
     trainer = L.Trainer(
+        default_root_dir=str(workdir / variant),  # where the module writes flops.json
         accelerator="cpu",
         max_epochs=args.epochs,
         logger=False,
