@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iprm.data.records import Record, write_records
 from iprm.tasks.arithmetic import Problem, sample_problem, solve, verify
@@ -173,12 +174,9 @@ class World:
         if path.exists():
             return str(path)
         self.build()
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         settings = self.settings
-        seen: set[str] = (
-            set()
-        )  # every prompt of the build: replay its draws (held-out, rollouts, pretraining)
+        # Every prompt of the build, by replaying its draws (held-out, rollouts, pretraining problems).
+        seen: set[str] = set()
         replay = random.Random(settings["seed"])
         for count in ("eval_problems", "train_instructions", "pretrain_problems"):
             _problems(settings, replay, settings[count], seen)
