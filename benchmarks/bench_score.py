@@ -42,13 +42,15 @@ from pathlib import Path
 
 import torch
 import transformers
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, load_records, write_records
 from iprm.module import ImplicitPRM
-from iprm.tasks.arithmetic import sample_problem, solve, verify
+from iprm.tasks.arithmetic import sample_problem, solve
+from iprm.tasks.pretrain import build_model
 from iprm.tasks.tokenizer import build_char_tokenizer
+from iprm.tasks.world import graded_records
 
 VARIANTS = ("baseline", "iprm_cold_every_row", "iprm_cold", "iprm_warm")
 SEPARATOR = "\n"
@@ -84,25 +86,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_candidates(problems: int, candidates: int, seed: int) -> list[Record]:
-    rng = random.Random(seed)
-    records = []
+    rng, drawn, responses = random.Random(seed), [], []
     for _ in range(problems):
-        problem = sample_problem(rng, 3, 5, 99)
-        for _ in range(candidates):
-            response = solve(problem, rng, misconception_rate=0.5)
-            verdict = verify(problem, response)
-            records.append(
-                Record(
-                    instruction_id=problem.prompt.strip(),
-                    prompt=problem.prompt,
-                    response=response,
-                    label=verdict.label,
-                    answer=verdict.answer,
-                    step_labels=verdict.step_labels,
-                    step_tags=verdict.step_tags,
-                )
-            )
-    return records
+        drawn.append(sample_problem(rng, 3, 5, 99))
+        responses += [solve(drawn[-1], rng, misconception_rate=0.5) for _ in range(candidates)]
+    return graded_records(drawn, responses, candidates, source="bench")
 
 
 def build_setup(options: dict, workdir: str) -> dict:
@@ -111,21 +99,18 @@ def build_setup(options: dict, workdir: str) -> dict:
     tokenizer = build_char_tokenizer()
     if options["vocab_size"] < len(tokenizer):
         raise ValueError(f"--vocab-size must be at least the tokenizer's {len(tokenizer)}")
-    config = LlamaConfig(
-        vocab_size=options["vocab_size"],
-        hidden_size=options["hidden_size"],
-        intermediate_size=options["intermediate_size"],
-        num_hidden_layers=options["layers"],
-        num_attention_heads=options["heads"],
-        num_key_value_heads=options["heads"],
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
     for name, seed in (("policy", options["seed"]), ("reference", options["seed"] + 1)):
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = build_model(
+            tokenizer,
+            options["hidden_size"],
+            options["layers"],
+            options["heads"],
+            max_length=512,
+            vocab_size=options["vocab_size"],
+            intermediate_size=options["intermediate_size"],
+            tie_word_embeddings=False,
+        )
         model.save_pretrained(Path(workdir) / name)
         tokenizer.save_pretrained(Path(workdir) / name)
     records = build_candidates(options["problems"], options["candidates"], options["seed"])

@@ -99,39 +99,36 @@ def build_rollouts(instructions: int, responses: int, seed: int) -> list:
         if not any(op == "-" and needs_borrow(values[k], n) for k, (op, n) in enumerate(problem.operations)):
             continue
         solutions = [solve(problem, rng, misconception_rate=0.5) for _ in range(responses)]
-        labels = [verify(problem, s).label for s in solutions]
-        if all(labels) or not any(labels):
+        verdicts = [verify(problem, s) for s in solutions]
+        if all(v.label for v in verdicts) or not any(v.label for v in verdicts):
             continue
-        instruction = f"p{len(records) // responses}"
+        instruction = f"p{len(records) // responses}"  # unique even if a problem is drawn twice
         records += [
-            Record(instruction, problem.prompt, s, label, verify(problem, s).answer)
-            for s, label in zip(solutions, labels, strict=True)
+            Record(instruction, problem.prompt, s, v.label, v.answer)
+            for s, v in zip(solutions, verdicts, strict=True)
         ]
     return records
 
 
 def setup(args: argparse.Namespace, workdir: Path) -> dict:
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from iprm.data.records import write_records
+    from iprm.tasks.pretrain import build_model
     from iprm.tasks.tokenizer import build_char_tokenizer
 
     tokenizer = build_char_tokenizer()
     torch.manual_seed(args.seed)
-    config = LlamaConfig(
+    model = build_model(
+        tokenizer,
+        args.hidden_size,
+        args.layers,
+        args.heads,
+        max_length=512,
         vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
         intermediate_size=args.intermediate_size,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
-        max_position_embeddings=512,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        tie_word_embeddings=False,
     )
-    model = LlamaForCausalLM(config)
     model.save_pretrained(workdir / "model")
     tokenizer.save_pretrained(workdir / "model")
     records = build_rollouts(args.instructions, args.responses, args.seed)

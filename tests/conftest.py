@@ -18,7 +18,7 @@ def char_tokenizer():
     return build_char_tokenizer()
 
 
-def make_tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
+def make_tiny_llama(vocab_size: int, seed: int = 0, tie_word_embeddings: bool = False) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab_size,
@@ -31,6 +31,7 @@ def make_tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
         pad_token_id=0,
         bos_token_id=1,
         eos_token_id=2,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return LlamaForCausalLM(config).eval()
 

@@ -16,7 +16,7 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import make_tiny_llama
 
 from iprm import flops
 from iprm.data.collate import Collator
@@ -29,17 +29,8 @@ from iprm.tasks.world import World
 N = 20640
 
 
-def _llama(tie: bool = False) -> LlamaForCausalLM:
-    config = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        tie_word_embeddings=tie,
-    )
-    return LlamaForCausalLM(config)
+def _llama(tie: bool = False):
+    return make_tiny_llama(vocab_size=50, tie_word_embeddings=tie)
 
 
 @pytest.mark.parametrize("tie", [False, True])

@@ -15,12 +15,21 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 
 def build_model(
-    tokenizer: PreTrainedTokenizerBase, hidden_size: int, num_layers: int, num_heads: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase,
+    hidden_size: int,
+    num_layers: int,
+    num_heads: int,
+    max_length: int,
+    vocab_size: int | None = None,
+    intermediate_size: int | None = None,
+    tie_word_embeddings: bool = True,
 ) -> LlamaForCausalLM:
+    """A Llama with random weights for `tokenizer`: by default the world's shape (vocabulary of the tokenizer,
+    MLP 3× the width, tied embeddings); a wider `vocab_size` gives the LM head a real vocabulary's cost."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=len(tokenizer) if vocab_size is None else vocab_size,
         hidden_size=hidden_size,
-        intermediate_size=hidden_size * 3,
+        intermediate_size=hidden_size * 3 if intermediate_size is None else intermediate_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
@@ -28,7 +37,7 @@ def build_model(
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=True,
+        tie_word_embeddings=tie_word_embeddings,
     )
     return LlamaForCausalLM(config)
 

@@ -191,7 +191,7 @@ class World:
             f"world: sampling rollouts of the {family} family",
         )  # fmt: skip
         scratch = path.with_name(f"{path.name}.building-{os.getpid()}")
-        write_records(_graded_records(problems, responses, per, f"extra-{family}"), scratch)
+        write_records(graded_records(problems, responses, per, f"extra-{family}"), scratch)
         os.replace(scratch, path)
         return str(path)
 
@@ -233,9 +233,11 @@ def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str])
     return problems
 
 
-def _graded_records(
+def graded_records(
     problems: list[Problem], responses: list[str], per_problem: int, source: str
 ) -> list[Record]:
+    """Records of `per_problem` consecutive responses to each problem, graded by the exact verifier
+    (outcome, answer, step labels and tags); the instruction id is the prompt."""
     records = []
     for i, response in enumerate(responses):
         problem = problems[i // per_problem]
@@ -330,7 +332,7 @@ def _build(settings: dict, directory: Path) -> dict:
         seed + 1,
         "world: sampling training rollouts",
     )
-    train = _graded_records(rollout_problems, responses, per_rollout, "arithmetic")
+    train = graded_records(rollout_problems, responses, per_rollout, "arithmetic")
     write_records(train, directory / "train.jsonl")
 
     stats = {"train": {"records": len(train), "pass@1": sum(r.label for r in train) / len(train)}}
@@ -349,7 +351,7 @@ def _build(settings: dict, directory: Path) -> dict:
             seed + 2 + offset,
             f"world: sampling best-of-N candidates ({name})",
         )
-        records = _graded_records(eval_problems, responses, per_candidate, name)
+        records = graded_records(eval_problems, responses, per_candidate, name)
         write_records(records, directory / f"bon-{name}.jsonl")
         stats[name] = {"records": len(records), "pass@1": sum(r.label for r in records) / len(records)}
     return {
