@@ -247,9 +247,7 @@ class ImplicitPRM(L.LightningModule):
         missing = [row for row, key in enumerate(keys) if key not in self._reference_cache]
         computed = {}
         if missing:
-            device = batch["input_ids"].device
-            rows = torch.tensor(missing, device=device)
-            sub = {k: batch[k][rows] for k in ("input_ids", "attention_mask", "response_mask", "step_ends")}
+            sub = select_rows(batch, torch.tensor(missing, device=batch["input_ids"].device))
             token_logps = self._reference_logprobs(sub)
             values = torch.cat(
                 [rewards.cumulative_at(token_logps, sub["step_ends"]), token_logps.sum(-1, keepdim=True)], -1
