@@ -49,7 +49,7 @@ _ROW_METHODS = {"majority": "maj", "oracle": "oracle", "pass@k": "pass"}
 HEADLINE = {
     "pass@1": "{set}/pass@1",
     "maj@{n}": "{set}/maj@{n}",
-    "reference bo@{n}": "{set}/bon@{n}/reference_accumulative_sum",
+    "reference bo@{n}": "{set}/bon@{n}/reference_accumulative_last",
     "PRM bo@{n} (acc. min)": "{set}/bon@{n}/prm_accumulative_min",
     "PRM bo@{n} (single min)": "{set}/bon@{n}/prm_single_min",
     "wmaj@{n} (acc. min)": "{set}/wmaj@{n}/prm_accumulative_min",

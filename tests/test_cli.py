@@ -81,7 +81,7 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
         + ",avg"
     )
     assert [line.split(",")[0] for line in table1[1:]] == [
-        "reference-only (reference_accumulative_sum)",
+        "reference-only (reference_accumulative_last)",
         "CE best-of-N (prm_accumulative_min)",
         "CE best-of-N (prm_single_min)",
         "majority voting",

@@ -51,10 +51,10 @@ class BestOfNEvaluation(Callback):
     def __init__(
         self,
         ns: list[int] = list(DEFAULT_NS),  # noqa: B006 (jsonargparse needs a plain default to show in --help)
-        figure_scorers: list[str] = ["prm_accumulative_min", "prm_single_min", "reference_accumulative_sum"],  # noqa: B006
+        figure_scorers: list[str] = ["prm_accumulative_min", "prm_single_min", "reference_accumulative_last"],  # noqa: B006
         heatmap_candidates: int = 8,
         table_scorers: list[str] = ["prm_accumulative_min", "prm_single_min"],  # noqa: B006
-        reference_scorer: str = "reference_accumulative_sum",
+        reference_scorer: str = "reference_accumulative_last",
     ):
         self.ns = tuple(ns)
         self.figure_scorers = list(figure_scorers)

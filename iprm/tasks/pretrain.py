@@ -1,12 +1,13 @@
-"""Train the world's reference policy: a tiny Llama learned from scratch on worked solutions.
+"""Train a world policy: a tiny Llama learned from scratch on worked solutions.
 
 Plain next-token cross-entropy on the response tokens (the prompt is random, nothing to learn there),
-AdamW with linear warm-up and cosine decay. Snapshots taken part-way serve as weaker generators.
+AdamW with linear warm-up and cosine decay to zero, so the last steps settle rather than wander: two
+builds of one world on machines whose kernels round differently must end at policies that behave alike.
 """
 
 import math
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -70,28 +71,27 @@ def pretrain(
     lr: float,
     seed: int,
     pad_id: int,
-    snapshot_at: Sequence[float] = (),
-    on_snapshot: Callable[[float, LlamaForCausalLM], None] | None = None,
+    device: str | torch.device = "cpu",
+    desc: str = "world: training a policy",
 ) -> LlamaForCausalLM:
-    """Train in place; call `on_snapshot(fraction, model)` when `fraction` of the steps are done."""
+    """Train in place on `device`; the example order is drawn from `seed` alone."""
     rng = random.Random(seed)
     steps_per_epoch = math.ceil(len(examples) / batch_size)
     total = epochs * steps_per_epoch
     warmup = max(1, total // 20)
+    model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01, betas=(0.9, 0.95))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(1.0, s / total)))),
     )
-    pending = sorted(snapshot_at)
-    model.train()
-    step = 0
-    with tqdm(total=total, desc="world: training the reference policy", unit="batch") as progress:
+    with tqdm(total=total, desc=desc, unit="batch") as progress:
         for _ in range(epochs):
             order = list(range(len(examples)))
             rng.shuffle(order)
             for begin in range(0, len(order), batch_size):
-                input_ids, targets = _batch([examples[i] for i in order[begin : begin + batch_size]], pad_id)
+                batch = _batch([examples[i] for i in order[begin : begin + batch_size]], pad_id)
+                input_ids, targets = (t.to(device) for t in batch)
                 logits = model(input_ids=input_ids, attention_mask=(input_ids != pad_id).long()).logits
                 loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets[:, 1:].flatten())
                 loss.backward()
@@ -99,10 +99,6 @@ def pretrain(
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                step += 1
                 progress.update()
                 progress.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-                while pending and step >= pending[0] * total and on_snapshot is not None:
-                    on_snapshot(pending.pop(0), model)
-    model.eval()
-    return model
+    return model.eval()

@@ -35,7 +35,7 @@ def sample_responses(
             indices = buckets[length]
             for begin in range(0, len(indices), batch_size):
                 chunk = indices[begin : begin + batch_size]
-                input_ids = torch.tensor([encoded[i] for i in chunk])
+                input_ids = torch.tensor([encoded[i] for i in chunk], device=model.device)
                 torch.manual_seed(generator_seed)
                 generator_seed += 1
                 output = model.generate(
@@ -49,7 +49,7 @@ def sample_responses(
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                 )
-                texts = tokenizer.batch_decode(output[:, length:], skip_special_tokens=True)
+                texts = tokenizer.batch_decode(output[:, length:].cpu(), skip_special_tokens=True)
                 for i, text in zip(chunk, texts, strict=True):
                     responses[i] = text
                 progress.update(len(chunk))

@@ -1,14 +1,20 @@
-"""The controlled arithmetic world: built deterministically from its settings, cached on disk.
+"""The controlled arithmetic world: typed settings, a build in named phases, cached on disk.
 
-`World(...).build()` writes, under `root/world-<hash of the settings>/`:
+`World(...).build()` writes, under `root/world-<digest of the settings>/`:
 - `reference/`: the tokenizer and the reference policy (`save_pretrained`), trained from scratch on
-  solutions that follow the borrowing misconception `misconception_rate` of the time;
-- `generators/<name>/`: snapshots of that training run (weaker generators, as in the paper's table of
-  Mistral-7B / Llama-8B / Llama-70B);
+  solutions that follow the borrowing misconception at the reference's `misconception_rate`;
+- `generators/<name>/`: each best-of-N generator that is a model of its own (a `Policy` trained the same
+  way with its own size, data and misconception rate, as the paper's generators are three different LLMs);
 - `train.jsonl`: outcome-labelled rollouts of the reference policy, several per instruction;
-- `bon-<name>.jsonl`: held-out best-of-N candidate sets, one per generator, with step labels;
-- `manifest.json`: the settings and what the build measured (pass@1 per generator, timings).
-Nothing is rebuilt while `manifest.json` exists, so changing any setting means a new directory.
+- `dev-<name>.jsonl`: a small best-of-N set per generator on development problems, for validation and for
+  every choice made by looking at numbers;
+- `test-<name>.jsonl`: the reported best-of-N set per generator, on problems disjoint from all others;
+- `manifest.json`: the settings and what the build measured (pass@1 and first-error kinds per set, timings).
+Nothing is rebuilt while `manifest.json` exists; the world of the default settings ships with the project
+(`iprm.tasks.shipped`) and is unpacked, checksum-verified, instead of built.
+
+Every phase draws from its own named random stream (`stream(seed, name)`), so adding a generator, a policy
+or a task family cannot shift another phase's draws.
 
 `World.build_extra(family)` adds, on demand, `extra-<family>.jsonl`: the reference's rollouts on as many
 instructions of a second task family (`EXTRA_FAMILIES`), for the "extra instructions" data factor.
@@ -18,11 +24,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import random
+import os
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -35,113 +43,122 @@ from iprm.tasks.sampling import sample_responses
 from iprm.tasks.tokenizer import build_char_tokenizer
 
 log = logging.getLogger(__name__)
-BUILD_VERSION = 1  # bump when the builder's output changes for the same settings
+BUILD_VERSION = 2  # bump when the builder's output changes for the same settings
 MAX_NEW_TOKENS = 96  # longest sampled response
+MAX_LENGTH = 256  # positions of every world policy
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A policy of the world, trained from scratch on worked solutions.
+
+    Args:
+        misconception_rate: probability that a training solution subtracts a borrowing step digit by digit
+            without borrowing (the systematic error the policy comes to believe).
+        problems: worked solutions it is trained on.
+        epochs: passes over them.
+        batch_size: sequences per optimisation step.
+        lr: peak AdamW learning rate (linear warm-up, cosine decay to zero).
+        hidden_size: width of the tiny Llama.
+        num_layers: its depth.
+        num_heads: its attention heads.
+    """
+
+    misconception_rate: float = 0.7
+    problems: int = 40000
+    epochs: int = 3
+    batch_size: int = 64
+    lr: float = 1e-3
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_heads: int = 4
 
 
 @dataclass(frozen=True)
 class Generator:
-    """A candidate generator: a snapshot of the reference's training run, sampled at a temperature.
+    """A best-of-N candidate generator.
 
     Args:
-        fraction: fraction of the reference policy's training steps at which the snapshot is taken
-            (1.0 is the reference policy itself).
+        policy: its own policy, trained like the reference; None samples the reference itself (as the
+            paper's Llama-3.1-8B-Instruct is both the reference and a generator).
         temperature: sampling temperature for its candidates.
     """
 
-    fraction: float = 1.0
+    policy: Policy | None = None
     temperature: float = 1.0
 
+
+# Distinct models of graded strength, each with its own error profile: weak is small and under-trained
+# (noise errors on top of a strong belief in the misconception), medium is the reference, strong is the
+# reference's shape trained on more solutions that mostly borrow correctly. All sampled at temperature 1,
+# where a policy's error rate is its calibrated belief rather than a sharpened one.
+DEFAULT_GENERATORS = {
+    "weak": Generator(Policy(misconception_rate=0.9, problems=10000, epochs=2, hidden_size=64, num_layers=2,
+                             num_heads=2, lr=2e-3)),  # fmt: skip
+    "medium": Generator(),
+    "strong": Generator(Policy(misconception_rate=0.3, problems=60000)),
+}
 
 # Second task families: name → `sample_problem` keyword arguments. "addmul": addition-and-multiplication
 # chains, which never subtract, so the misconception the reference believes in cannot occur.
 EXTRA_FAMILIES = {"addmul": {"subtract_weight": 0.0}}
 
-# Measured on the default world (96 fresh problems × 16 samples each): the final policy fails 28 % of
-# samples by the misconception and 3 % by noise at temperature 1 (at 0.5: 28 % and 1 %), so its errors are
-# the systematic ones it believes in; the 0.6 snapshot solves 38 % at temperature 1, and most of its
-# failures (42 % of samples) are noise. Best-of-N sets: weak 42 %, medium 69 %, strong 74 % pass@1.
-DEFAULT_GENERATORS = {
-    "weak": Generator(fraction=0.6, temperature=1.0),
-    "medium": Generator(fraction=1.0, temperature=0.8),
-    "strong": Generator(fraction=1.0, temperature=0.5),
-}
+
+def stream(seed: int, name: str) -> int:
+    """The seed of the named random stream `name` of world `seed` (63 bits)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{name}".encode()).digest()[:8], "big") >> 1
 
 
+@dataclass(frozen=True)
 class World:
     """Settings of the controlled arithmetic world, and its builder.
 
     Args:
-        root: directory under which built worlds are cached (one sub-directory per settings hash).
-        seed: seed for problems, solutions, model initialisation and sampling.
+        root: directory under which built worlds are cached (one sub-directory per settings digest).
+        seed: seed of every random stream of the build.
         min_steps: fewest operations in a problem.
         max_steps: most operations in a problem.
         max_value: true running values stay in [0, max_value].
-        misconception_rate: probability that a training solution subtracts a borrowing step digit by
-            digit without borrowing (the systematic error the reference policy comes to believe).
-        pretrain_problems: worked solutions the reference policy is trained on.
-        pretrain_epochs: passes over them.
-        pretrain_batch_size: sequences per optimisation step.
-        pretrain_lr: peak AdamW learning rate.
-        hidden_size: width of the tiny Llama.
-        num_layers: its depth.
-        num_heads: its attention heads.
+        reference: the reference policy (the implicit PRM's starting point and its π_ref).
         train_instructions: instructions for which rollouts are sampled (the implicit PRM's training set).
         rollouts_per_instruction: responses sampled from the reference policy per instruction.
         rollout_temperature: temperature for those rollouts.
-        eval_problems: held-out problems in each best-of-N set.
-        candidates_per_problem: candidates per problem in each best-of-N set.
-        generators: name → snapshot and temperature of each best-of-N generator.
+        dev_problems: problems in each generator's development set.
+        dev_candidates: candidates per problem in each development set.
+        eval_problems: problems in each generator's reported (test) set.
+        candidates_per_problem: candidates per problem in each test set.
+        generators: name → each best-of-N generator.
     """
 
-    def __init__(
-        self,
-        root: str = ".cache/iprm/worlds",
-        seed: int = 0,
-        min_steps: int = 3,
-        max_steps: int = 5,
-        max_value: int = 99,
-        misconception_rate: float = 0.4,
-        pretrain_problems: int = 20000,
-        pretrain_epochs: int = 4,
-        pretrain_batch_size: int = 64,
-        pretrain_lr: float = 3e-3,
-        hidden_size: int = 128,
-        num_layers: int = 4,
-        num_heads: int = 4,
-        train_instructions: int = 1000,
-        rollouts_per_instruction: int = 8,
-        rollout_temperature: float = 0.7,
-        eval_problems: int = 256,
-        candidates_per_problem: int = 64,
-        generators: dict[str, Generator] | None = None,
-    ):
-        self.root = root
-        self.settings = {
-            "seed": seed,
-            "min_steps": min_steps,
-            "max_steps": max_steps,
-            "max_value": max_value,
-            "misconception_rate": misconception_rate,
-            "pretrain_problems": pretrain_problems,
-            "pretrain_epochs": pretrain_epochs,
-            "pretrain_batch_size": pretrain_batch_size,
-            "pretrain_lr": pretrain_lr,
-            "hidden_size": hidden_size,
-            "num_layers": num_layers,
-            "num_heads": num_heads,
-            "train_instructions": train_instructions,
-            "rollouts_per_instruction": rollouts_per_instruction,
-            "rollout_temperature": rollout_temperature,
-            "eval_problems": eval_problems,
-            "candidates_per_problem": candidates_per_problem,
-            "generators": {
-                name: dataclasses.asdict(g) for name, g in (generators or DEFAULT_GENERATORS).items()
-            },
-            "build_version": BUILD_VERSION,
-        }
-        digest = hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
-        self.directory = Path(root) / f"world-{digest}"
+    root: str = ".cache/iprm/worlds"
+    seed: int = 0
+    min_steps: int = 3
+    max_steps: int = 5
+    max_value: int = 99
+    reference: Policy = field(default_factory=Policy)
+    train_instructions: int = 1000
+    rollouts_per_instruction: int = 8
+    rollout_temperature: float = 1.0
+    dev_problems: int = 128
+    dev_candidates: int = 16
+    eval_problems: int = 256
+    candidates_per_problem: int = 64
+    generators: dict[str, Generator] = field(default_factory=lambda: dict(DEFAULT_GENERATORS))
+
+    @property
+    def settings(self) -> dict:
+        """Everything that determines the build (not where it is cached), as plain JSON."""
+        settings = dataclasses.asdict(self)
+        del settings["root"]
+        return settings | {"build_version": BUILD_VERSION}
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.root) / f"world-{self.digest}"
 
     @property
     def model_path(self) -> str:
@@ -152,8 +169,16 @@ class World:
         return str(self.directory / "train.jsonl")
 
     @property
+    def val_paths(self) -> dict[str, str]:
+        return {name: str(self.directory / f"dev-{name}.jsonl") for name in self.generators}
+
+    @property
+    def test_paths(self) -> dict[str, str]:
+        return {name: str(self.directory / f"test-{name}.jsonl") for name in self.generators}
+
+    @property
     def eval_paths(self) -> dict[str, str]:
-        return {name: str(self.directory / f"bon-{name}.jsonl") for name in self.settings["generators"]}
+        return self.test_paths
 
     @property
     def manifest_path(self) -> Path:
@@ -167,51 +192,42 @@ class World:
             raise ValueError(f"unknown task family {family!r}; expected one of {sorted(EXTRA_FAMILIES)}")
         return str(self.directory / f"extra-{family}.jsonl")
 
-    def build_extra(self, family: str) -> str:
+    def build(self, device: str = "cpu") -> dict:
+        """Build the world unless a finished build of the same settings exists (or ships with iprm);
+        return its manifest. `device` trains and samples there (e.g. "cuda")."""
+        from iprm.tasks.shipped import unpack_shipped
+
+        if self.manifest_path.exists():
+            log.info("reusing the world in %s", self.directory)
+            return self.manifest()
+        if unpack_shipped(self.digest, self.directory):
+            return self.manifest()
+        # Build into a scratch directory and rename at the end: a killed build never looks finished.
+        with scratch_dir(self.directory) as scratch:
+            manifest = _Build(self, scratch, device).run()
+            (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        return manifest
+
+    def build_extra(self, family: str, device: str = "cpu") -> str:
         """Sample the reference's rollouts on `train_instructions` new problems of `family` (as many per
         instruction, at the same temperature, as the world's own rollouts), unless already there."""
         path = Path(self.extra_train_path(family))
         if path.exists():
             return str(path)
-        self.build()
-        settings = self.settings
-        # Every prompt of the build, by replaying its draws (held-out, rollouts, pretraining problems).
-        seen: set[str] = set()
-        replay = random.Random(settings["seed"])
-        for count in ("eval_problems", "train_instructions", "pretrain_problems"):
-            _problems(settings, replay, settings[count], seen)
-        rng = random.Random(f"{settings['seed']}-{family}")
-        family_settings = {**settings, **EXTRA_FAMILIES[family]}
-        problems = _problems(family_settings, rng, settings["train_instructions"], seen)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path).eval()
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        per = settings["rollouts_per_instruction"]
-        responses = _sample(
-            model, tokenizer, problems, per, settings["rollout_temperature"], settings["seed"] + 100,
-            f"world: sampling rollouts of the {family} family",
-        )  # fmt: skip
-        scratch = path.with_name(f"{path.name}.building-{os.getpid()}")
-        write_records(graded_records(problems, responses, per, f"extra-{family}"), scratch)
-        os.replace(scratch, path)
+        self.build(device)
+        build = _Build(self, self.directory, device)
+        seen = build.held_out_and_rollout_problems()[1]
+        seen |= {p.prompt for p in build.pretraining_problems("reference", seen)}
+        rng = random.Random(stream(self.seed, f"problems/extra/{family}"))
+        problems = _problems(self, rng, self.train_instructions, seen, **EXTRA_FAMILIES[family])
+        model = AutoModelForCausalLM.from_pretrained(self.model_path).to(device).eval()
+        records = build.rollouts(model, problems, f"extra/{family}", f"extra-{family}")
+        write_records(records, path)  # atomic
         return str(path)
 
-    def build(self) -> dict:
-        """Build the world unless a finished build of the same settings exists; return its manifest."""
-        if self.manifest_path.exists():
-            log.info("reusing the world in %s", self.directory)
-            return self.manifest()
-        # Build into a scratch directory and rename at the end: a killed build never looks finished.
-        scratch = self.directory.with_name(self.directory.name + f".building-{os.getpid()}")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.mkdir(parents=True)
-        manifest = _build(self.settings, scratch)
-        (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        shutil.rmtree(self.directory, ignore_errors=True)
-        os.replace(scratch, self.directory)
-        return manifest
 
-
-def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str]) -> list[Problem]:
+def _problems(world: World, rng: random.Random, count: int, exclude: set[str], **kwargs) -> list[Problem]:
+    """`count` problems not in `exclude` (which gains them)."""
     problems, attempts = [], 0
     while len(problems) < count:
         attempts += 1
@@ -220,13 +236,7 @@ def _problems(settings: dict, rng: random.Random, count: int, exclude: set[str])
                 f"could not draw {count} distinct problems: the settings allow too few "
                 "(raise max_value or max_steps, or ask for fewer problems)"
             )
-        problem = sample_problem(
-            rng,
-            settings["min_steps"],
-            settings["max_steps"],
-            settings["max_value"],
-            settings.get("subtract_weight", 2.0),
-        )
+        problem = sample_problem(rng, world.min_steps, world.max_steps, world.max_value, **kwargs)
         if problem.prompt not in exclude:
             exclude.add(problem.prompt)
             problems.append(problem)
@@ -259,103 +269,163 @@ def graded_records(
     return records
 
 
-def _sample(model, tokenizer, problems, per_problem, temperature, seed, desc) -> list[str]:
-    prompts = [p.prompt for p in problems for _ in range(per_problem)]
-    return sample_responses(
-        model,
-        tokenizer,
-        prompts,
-        temperature=temperature,
-        max_new_tokens=MAX_NEW_TOKENS,
-        seed=seed,
-        desc=desc,
+def error_profile(records: list[Record]) -> dict[str, float]:
+    """pass@1 and the share of responses whose first wrong step is the misconception (a borrowing
+    subtraction) or anything else ("noise"), so a generator's errors can be told apart."""
+    first_errors = [next((k for k, ok in enumerate(r.step_labels) if not ok), None) for r in records]
+    misconception = sum(
+        k is not None and r.step_tags[k] == "borrow" for r, k in zip(records, first_errors, strict=True)
     )
-
-
-def _sampled_token_counts(tokenizer, problems: list[Problem], per_problem: int, responses: list[str]) -> dict:
-    """Tokens the sampler processed (for data FLOPs): prompts with <bos>; generated tokens with the <eos>
-    that stopped them (none at MAX_NEW_TOKENS). Padding of rows that finished early is not counted."""
-    prompts = tokenizer([p.prompt for p in problems])["input_ids"]
-    generated = [len(ids) for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+    wrong_steps = sum(k is not None for k in first_errors)
+    n = len(records)
     return {
-        "prompt_tokens": per_problem * sum(map(len, prompts)),
-        "sampled_tokens": sum(n + (n < MAX_NEW_TOKENS) for n in generated),
+        "records": n,
+        "pass@1": sum(r.label for r in records) / n,
+        "first_error_misconception": misconception / n,
+        "first_error_noise": (wrong_steps - misconception) / n,
     }
 
 
-def _build(settings: dict, directory: Path) -> dict:
-    started = time.perf_counter()
-    seed = settings["seed"]
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    tokenizer = build_char_tokenizer()
-    seen: set[str] = set()
-    # Held-out problems are drawn first so that training never sees them.
-    eval_problems = _problems(settings, rng, settings["eval_problems"], seen)
-    rollout_problems = _problems(settings, rng, settings["train_instructions"], seen)
-    pretrain_problems = _problems(settings, rng, settings["pretrain_problems"], seen)
-    solutions = [(p.prompt, solve(p, rng, settings["misconception_rate"])) for p in pretrain_problems]
+class _Build:
+    """The build's phases, in order; each phase draws only from its own named streams."""
 
-    model = build_model(
-        tokenizer, settings["hidden_size"], settings["num_layers"], settings["num_heads"], max_length=256
-    )
-    generators = settings["generators"]
+    def __init__(self, world: World, directory: Path, device: str):
+        self.world, self.directory, self.device = world, directory, device
+        self.tokenizer = build_char_tokenizer()
+        self.stats: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}
+        self.token_counts: dict[str, dict] = {}
 
-    def save_snapshot(fraction: float, snapshot) -> None:
-        for name, generator in generators.items():
-            if generator["fraction"] == fraction and fraction < 1.0:
-                snapshot.save_pretrained(directory / "generators" / name)
-                tokenizer.save_pretrained(directory / "generators" / name)
+    def run(self) -> dict:
+        started = time.perf_counter()
+        eval_sets, seen = self.held_out_and_rollout_problems()
+        dev, test, rollout_problems = eval_sets
+        reference = self.train_policy("reference", self.world.reference, seen)
+        reference.save_pretrained(self.directory / "reference")
+        self.tokenizer.save_pretrained(self.directory / "reference")
+        train = self.rollouts(reference, rollout_problems, "rollouts", "arithmetic")
+        write_records(train, self.directory / "train.jsonl")
+        self.stats["train"] = error_profile(train) | self.token_counts["rollouts"]
+        for name, generator in self.world.generators.items():
+            policy = reference
+            if generator.policy is not None:
+                policy = self.train_policy(name, generator.policy, seen)
+                policy.save_pretrained(self.directory / "generators" / name)
+                self.tokenizer.save_pretrained(self.directory / "generators" / name)
+            for split, problems, per in (("dev", dev, self.world.dev_candidates),
+                                         ("test", test, self.world.candidates_per_problem)):  # fmt: skip
+                records = self.sample(policy, problems, per, generator.temperature, f"{split}/{name}", name)
+                write_records(records, self.directory / f"{split}-{name}.jsonl")
+                self.stats[f"{split}-{name}"] = error_profile(records)
+        self.seconds["total"] = time.perf_counter() - started
+        return {
+            "settings": self.world.settings,
+            "digest": self.world.digest,
+            "device": str(self.device),
+            "torch": torch.__version__,
+            "stats": self.stats,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
+        }
 
-    pretrain(
-        model,
-        encode_examples(tokenizer, solutions),
-        epochs=settings["pretrain_epochs"],
-        batch_size=settings["pretrain_batch_size"],
-        lr=settings["pretrain_lr"],
-        seed=seed,
-        pad_id=tokenizer.pad_token_id,
-        snapshot_at=sorted({g["fraction"] for g in generators.values()}),
-        on_snapshot=save_snapshot,
-    )
-    model.save_pretrained(directory / "reference")
-    tokenizer.save_pretrained(directory / "reference")
-    pretrain_seconds = time.perf_counter() - started
-
-    per_rollout = settings["rollouts_per_instruction"]
-    responses = _sample(
-        model,
-        tokenizer,
-        rollout_problems,
-        per_rollout,
-        settings["rollout_temperature"],
-        seed + 1,
-        "world: sampling training rollouts",
-    )
-    train = graded_records(rollout_problems, responses, per_rollout, "arithmetic")
-    write_records(train, directory / "train.jsonl")
-
-    stats = {"train": {"records": len(train), "pass@1": sum(r.label for r in train) / len(train)}}
-    stats["train"] |= _sampled_token_counts(tokenizer, rollout_problems, per_rollout, responses)
-    per_candidate = settings["candidates_per_problem"]
-    for offset, (name, generator) in enumerate(generators.items()):
-        # The final policy is still in memory; only snapshots are read back from disk.
-        snapshot = directory / "generators" / name
-        policy = model if generator["fraction"] >= 1.0 else type(model).from_pretrained(snapshot).eval()
-        responses = _sample(
-            policy,
-            tokenizer,
-            eval_problems,
-            per_candidate,
-            generator["temperature"],
-            seed + 2 + offset,
-            f"world: sampling best-of-N candidates ({name})",
+    def held_out_and_rollout_problems(self) -> tuple[tuple[list[Problem], ...], set[str]]:
+        """Development, test and rollout problems, mutually disjoint, drawn before any training set so
+        that no policy ever trains on them."""
+        seen: set[str] = set()
+        world = self.world
+        sets = tuple(
+            _problems(world, random.Random(stream(world.seed, f"problems/{name}")), count, seen)
+            for name, count in (("dev", world.dev_problems), ("test", world.eval_problems),
+                                ("rollouts", world.train_instructions))  # fmt: skip
         )
-        records = graded_records(eval_problems, responses, per_candidate, name)
-        write_records(records, directory / f"bon-{name}.jsonl")
-        stats[name] = {"records": len(records), "pass@1": sum(r.label for r in records) / len(records)}
-    return {
-        "settings": settings,
-        "stats": stats,
-        "seconds": {"pretrain": round(pretrain_seconds, 1), "total": round(time.perf_counter() - started, 1)},
-    }
+        return sets, seen
+
+    def pretraining_problems(self, name: str, held_out: set[str], count: int | None = None) -> list[Problem]:
+        count = self.world.reference.problems if count is None else count
+        rng = random.Random(stream(self.world.seed, f"policy/{name}/problems"))
+        return _problems(self.world, rng, count, set(held_out))
+
+    def train_policy(self, name: str, policy: Policy, held_out: set[str]):
+        started = time.perf_counter()
+        problems = self.pretraining_problems(name, held_out, policy.problems)
+        rng = random.Random(stream(self.world.seed, f"policy/{name}/solutions"))
+        solutions = [(p.prompt, solve(p, rng, policy.misconception_rate)) for p in problems]
+        torch.manual_seed(stream(self.world.seed, f"policy/{name}/init"))
+        model = build_model(self.tokenizer, policy.hidden_size, policy.num_layers, policy.num_heads, MAX_LENGTH)
+        pretrain(
+            model,
+            encode_examples(self.tokenizer, solutions),
+            epochs=policy.epochs,
+            batch_size=policy.batch_size,
+            lr=policy.lr,
+            seed=stream(self.world.seed, f"policy/{name}/order"),
+            pad_id=self.tokenizer.pad_token_id,
+            device=self.device,
+            desc=f"world: training the {name} policy",
+        )
+        self.seconds[f"train {name}"] = time.perf_counter() - started
+        return model
+
+    def rollouts(self, model, problems: list[Problem], stream_name: str, source: str) -> list[Record]:
+        per = self.world.rollouts_per_instruction
+        return self.sample(model, problems, per, self.world.rollout_temperature, stream_name, source)
+
+    def sample(self, model, problems, per_problem, temperature, stream_name, source) -> list[Record]:
+        started = time.perf_counter()
+        responses = sample_responses(
+            model,
+            self.tokenizer,
+            [p.prompt for p in problems for _ in range(per_problem)],
+            temperature=temperature,
+            max_new_tokens=MAX_NEW_TOKENS,
+            seed=stream(self.world.seed, f"sample/{stream_name}"),
+            desc=f"world: sampling {stream_name}",
+        )
+        self.seconds[f"sample {stream_name}"] = time.perf_counter() - started
+        self.token_counts[stream_name] = self.sampled_token_counts(problems, per_problem, responses)
+        return graded_records(problems, responses, per_problem, source)
+
+    def sampled_token_counts(self, problems: list[Problem], per_problem: int, responses: list[str]) -> dict:
+        """Tokens the sampler processed (for data FLOPs): prompts with <bos>; generated tokens with the
+        <eos> that stopped them (none at MAX_NEW_TOKENS). Padding of rows that finished early is not
+        counted."""
+        prompts = self.tokenizer([p.prompt for p in problems])["input_ids"]
+        generated = [len(ids) for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]]
+        return {
+            "prompt_tokens": per_problem * sum(map(len, prompts)),
+            "sampled_tokens": sum(n + (n < MAX_NEW_TOKENS) for n in generated),
+        }
+
+
+@contextmanager
+def scratch_dir(final: Path) -> Iterator[Path]:
+    """A scratch directory beside `final` that replaces it only when the block finishes: a killed build
+    never looks finished, and its scratch is removed when the block fails."""
+    scratch = final.with_name(f"{final.name}.building-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(scratch, final)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m iprm.tasks.world --seed 1 [--device cuda]`: build (or find) the default world of a seed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m iprm.tasks.world", description=main.__doc__)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--root", default=World.root)
+    parser.add_argument("--device", default="cpu", help="where to train and sample, e.g. cuda")
+    args = parser.parse_args(argv)
+    world = World(root=args.root, seed=args.seed)
+    manifest = world.build(args.device)
+    print(world.directory)
+    print(json.dumps(manifest["stats"], indent=1))
+
+
+if __name__ == "__main__":
+    main()
