@@ -420,8 +420,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--root", default=World.root)
     parser.add_argument("--device", default="cpu", help="where to train and sample, e.g. cuda")
+    parser.add_argument(
+        "--generators", help='JSON: name → {"policy": Policy keyword arguments or null, "temperature": t}'
+    )
     args = parser.parse_args(argv)
-    world = World(root=args.root, seed=args.seed)
+    generators = None
+    if args.generators:
+        generators = {
+            name: Generator(Policy(**g["policy"]) if g.get("policy") else None, g.get("temperature", 1.0))
+            for name, g in json.loads(args.generators).items()
+        }
+    world = World(root=args.root, seed=args.seed, **({"generators": generators} if generators else {}))
     manifest = world.build(args.device)
     print(world.directory)
     print(json.dumps(manifest["stats"], indent=1))

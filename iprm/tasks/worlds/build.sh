@@ -1,20 +1,46 @@
 #!/usr/bin/env bash
-# How the shipped worlds were made: build worlds 0, 1, 2 of the default settings (and a second build of
-# world 0 under other matmul kernels, TF32, to measure how far two realisations of one seed drift), then
-# pack each into OUT with its checksum. Run from the repository root on a machine with a GPU:
+# How the shipped worlds were made, on a machine with a GPU, from the repository root:
 #   OUT=/tmp/out bash iprm/tasks/worlds/build.sh
+# 1. calibrate the weak generator: train each candidate policy and keep the one whose pass@1 is closest
+#    to 0.2 (iprm.tasks.calibrate); 2. build worlds 0, 1, 2 with it, and world 0 a second time under other
+#    matmul kernels (TF32), to measure how far two realisations of one seed drift; 3. pack worlds 0-2 into
+#    OUT with their checksums.
 set -uo pipefail
 OUT=${OUT:?set OUT to an output folder}
 DEVICE=${DEVICE:-cuda}
-export PYTHONUNBUFFERED=1 TQDM_DISABLE=1
-mkdir -p "$OUT" /tmp/iprm-logs
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 OMP_NUM_THREADS=2
+LOGS=/tmp/iprm-logs
+mkdir -p "$OUT" "$LOGS/calibration"
+WEAK=(
+  '{"misconception_rate": 0.8, "problems": 10000, "epochs": 2, "lr": 2e-3}'
+  '{"misconception_rate": 0.8, "problems": 20000, "epochs": 2, "lr": 1e-3}'
+  '{"misconception_rate": 0.8, "problems": 5000, "epochs": 2, "lr": 2e-3}'
+  '{"misconception_rate": 0.7, "problems": 10000, "epochs": 1, "lr": 2e-3}'
+  '{"misconception_rate": 0.9, "problems": 20000, "epochs": 2, "lr": 1e-3}'
+  '{"misconception_rate": 0.8, "problems": 20000, "epochs": 2, "lr": 2e-3, "hidden_size": 96, "num_layers": 3}'
+)
+for i in "${!WEAK[@]}"; do
+  python -m iprm.tasks.calibrate --candidates "[${WEAK[$i]}]" --target 0.2 --device "$DEVICE" \
+    --output "$LOGS/calibration/$i.json" >"$LOGS/calibration-$i.log" 2>&1 &
+done
+wait
+GENERATORS=$(python - <<'PY'
+import glob, json
+results = [json.load(open(p))["best"] for p in sorted(glob.glob("/tmp/iprm-logs/calibration/*.json"))]
+best = min(results, key=lambda r: abs(r["pass@1"] - 0.2))
+print(json.dumps({"weak": {"policy": best["policy"]}, "medium": {"policy": None},
+                  "strong": {"policy": {"misconception_rate": 0.3, "problems": 60000}}}))
+PY
+)
+echo "generators: $GENERATORS" | tee "$LOGS/generators.log"
 build() {  # seed, root, log name, pack (yes/no), [extra environment]
-    env ${5:-} python -m iprm.tasks.world --seed "$1" --device "$DEVICE" --root "$2" >"/tmp/iprm-logs/$3.log" 2>&1
-    [ "$4" = yes ] && python -m iprm.tasks.shipped pack "$2"/world-*/ --destination "$OUT/$3" >>"/tmp/iprm-logs/$3.log" 2>&1
-    echo "$3 finished: $?"
+  env ${5:-} python -m iprm.tasks.world --seed "$1" --device "$DEVICE" --root "$2" --generators "$GENERATORS" \
+    >"$LOGS/$3.log" 2>&1
+  [ "$4" = yes ] && python -m iprm.tasks.shipped pack "$2"/world-*/ --destination "$OUT/$3" >>"$LOGS/$3.log" 2>&1
+  echo "$3 finished: $?"
 }
 for seed in 0 1 2; do build "$seed" "/tmp/iprm-worlds/$seed" "world$seed" yes & done
 build 0 /tmp/iprm-worlds/0-tf32 world0-tf32 no TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 &
 wait
 cp /tmp/iprm-worlds/0-tf32/world-*/manifest.json "$OUT/manifest-world0-tf32.json" 2>/dev/null
-tail -n 40 /tmp/iprm-logs/*.log >"$OUT/logs.txt"
+tail -n 60 "$LOGS"/*.log "$LOGS"/calibration/*.json >"$OUT/logs.txt"
