@@ -40,11 +40,13 @@ echo "generators: $GENERATORS" | tee "$LOGS/generators.log"
 build() {  # seed, root, log name, pack (yes/no), [extra environment]
   env ${5:-} python -m iprm.tasks.world --seed "$1" --device "$DEVICE" --root "$2" --generators "$GENERATORS" \
     >"$LOGS/$3.log" 2>&1
-  [ "$4" = no ] || python -m iprm.tasks.shipped pack "$2"/world-*/ --destination "$OUT/$3" >>"$LOGS/$3.log" 2>&1
+  # The build prints its directory first; a root reused from an earlier round may hold other worlds.
+  [ "$4" = no ] || python -m iprm.tasks.shipped pack "$(head -n 1 "$LOGS/$3.log")" --destination "$OUT/$3" \
+    >>"$LOGS/$3.log" 2>&1
   echo "$3 finished: $?"
 }
 for seed in 0 1 2; do build "$seed" "/tmp/iprm-worlds/$seed" "world$seed" yes & done
 build 0 /tmp/iprm-worlds/0-tf32 world0-tf32 no TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1 &
 wait
-cp /tmp/iprm-worlds/0-tf32/world-*/manifest.json "$OUT/manifest-world0-tf32.json" 2>/dev/null
+cp "$(head -n 1 "$LOGS/world0-tf32.log")/manifest.json" "$OUT/manifest-world0-tf32.json"
 tail -n 60 "$LOGS"/*.log "$LOGS"/calibration/*.json >"$OUT/logs.txt"
