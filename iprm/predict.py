@@ -8,13 +8,13 @@ written to a temporary name and renamed at the end, so a killed run never leaves
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from iprm.io import atomic_write
 
 
 def _finite(values: torch.Tensor) -> list[float]:
@@ -48,16 +48,8 @@ class PredictionWriter(BasePredictionWriter):
             raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
         records = trainer.datamodule.predict_records
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = scorer_names()
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-        ) as handle:
-            try:
-                for batch in predictions:
-                    for row, index in enumerate(batch["index"].tolist()):
-                        handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")
-            except BaseException:
-                os.unlink(handle.name)
-                raise
-        os.replace(handle.name, path)
+        with atomic_write(path) as handle:
+            for batch in predictions:
+                for row, index in enumerate(batch["index"].tolist()):
+                    handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")

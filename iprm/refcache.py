@@ -21,6 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from iprm.io import atomic_write
+
 log = logging.getLogger(__name__)
 
 MODES = ("none", "memory", "disk")
@@ -115,11 +117,9 @@ class ReferenceCache:
             "lengths": torch.tensor([len(v) for v in values], dtype=torch.long),
             "values": torch.cat(values),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"shard-{time.time_ns()}-{os.getpid()}.pt"
-        scratch = path.with_suffix(".tmp")
-        torch.save(shard, scratch)
-        os.replace(scratch, path)
+        with atomic_write(path, "wb") as file:
+            torch.save(shard, file)
         return path
 
     def _load(self) -> None:

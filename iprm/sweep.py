@@ -26,7 +26,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shlex
 import shutil
 import statistics
@@ -40,6 +39,7 @@ from typing import Any
 import yaml
 
 from iprm.eval.report import to_markdown
+from iprm.io import atomic_write
 
 log = logging.getLogger(__name__)
 DEFAULT_SEEDS = [0, 1, 2]
@@ -219,9 +219,8 @@ def execute(run: Run, base: list[str], extra: list[str]) -> bool:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(scratch, path)  # metrics.json marks a run done: it must never exist half-written
+    with atomic_write(path) as file:  # metrics.json marks a run done: it must never exist half-written
+        file.write(json.dumps(value, indent=2) + "\n")
 
 
 # --- metrics ----------------------------------------------------------------------------------------------
