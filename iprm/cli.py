@@ -1,6 +1,7 @@
 """The command line: `python -m iprm {fit,validate,test,predict} --config … [--config …] [--a.b value]`.
 
-A `LightningCLI` over `ImplicitPRM` and `PRMDataModule`. Configs compose left to right; any value can be
+A `LightningCLI` over `ImplicitPRM` and any `PRMDataModule` subclass, chosen by `data.class_path` (the
+controlled world's is `iprm.tasks.WorldDataModule`). Configs compose left to right; any value can be
 overridden with a dotted flag. `data.model_path` (the starting checkpoint and its tokenizer) is linked into
 the model, so data and model can never disagree on the tokenizer. The evaluation callback and the
 prediction writer are always present, configured under `evaluation.*` and `prediction.*`.
@@ -8,7 +9,7 @@ prediction writer are always present, configured under `evaluation.*` and `predi
 
 from lightning.pytorch.cli import LightningCLI
 
-from iprm.data.datamodule import PRMDataModule
+from iprm.data import PRMDataModule
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.module import ImplicitPRM
 from iprm.predict import PredictionWriter
@@ -25,6 +26,7 @@ def main(args: list[str] | None = None) -> IPRMCLI:
     return IPRMCLI(
         ImplicitPRM,
         PRMDataModule,
+        subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

@@ -145,16 +145,19 @@ def test_help_documents_the_arguments():
     fit = subprocess.run(
         [sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True
     )
-    for flag in (
-        "--model.objective",
-        "--data.instruction_fraction",
-        "--data.world",
-        "--evaluation.ns",
-        "--prediction.output_path",
-        "--model.reference_free",
-    ):
+    for flag in ("--model.objective", "--data", "--evaluation.ns", "--prediction.output_path"):
         assert flag in fit.stdout, flag
+    assert "--model.reference_free" in fit.stdout
     assert "starting checkpoint" in fit.stdout  # docstrings become help text
+    # The data module is chosen by class_path; each one documents its own arguments.
+    data = subprocess.run(
+        [sys.executable, "-m", "iprm", "fit", "--data.help", "iprm.tasks.WorldDataModule"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--data.world", "--data.extra_families", "--data.instruction_fraction", "--data.test_paths"):
+        assert flag in data.stdout, flag
 
 
 @pytest.mark.integration
@@ -172,7 +175,7 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     main([
-        "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.world", "null",
+        "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data", "iprm.data.PRMDataModule",
         "--data.model_path", tiny_model_dir, "--data.train_path", str(data),
         "--data.eval_paths", json.dumps({"mine": str(data)}), "--data.instructions_per_batch", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -204,12 +207,12 @@ def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_trainin
 @pytest.mark.integration
 def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(world_root):
     """The "extra instructions from a second task family" data factor on the miniature world."""
-    from iprm.data.datamodule import PRMDataModule
+    from iprm.tasks import WorldDataModule
     from iprm.tasks.world import World
 
-    settings = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["world"]
+    settings = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["init_args"]["world"]
     world = World(**{**settings, "root": str(world_root)})
-    data = PRMDataModule(world=world, extra_families=["addmul"])
+    data = WorldDataModule(world=world, extra_families=["addmul"])
     data.prepare_data()
     data.setup("fit")
     base = [r for r in data.train_records if r.source != "extra-addmul"]
@@ -219,7 +222,5 @@ def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(wor
     assert all("-" not in r.prompt for r in extra) and any("-" in r.prompt for r in base)
     assert all(r.step_labels is not None for r in extra)
     built = Path(world.extra_train_path("addmul")).stat().st_mtime_ns
-    PRMDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
+    WorldDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
     assert Path(world.extra_train_path("addmul")).stat().st_mtime_ns == built
-    with pytest.raises(ValueError, match="needs data.world"):
-        PRMDataModule(extra_families=["addmul"])

@@ -79,7 +79,7 @@ def test_every_shipped_sweep_parses_through_the_cli(path, tmp_path, monkeypatch,
             cli_main(["fit", *sweep.cli_args(run, spec["base"], [], "fit"), "--print_config"])
         assert exit_info.value.code in (0, None), run.point
         printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["seed_everything"] == printed["data"]["seed"] == run.seed
+        assert printed["seed_everything"] == printed["data"]["init_args"]["seed"] == run.seed
         assert printed["model"]["export_dir"] == str(run.directory / "policy")
         for callback in printed["trainer"]["callbacks"] or []:
             if "dirpath" in callback["init_args"]:

@@ -69,7 +69,8 @@ class BestOfNEvaluation(Callback):
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from iprm.module import scorer_names
 
-        self.names = list(trainer.datamodule.eval_records)
+        datamodule = trainer.datamodule
+        self.names = list(datamodule.test_records if trainer.testing else datamodule.eval_records)
         self.metrics = [SelectionMetrics(scorer_names(), self.ns).to(pl_module.device) for _ in self.names]
         self.process = [
             {

@@ -156,6 +156,14 @@ class World:
         return {name: str(self.directory / f"bon-{name}.jsonl") for name in self.settings["generators"]}
 
     @property
+    def val_paths(self) -> dict[str, str]:
+        return self.eval_paths
+
+    @property
+    def test_paths(self) -> dict[str, str]:
+        return self.eval_paths
+
+    @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
 
