@@ -1,7 +1,7 @@
 """Write per-step and per-response scores of every predicted record to JSONL, atomically.
 
 Each output line is the input record plus `step_scores` (`single` and `accumulative` lists, one value per
-step) and `scores` (the response score under every scorer of `iprm.module.scorer_names`). The file is
+step) and `scores` (the response score under every scorer of `iprm.rewards.scorer_names`). The file is
 written to a temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
 """
 
@@ -15,6 +15,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from iprm.io import atomic_write
+from iprm.rewards import scorer_names
 
 
 def _finite(values: torch.Tensor) -> list[float]:
@@ -42,8 +43,6 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
-        from iprm.module import scorer_names
-
         if trainer.world_size > 1:
             raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
         records = trainer.datamodule.predict_records

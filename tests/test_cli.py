@@ -11,7 +11,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from iprm.cli import main
-from iprm.module import scorer_names
+from iprm.rewards import scorer_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

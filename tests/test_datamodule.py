@@ -9,9 +9,9 @@ import pytest
 from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from iprm.data.datamodule import PRMDataModule
-from iprm.tasks import WorldDataModule
 from iprm.data.records import Record, write_records
 from iprm.data.sampler import InstructionBatchSampler
+from iprm.tasks import WorldDataModule
 
 # Labels of the responses to each instruction, in file order; "dup" repeats the instruction's first response.
 LABELS = {
@@ -220,7 +220,7 @@ def test_official_candidate_files_load_as_eval_sets(tiny_model_dir, tmp_path):
     path.write_text(json.dumps([{**item, "reference": "1"}] * 2))
     dm = PRMDataModule(model_path=tiny_model_dir, eval_paths={"official": str(path)})
     dm.setup("test")
-    assert [r.answer for r in dm.eval_records["official"]] == ["1", "1"]
+    assert [r.answer for r in dm.test_records["official"]] == ["1", "1"]
     assert next(iter(dm.test_dataloader()[0]))["answer"].tolist() == [0, 0]
 
 
