@@ -73,9 +73,10 @@ class MetricsFile(Callback):
         self._log_dir = Path(trainer.log_dir or trainer.default_root_dir)
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stage = getattr(stage, "value", stage)  # Lightning passes a `TrainerFn`
         if not trainer.is_global_zero or self._log_dir is None or stage not in STAGES:
             return
-        values = dict(sorted(scalars(trainer.callback_metrics).items()))
+        values = scalars(trainer.callback_metrics)  # in the order logged: best-of-N sets as the data has them
         content = {**values, "config_digest": self.config_digest, "commit": self.commit}
         path = self._log_dir / f"{stage}-metrics.json"
         with atomic_write(path) as file:

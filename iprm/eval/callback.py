@@ -139,8 +139,8 @@ class BestOfNEvaluation(Callback):
             flat = values | {
                 f"process/{s}/{key}": v for s, by_key in steps.items() for key, v in by_key.items()
             }
-            pl_module.log_dict(
-                {f"{stage}/{name}/{key}": value for key, value in flat.items()},
+            pl_module.log_dict(  # float64: the metrics file keeps every digit the tables have
+                {f"{stage}/{name}/{key}": torch.tensor(v, dtype=torch.float64) for key, v in flat.items()},
                 add_dataloader_idx=False,
                 sync_dist=False,  # already gathered across ranks by the metrics
             )
