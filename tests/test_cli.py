@@ -1,6 +1,7 @@
 """End-to-end runs of `python -m iprm` on a miniature world: every objective fits, test writes its tables,
 predict writes step scores, every shipped config parses."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -51,6 +52,14 @@ def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
     assert "bon/prm_accumulative_min" in table and "majority" in table
     policy = AutoModelForCausalLM.from_pretrained(fitted / "policy")
     assert policy.config.model_type == "llama"
+    metrics = json.loads((run / "fit-metrics.json").read_text())
+    assert metrics["config_digest"] == hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()
+    assert "commit" in metrics
+    flops = json.loads((run / "flops.json").read_text())
+    assert metrics["flops/train"] == flops["train"] > 0 and metrics["flops/data"] == flops["data"] > 0
+    assert metrics["data/instructions"] == 16 and "train/loss" in metrics
+    assert 0 <= metrics["val/strong/bon@8/prm_accumulative_min"] <= 1
+    assert "val/strong/process/prm_single/f1" in metrics
 
 
 @pytest.mark.integration
@@ -93,6 +102,13 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
     for scorer in ("prm_single", "prm_accumulative", "reference_single", "reference_accumulative"):
         assert f"| {scorer} |" in steps
     assert "medium AUROC (misconception)" in steps
+    # The same numbers, machine-readable: every cell of the per-set tables is a key of test-metrics.json.
+    metrics = json.loads((run / "test-metrics.json").read_text())
+    for line in (run / "evaluation" / "test-weak.csv").read_text().splitlines()[1:]:
+        scorer, value = line.split(",")[0], line.split(",")[4]  # the column of N = 8
+        kind, _, name = scorer.partition("/")
+        key = {"majority": "maj@8", "oracle": "oracle@8", "pass@k": "pass@8"}.get(kind, f"{kind}@8/{name}")
+        assert metrics[f"test/weak/{key}"] == pytest.approx(float(value), abs=0), key
 
 
 @pytest.mark.integration
@@ -189,13 +205,13 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
 
 @pytest.mark.integration
 def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_training(tmp_path, world_root):
-    """Offloaded reference, disk cache, length-grouped batches and pair-by-pair DPO, through the CLI; a
-    second fit finds every reference log-prob on disk."""
+    """Offloaded reference, disk cache and length-grouped batches with DPO, through the CLI; a second fit
+    finds every reference log-prob on disk."""
     cache = tmp_path / "reference-cache"
     switches = [
         "--config", str(CONFIGS / "objective" / "dpo.yaml"), "--model.offload_reference", "true",
         "--model.reference_cache", "disk", "--model.reference_cache_dir", str(cache),
-        "--model.forward_each_pair", "true", "--data.group_by_length", "true",
+        "--data.group_by_length", "true",
     ]  # fmt: skip
     main(["fit", *_smoke_args(tmp_path / "first", world_root, *switches)])
     shards = list(cache.glob("*/shard-*.pt"))
