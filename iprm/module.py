@@ -106,7 +106,7 @@ class ImplicitPRM(L.LightningModule):
         if self.policy is not None:
             return
         if self.hparams.model_path is None:
-            raise ValueError("model.model_path is not set: give data.model_path (or a data.world)")
+            raise ValueError("model.model_path is not set: give data.model_path (or a data source of it)")
         self.policy = self._load(self.hparams.model_path).train()
         needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
         if needs_reference:
