@@ -11,28 +11,26 @@ and must agree to `--atol`, else the script exits non-zero. Variants:
                 over the whole vocabulary at every position.
     iprm_cold_every_row  iprm's evaluation path (PRMDataModule dataloader → collation → `validation_step`)
                 with an empty reference cache, so the reference runs too, and every row forwarded even when
-                candidates repeat (`deduplicate_scoring=False`): the fair one-shot comparison for data
-                without duplicates.
+                candidates repeat (`benchmarks.variants.EveryRowScored`): the fair one-shot comparison for
+                data without duplicates.
     iprm_cold   the same, identical candidates of a batch scored once (iprm's default); what it saves
                 depends on how often candidates repeat (`data.distinct_candidates` in the JSON).
     iprm_warm   the same with the reference's log-probs already cached: per-epoch evaluation after the first.
 
 Every variant pays its own tokenisation. Each runs in its own child process, forked from a server that has
-only imported the libraries, so its peak RSS (`ru_maxrss`) is its own. Models have random weights and are
+only imported the libraries, so its peak RSS (VmHWM) is its own. Models have random weights and are
 built in code (no download); the character tokenizer uses only the first ids of the vocabulary, but the LM
 head is as wide as `--vocab-size`, so it costs what it costs in practice.
 
-    python benchmarks/bench_score.py --output bench_score.json
+    python -m benchmarks.bench_score --output bench_score.json
 """
 
 import argparse
 import json
 import math
 import random
-import resource
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,9 +42,10 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from iprm.data.datamodule import PRMDataModule
+from benchmarks import common
+from benchmarks.variants import EveryRowScored, ImplicitPRM
+from iprm.data import PRMDataModule
 from iprm.data.records import Record, load_records, write_records
-from iprm.module import ImplicitPRM
 from iprm.tasks.arithmetic import sample_problem, solve
 from iprm.tasks.pretrain import build_model
 from iprm.tasks.tokenizer import build_char_tokenizer
@@ -55,8 +54,7 @@ from iprm.tasks.world import graded_records
 VARIANTS = ("baseline", "iprm_cold_every_row", "iprm_cold", "iprm_warm")
 SEPARATOR = "\n"
 # Imported once by the fork server, so each variant's process starts with them loaded and nothing else.
-PRELOAD = ["torch", "transformers", "lightning", "iprm.module", "iprm.data.datamodule"]
-REPO = Path(__file__).resolve().parents[1]
+PRELOAD = ["torch", "transformers", "lightning", "iprm.module", "iprm.data.datamodule", "benchmarks.variants"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -199,19 +197,6 @@ def iprm_pass(module: ImplicitPRM, loader, count: int, device) -> dict:
 # --- one variant, in its own process -----------------------------------------------------------------------
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kilobytes on Linux
-
-
-def _reset_peak_rss() -> bool:
-    """Restart the peak-RSS count from the current RSS (Linux ≥ 4.0); False where that is not possible."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def _baseline_runner(options: dict, workdir: Path, device: torch.device):
     tokenizer = AutoTokenizer.from_pretrained(workdir / "policy")
     # Loaded as ImplicitPRM loads them by default: float32, SDPA attention.
@@ -236,10 +221,8 @@ def _iprm_runner(options: dict, workdir: Path, device: torch.device, cold: bool,
     datamodule.setup("validate")
     loader = datamodule.val_dataloader()[0]
     count = len(datamodule.eval_records["bench"])
-    module = ImplicitPRM(
-        model_path=str(workdir / "policy"),
-        reference_path=str(workdir / "reference"),
-        deduplicate_scoring=deduplicate,
+    module = (ImplicitPRM if deduplicate else EveryRowScored)(
+        model_path=str(workdir / "policy"), reference_path=str(workdir / "reference")
     )
     module.configure_model()
     module.eval().to(device)
@@ -266,12 +249,12 @@ def run_variant(variant: str, options: dict, workdir: str) -> dict:
         run, beta = _iprm_runner(
             options, Path(workdir), device, cold, deduplicate=variant != "iprm_cold_every_row"
         )
-    setup_rss = _peak_rss_mb()
+    setup_rss = common.peak_rss_mb()
     excludes_priming = None
     with torch.no_grad():
         if variant == "iprm_warm":
             run()  # untimed: fills the reference cache; its peak memory is not the warm pass's
-            excludes_priming = _reset_peak_rss()
+            excludes_priming = common.reset_peak_rss()
         if cuda:
             torch.cuda.reset_peak_memory_stats(device)
         seconds = []
@@ -286,7 +269,7 @@ def run_variant(variant: str, options: dict, workdir: str) -> dict:
         beta=beta,
         threads=torch.get_num_threads(),
         setup_peak_rss_mb=setup_rss,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=common.peak_rss_mb(),
         peak_rss_excludes_priming=excludes_priming,
         cuda_max_memory_allocated_mb=torch.cuda.max_memory_allocated(device) / 2**20 if cuda else None,
     )
@@ -325,14 +308,6 @@ def summarise(result: dict, candidates: int) -> dict:
     return summary
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return out.stdout.strip()
-
-
 def markdown_table(report: dict) -> str:
     rows = [
         "| variant | batch | best of {} (s) | candidates/s | response tokens/s | peak RSS (MB) | "
@@ -357,8 +332,7 @@ def build_report(args: argparse.Namespace, options: dict, setup: dict, results: 
     return {
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "argv": sys.argv,
-        "commit": _git("rev-parse", "--short", "HEAD"),
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **common.commit(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "device": args.device,

@@ -13,10 +13,10 @@ epochs, in float32, with AdamW at the same learning rate and a cosine schedule:
                       log-probs cached per record (computed in the first epoch); LM head on response
                       positions only.
     iprm_each_pair    iprm forwarding every pair's two responses, as TRL and the official DPO code do
-                      (`model.forward_each_pair`).
+                      (`benchmarks.common.EachPair`).
     iprm_full_logits  iprm with the model's own full forward and a float32 log-softmax over every
-                      position (`model.response_only_logprobs false`).
-    iprm_no_cache     iprm running the reference on every batch (`model.reference_cache none`).
+                      position (`benchmarks.common.FullLogits`).
+    iprm_no_cache     iprm running the reference on every batch (`benchmarks.common.NoReferenceCache`).
     iprm_grouped      iprm with length-grouped instruction batches (`data.group_by_length`).
 
 "Same batch": the same number of sequences per forward pass, `--batch-sequences` (iprm: that many
@@ -26,8 +26,8 @@ of each epoch, the time per epoch including preparation (the headline: total / e
 second (the data set's response tokens × epochs / total), peak RSS of the variant's own process (VmHWM),
 and the mean training loss. Every variant runs in a fresh process; models are built in code (no download).
 
-    python benchmarks/bench_train.py --output runs/benchmarks/bench_train.json
-    python benchmarks/bench_train.py --variants trl,iprm,iprm_each_pair,iprm_full_logits,iprm_no_cache
+    python -m benchmarks.bench_train --output runs/benchmarks/bench_train.json
+    python -m benchmarks.bench_train --variants trl,iprm,iprm_each_pair,iprm_full_logits,iprm_no_cache
 """
 
 import argparse
@@ -39,15 +39,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import common
+
 VARIANTS = ("trl", "iprm", "iprm_each_pair", "iprm_full_logits", "iprm_no_cache", "iprm_grouped")
-IPRM_SWITCHES = {
-    "iprm": ({}, {}),
-    "iprm_each_pair": ({"forward_each_pair": True}, {}),
-    "iprm_full_logits": ({"response_only_logprobs": False}, {}),
-    "iprm_no_cache": ({"reference_cache": "none"}, {}),
-    "iprm_grouped": ({}, {"group_by_length": True}),
+# iprm variant → (the module class, data module switches)
+IPRM_VARIANTS = {
+    "iprm": ("ImplicitPRM", {}),  # the module itself
+    "iprm_each_pair": ("EachPair", {}),
+    "iprm_full_logits": ("FullLogits", {}),
+    "iprm_no_cache": ("NoReferenceCache", {}),
+    "iprm_grouped": ("ImplicitPRM", {"group_by_length": True}),
 }
-REPO = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -156,16 +158,6 @@ def setup(args: argparse.Namespace, workdir: Path) -> dict:
 # --- one variant per process ------------------------------------------------------------------------------
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set (VmHWM: per address space, so unaffected by a parent's peak)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_trl(args: argparse.Namespace, workdir: Path) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
@@ -225,8 +217,8 @@ def run_trl(args: argparse.Namespace, workdir: Path) -> dict:
 def run_iprm(args: argparse.Namespace, workdir: Path, variant: str) -> dict:
     import lightning as L
 
-    from iprm.data.datamodule import PRMDataModule
-    from iprm.module import ImplicitPRM
+    from benchmarks import variants
+    from iprm.data import PRMDataModule
     from iprm.objectives import DPO
 
     class EpochTimer(L.Callback):
@@ -244,7 +236,7 @@ def run_iprm(args: argparse.Namespace, workdir: Path, variant: str) -> dict:
             self.ends.append(time.perf_counter())
             self.losses.append(sum(self._batch_losses) / max(1, len(self._batch_losses)))
 
-    model_switches, data_switches = IPRM_SWITCHES[variant]
+    module_class, data_switches = IPRM_VARIANTS[variant]
     L.seed_everything(args.seed, verbose=False)
     start = time.perf_counter()
     data = PRMDataModule(
@@ -256,16 +248,15 @@ def run_iprm(args: argparse.Namespace, workdir: Path, variant: str) -> dict:
     )
     data.setup("fit")
     prepared = time.perf_counter()
-    module = ImplicitPRM(
+    module = getattr(variants, module_class)(
         model_path=data.model_path,
         objective=DPO(beta=args.beta),
         lr=args.lr,
         export_dir=str(workdir / f"{variant}-policy"),
-        **model_switches,
     )
     timer = EpochTimer()
     trainer = L.Trainer(
-        default_root_dir=str(workdir / variant),  # where the module writes flops.json
+        default_root_dir=str(workdir / variant),
         accelerator="cpu",
         max_epochs=args.epochs,
         logger=False,
@@ -300,7 +291,7 @@ def run_variant(args: argparse.Namespace) -> None:
     else:
         result = run_iprm(args, args.workdir, args.variant)
     result["threads"] = torch.get_num_threads()
-    result["peak_rss_mb"] = peak_rss_mb()
+    result["peak_rss_mb"] = common.peak_rss_mb()
     (args.workdir / f"{args.variant}.json").write_text(json.dumps(result))
 
 
@@ -336,13 +327,6 @@ def markdown_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _git(*command: str) -> str | None:
-    try:
-        return subprocess.run(["git", *command], cwd=REPO, capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.variant:
@@ -360,15 +344,14 @@ def main(argv: list[str] | None = None) -> int:
         data = setup(args, workdir)
         results = {}
         for variant in args.variants:
-            command = [sys.executable, __file__, *raw, "--variant", variant, "--workdir", str(workdir)]
-            subprocess.run(command, check=True)
+            command = [sys.executable, "-m", "benchmarks.bench_train", *raw, "--variant", variant]
+            subprocess.run([*command, "--workdir", str(workdir)], check=True, cwd=common.REPO)
             raw_result = json.loads((workdir / f"{variant}.json").read_text())
             results[variant] = summarise(raw_result, args.epochs, data["response_tokens"])
             print(f"{variant}: {results[variant]['per_epoch_s']:.2f} s per epoch", file=sys.stderr)
     report = {
-        "command": shlex.join(["python", "benchmarks/bench_train.py", *raw]),
-        "commit": (_git("rev-parse", "--short", "HEAD") or "").strip() or None,
-        "dirty": bool((_git("status", "--porcelain", "--untracked-files=no") or "").strip()),
+        "command": shlex.join(["python", "-m", "benchmarks.bench_train", *raw]),
+        **common.commit(),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "data": data,
         "variants": results,

@@ -1,17 +1,24 @@
 """The command line: `python -m iprm {fit,validate,test,predict} --config … [--config …] [--a.b value]`.
 
-A `LightningCLI` over `ImplicitPRM` and `PRMDataModule`. Configs compose left to right; any value can be
+A `LightningCLI` over `ImplicitPRM` and any `PRMDataModule` subclass, chosen by `data.class_path` (the
+controlled world's is `iprm.tasks.WorldDataModule`). Configs compose left to right; any value can be
 overridden with a dotted flag. `data.model_path` (the starting checkpoint and its tokenizer) is linked into
 the model, so data and model can never disagree on the tokenizer. The evaluation callback and the
-prediction writer are always present, configured under `evaluation.*` and `prediction.*`.
+prediction writer are always present, configured under `evaluation.*` and `prediction.*`; so are the FLOPs
+counter (`iprm.flops.FlopsCounter`) and the run's `<stage>-metrics.json` (`iprm.results.MetricsFile`,
+carrying the sha256 of the resolved config that `config.yaml` holds).
 """
+
+import hashlib
 
 from lightning.pytorch.cli import LightningCLI
 
-from iprm.data.datamodule import PRMDataModule
+from iprm.data import PRMDataModule
 from iprm.eval.callback import BestOfNEvaluation
+from iprm.flops import FlopsCounter
 from iprm.module import ImplicitPRM
 from iprm.predict import PredictionWriter
+from iprm.results import MetricsFile
 
 
 class IPRMCLI(LightningCLI):
@@ -20,11 +27,19 @@ class IPRMCLI(LightningCLI):
         parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        config = self.config.get(str(self.subcommand), self.config)
+        resolved = self._parser(self.subcommand).dump(config, skip_none=False)  # as config.yaml holds it
+        digest = hashlib.sha256(resolved.encode()).hexdigest()
+        self.trainer.callbacks.extend([FlopsCounter(), MetricsFile(config_digest=digest)])
+
 
 def main(args: list[str] | None = None) -> IPRMCLI:
     return IPRMCLI(
         ImplicitPRM,
         PRMDataModule,
+        subclass_mode_data=True,
         args=args,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={

@@ -20,19 +20,31 @@ embeddings are (Llama has none). A backward pass costs 2× the forward, so a tra
                      mean sequence length, T/S for T tokens in S sequences: 2·N·T + 2·n_layers·d_model·T²/S
 
 L is the count of real tokens (attention-mask sums); padding is not counted. The sampling model is the
-starting checkpoint, as in the paper (the world samples its rollouts from its reference policy). A run
-needs only the rollouts its `instruction_fraction` and `responses_per_instruction` keep: fewer would
-simply be sampled. Deduplication and balancing discard rollouts after sampling, so they save nothing.
+starting checkpoint, as in the paper (the world samples its rollouts from its reference policy); the data
+module reports the tokens of the rollouts the run needed (`sampling_tokens()`).
+
+`FlopsCounter` counts as training batches pass: each batch's policy forward and backward, each training
+record's reference forward the first time the run trains on it (cached afterwards; counted even when a
+cache an earlier run left on disk served it, so a run's cost does not depend on what ran before it), and
+KTO's mismatched pairs. It logs `train/flops` (cumulative) while training, and `flops/{train,data,total}`
+and `<log_dir>/flops.json` at the end of training.
 """
 
+import json
+import logging
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor, nn
 
-from iprm.data.datamodule import PRMDataModule, load_data
-from iprm.data.knobs import first_per_instruction, subsample_instructions
-from iprm.data.records import Record
+from iprm.io import atomic_write
+from iprm.results import record_scalars
+
+log = logging.getLogger(__name__)
 
 
 def non_embedding_parameters(model: nn.Module) -> int:
@@ -71,60 +83,8 @@ class ForwardCost:
         return asdict(self)
 
 
-def rollouts_needed(records: list[Record], datamodule: PRMDataModule) -> list[Record]:
-    """The training records a run needed sampled: its instruction fraction and responses per instruction."""
-    if datamodule.instruction_fraction < 1:
-        records = subsample_instructions(records, datamodule.instruction_fraction, datamodule.seed)
-    if datamodule.responses_per_instruction is not None:
-        records = first_per_instruction(records, datamodule.responses_per_instruction)
-    return records
-
-
-def _world_counts(datamodule: PRMDataModule) -> dict[str, int] | None:
-    """The world's measured sampling counts, when the run trains on exactly the world's rollouts."""
-    world = datamodule.world
-    if world is None or datamodule.train_path != world.train_path or datamodule.extra_train_paths:
-        return None
-    counts = world.manifest()["stats"]["train"]
-    return counts if "sampled_tokens" in counts else None  # worlds built before the count was recorded
-
-
-def _record_counts(records: list[Record], tokenizer) -> dict[str, int]:
-    """Estimated from the records: prompt with special tokens, response plus the <eos> that ended it."""
-    prompts = tokenizer([r.prompt for r in records])["input_ids"]
-    responses = tokenizer([r.response for r in records], add_special_tokens=False)["input_ids"]
-    return {
-        "prompt_tokens": sum(map(len, prompts)),
-        "sampled_tokens": sum(len(ids) + 1 for ids in responses),
-        "records": len(records),
-    }
-
-
-def sampling_tokens(datamodule: PRMDataModule) -> dict[str, float]:
-    """Prompt and generated tokens of the rollout sampling a run needed, and where the counts come from.
-
-    From the world's manifest (exact, measured while sampling) scaled by the share of its rollouts the run
-    needed; otherwise estimated from the needed records with the tokenizer.
-    """
-    records = load_data(datamodule.train_path)
-    for path in datamodule.extra_train_paths:
-        records += load_data(path, source=Path(path).stem)
-    needed = rollouts_needed(records, datamodule)
-    world = _world_counts(datamodule)
-    if world is None:
-        return {**_record_counts(needed, datamodule.tokenizer), "source": "records"}
-    share = len(needed) / len(records)
-    return {
-        "prompt_tokens": world["prompt_tokens"] * share,
-        "sampled_tokens": world["sampled_tokens"] * share,
-        "records": len(needed),
-        "source": "world manifest",
-    }
-
-
-def data_flops(datamodule: PRMDataModule, cost: ForwardCost) -> dict[str, float | str]:
-    """Data FLOPs (see the module docstring) and the token counts behind them."""
-    tokens = sampling_tokens(datamodule)
+def data_flops(tokens: dict[str, float | str], cost: ForwardCost) -> dict[str, float | str]:
+    """Data FLOPs (see the module docstring) from the sampling token counts a data module reports."""
     total = tokens["prompt_tokens"] + tokens["sampled_tokens"]
     return {**tokens, "flops": cost.sampling(total, tokens["records"])}
 
@@ -153,3 +113,75 @@ def totals(counts: dict[str, float], data: dict) -> dict:
         **counts,
         "data_tokens": data,
     }
+
+
+class FlopsCounter(Callback):
+    """Counts the FLOPs of every forward and backward that runs in training (see the module docstring).
+
+    The counts and the training records whose reference forward is counted are the callback's state, saved
+    in checkpoints: a resumed run goes on counting, and never counts a record's reference twice.
+    """
+
+    def __init__(self):
+        self.counts = zero_counts()
+        self.reference_counted: set[int] = set()
+        self.costs: dict[str, ForwardCost] = {}
+        self.data: dict = {"flops": math.nan}
+        self._log_dir: Path | None = None
+
+    def state_dict(self) -> dict:
+        return {"counts": dict(self.counts), "reference_counted": sorted(self.reference_counted)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.counts.update(state_dict["counts"])
+        self.reference_counted = set(state_dict["reference_counted"])
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # `trainer.log_dir` is a collective under DDP: every rank asks here, rank 0 writes at the end.
+        self._log_dir = Path(trainer.log_dir or ".")
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.costs = {"policy": ForwardCost.of(pl_module.policy)}
+        if pl_module.reference is not None:
+            self.costs["reference"] = ForwardCost.of(pl_module.reference)
+        sampling = getattr(trainer.datamodule, "sampling_tokens", None)
+        # The rollouts were sampled by the starting checkpoint, which is the policy before training.
+        self.data = data_flops(sampling(), self.costs["policy"]) if sampling else {"flops": math.nan}
+        record_scalars(trainer, {"flops/data": self.data["flops"]}, step=0)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
+        self.count_batch(pl_module, batch)
+        spent = self.counts["policy_flops"] + self.counts["reference_flops"]
+        size = len(batch["labels"])
+        pl_module.log("train/flops", spent, batch_size=size, reduce_fx="sum", sync_dist=True)  # cumulative
+
+    def count_batch(self, pl_module: L.LightningModule, batch: dict) -> None:
+        """Add what `pl_module.training_step` forwards for this batch."""
+        with_reference = not pl_module.hparams.reference_free
+        count(self.counts, "policy", self.costs["policy"], batch["attention_mask"], passes=3)
+        if with_reference:
+            rows = [row for row, i in enumerate(batch["index"].tolist()) if i not in self.reference_counted]
+            self.reference_counted.update(batch["index"][rows].tolist())
+            count(self.counts, "reference", self.costs["reference"], batch["attention_mask"][rows], 1)
+        if pl_module.objective.requires_kl:
+            count(self.counts, "policy", self.costs["policy"], batch["kl_attention_mask"], passes=1)
+            if with_reference:
+                count(self.counts, "reference", self.costs["reference"], batch["kl_attention_mask"], 1)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Summed over ranks here, not in on_fit_end: the strategy has torn down its process group by then.
+        summed = dict(self.counts)
+        if trainer.world_size > 1:
+            values = torch.tensor(list(summed.values()), dtype=torch.float64, device=pl_module.device)
+            reduced = trainer.strategy.reduce(values, reduce_op="sum").tolist()
+            summed = dict(zip(summed, reduced, strict=True))
+        cost = totals(summed, self.data)
+        names = ("train", "data", "total")
+        record_scalars(trainer, {f"flops/{name}": cost[name] for name in names}, trainer.global_step)
+        if not trainer.is_global_zero:
+            return
+        path = self._log_dir / "flops.json"
+        models = {name: c.as_dict() for name, c in self.costs.items()}
+        with atomic_write(path) as file:
+            file.write(json.dumps({**cost, "models": models}, indent=2) + "\n")
+        log.info("training %.3g FLOPs, data %.3g FLOPs (written to %s)", cost["train"], cost["data"], path)

@@ -1,20 +1,21 @@
 """Write per-step and per-response scores of every predicted record to JSONL, atomically.
 
 Each output line is the input record plus `step_scores` (`single` and `accumulative` lists, one value per
-step) and `scores` (the response score under every scorer of `iprm.module.scorer_names`). The file is
+step) and `scores` (the response score under every scorer of `iprm.rewards.scorer_names`). The file is
 written to a temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
 """
 
 import dataclasses
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
+
+from iprm.io import atomic_write
+from iprm.rewards import scorer_names
 
 
 def _finite(values: torch.Tensor) -> list[float]:
@@ -42,22 +43,12 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
-        from iprm.module import scorer_names
-
         if trainer.world_size > 1:
             raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
         records = trainer.datamodule.predict_records
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
-        path.parent.mkdir(parents=True, exist_ok=True)
         names = scorer_names()
-        with tempfile.NamedTemporaryFile(
-            "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-        ) as handle:
-            try:
-                for batch in predictions:
-                    for row, index in enumerate(batch["index"].tolist()):
-                        handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")
-            except BaseException:
-                os.unlink(handle.name)
-                raise
-        os.replace(handle.name, path)
+        with atomic_write(path) as handle:
+            for batch in predictions:
+                for row, index in enumerate(batch["index"].tolist()):
+                    handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")

@@ -16,14 +16,18 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from iprm.data.collate import select_rows
+from iprm.io import atomic_write
+
 log = logging.getLogger(__name__)
 
-MODES = ("none", "memory", "disk")
+MODES = ("memory", "disk")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
@@ -65,8 +69,7 @@ class ReferenceCache:
 
     Args:
         mode: "memory" keeps entries for the life of the process; "disk" also persists them under
-            `directory/fingerprint` and loads what earlier runs wrote; "none" keeps nothing, so the
-            reference runs on every batch (for measuring what the cache saves).
+            `directory/fingerprint` and loads what earlier runs wrote.
         directory: root of the on-disk cache (mode "disk").
         fingerprint: identifies the reference checkpoint (`fingerprint()`; mode "disk").
     """
@@ -93,11 +96,32 @@ class ReferenceCache:
         return self._values[key]
 
     def put(self, key: str, value: Tensor) -> None:
-        if self.mode == "none" or key in self._values:
+        if key in self._values:
             return
         self._values[key] = value.detach().cpu()
         if self.directory is not None:
             self._unsaved.append(key)
+
+    def fetch(self, batch: dict[str, Tensor], compute: Callable[[dict], Tensor]) -> Tensor:
+        """Cumulative log-probs [B, S + 1] of a batch's rows: each step end (NaN padding), then the total.
+
+        Rows missing from the cache are computed together, `compute(sub_batch)` → [b, S + 1] with NaN at
+        padded step ends, and stored; the result is on the batch's device.
+        """
+        keys = record_keys(batch)
+        missing = [row for row, key in enumerate(keys) if key not in self]
+        computed = {}
+        if missing:
+            values = compute(select_rows(batch, torch.tensor(missing, device=batch["input_ids"].device)))
+            for row, value in zip(missing, values, strict=True):
+                computed[keys[row]] = value[~value.isnan()].cpu()
+                self.put(keys[row], computed[keys[row]])
+        out = torch.full((len(keys), batch["step_ends"].shape[1] + 1), float("nan"))
+        for row, key in enumerate(keys):
+            value = computed[key] if key in computed else self[key]
+            out[row, : len(value) - 1] = value[:-1]
+            out[row, -1] = value[-1]
+        return out.to(batch["input_ids"].device)
 
     def clear(self) -> None:
         """Forget every entry in memory (files on disk stay)."""
@@ -115,11 +139,9 @@ class ReferenceCache:
             "lengths": torch.tensor([len(v) for v in values], dtype=torch.long),
             "values": torch.cat(values),
         }
-        self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"shard-{time.time_ns()}-{os.getpid()}.pt"
-        scratch = path.with_suffix(".tmp")
-        torch.save(shard, scratch)
-        os.replace(scratch, path)
+        with atomic_write(path, "wb") as file:
+            torch.save(shard, file)
         return path
 
     def _load(self) -> None:

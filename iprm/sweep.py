@@ -12,12 +12,14 @@ cartesian product), or both (crossed):
     python -m iprm.sweep configs/sweeps/instruction_fraction.yaml [--output DIR] [--seeds N] [--dry-run]
         [--any.cli.flag VALUE …]   # appended to every fit and test
 
-Each run lives in `<output>/<point>/seed<k>/`: `fit/` and `test/` logs, `checkpoints/`, `policy/`,
-`fit.log`, `test.log`, `run.json` (commands, commit, seconds), and last `metrics.json` (the flat test
-metrics and the FLOPs of training and data collection). A run with a `metrics.json` is skipped, so
-rerunning a sweep resumes it; an unfinished run starts over. A failed run is reported and the sweep goes
-on. Every `metrics.json` is then collected into `<output>/results.csv` (a row per point × seed) and
-`<output>/results.md` (per best-of-N set, a row per point: mean ± std over seeds of the headline metrics).
+Each run lives in `<output>/<point>/seed<k>/`: `fit/` and `test/` log directories (each with its
+`<stage>-metrics.json`; the fit's also holds `checkpoints/` and the exported `policy/`), `fit.log`,
+`test.log`, `run.json` (commands, commit, seconds), and last `metrics.json` (the flat test metrics and the
+FLOPs of training and data collection, read from the two stages' metrics files). A run with a
+`metrics.json` is skipped, so rerunning a sweep resumes it; an unfinished run starts over. A failed run is
+reported and the sweep goes on. Every `metrics.json` is then collected into `<output>/results.csv` (a row
+per point × seed) and `<output>/results.md` (per best-of-N set, a row per point: mean ± std over seeds of
+the headline metrics).
 """
 
 import argparse
@@ -26,7 +28,6 @@ import itertools
 import json
 import logging
 import math
-import os
 import shlex
 import shutil
 import statistics
@@ -39,12 +40,12 @@ from typing import Any
 
 import yaml
 
+from iprm import results
 from iprm.eval.report import to_markdown
+from iprm.io import atomic_write
 
 log = logging.getLogger(__name__)
 DEFAULT_SEEDS = [0, 1, 2]
-# Inverse of the row names of `iprm.eval.report.selection_table`, back to the logged metric names.
-_ROW_METHODS = {"majority": "maj", "oracle": "oracle", "pass@k": "pass"}
 # Headline columns of results.md: title → flat key, with {set} the best-of-N set and {n} the sweep's N.
 HEADLINE = {
     "pass@1": "{set}/pass@1",
@@ -127,23 +128,9 @@ def _flag_value(value: Any) -> str:
     return json.dumps(value)  # true/false/null, numbers, lists and dicts as the CLI parses them
 
 
-def _checkpoint_callbacks(configs: list[str], directory: Path) -> list[str]:
-    """`--trainer.callbacks` with every configured ModelCheckpoint writing into this run (configs may fix
-    its dirpath); nothing when no config lists callbacks (Lightning's default writes into the log dir)."""
-    callbacks = None
-    for config in configs:
-        trainer = (yaml.safe_load(Path(config).read_text()) or {}).get("trainer") or {}
-        callbacks = trainer.get("callbacks", callbacks)
-    if not isinstance(callbacks, list) or not callbacks:
-        return []
-    for callback in callbacks:
-        if str(callback.get("class_path", "")).endswith("ModelCheckpoint"):
-            callback.setdefault("init_args", {})["dirpath"] = str(directory / "checkpoints")
-    return ["--trainer.callbacks", json.dumps(callbacks)]
-
-
 def cli_args(run: Run, base: list[str], extra: list[str], stage: str) -> list[str]:
-    """The arguments of `python -m iprm <stage>` for a run: configs, overrides, seed, its own directories."""
+    """The arguments of `python -m iprm <stage>` for a run: configs, overrides, seed, its own log directory
+    (where checkpoints and the exported policy go too)."""
     configs = [*base, *run.overrides.get("config", [])]
     overrides = [[f"--{key}", _flag_value(v)] for key, v in run.overrides.items() if key != "config"]
     return [
@@ -152,8 +139,6 @@ def cli_args(run: Run, base: list[str], extra: list[str], stage: str) -> list[st
         "--seed_everything", str(run.seed), "--data.seed", str(run.seed),
         "--trainer.default_root_dir", str(run.directory),
         "--trainer.logger.init_args.save_dir", str(run.directory / stage),
-        "--model.export_dir", str(run.directory / "policy"),
-        *_checkpoint_callbacks(configs, run.directory),
         *extra,
     ]  # fmt: skip
 
@@ -171,16 +156,6 @@ def _find(directory: Path, pattern: str) -> Path:
 
 
 # --- running ----------------------------------------------------------------------------------------------
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except OSError:
-        return "unknown"
-    return out.stdout.strip() or "unknown"
 
 
 def _stage(run: Run, stage: str, args: list[str]) -> bool:
@@ -207,72 +182,34 @@ def execute(run: Run, base: list[str], extra: list[str]) -> bool:
         test = [*cli_args(run, base, extra, "test"), "--ckpt_path", str(_find(run.directory, "**/*.ckpt"))]
         if not _stage(run, "test", test):
             return False
-        metrics = read_metrics(run.directory)
+        metrics, commit = read_metrics(run.directory)
     except FileNotFoundError as error:
         log.error("FAILED %s seed %d: %s", run.point, run.seed, error)
         return False
     commands = {stage: shlex.join(_command(stage, args)) for stage, args in (("fit", fit), ("test", test))}
-    meta = {"point": run.point, "seed": run.seed, "commit": _commit(), "commands": commands}
+    meta = {"point": run.point, "seed": run.seed, "commit": commit, "commands": commands}
     _write_json(run.directory / "run.json", meta | {"seconds": round(time.perf_counter() - started, 1)})
     _write_json(run.directory / "metrics.json", metrics)
     return True
 
 
 def _write_json(path: Path, value: dict) -> None:
-    scratch = path.with_name(f".{path.name}.tmp")
-    scratch.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(scratch, path)  # metrics.json marks a run done: it must never exist half-written
+    with atomic_write(path) as file:  # metrics.json marks a run done: it must never exist half-written
+        file.write(json.dumps(value, indent=2) + "\n")
 
 
 # --- metrics ----------------------------------------------------------------------------------------------
 
 
-def _float(cell: str) -> float:
-    return float(cell) if cell not in ("", None) else math.nan
-
-
-def _selection_key(row: str, n: str) -> str:
-    """`bon/prm_single_min`, `16` → `bon@16/prm_single_min`; `majority`, `16` → `maj@16`."""
-    method, _, scorer = row.partition("/")
-    method = _ROW_METHODS.get(method, method)
-    return f"{method}@{n}/{scorer}" if scorer else f"{method}@{n}"
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as file:
-        return list(csv.DictReader(file))
-
-
-def _header(path: Path) -> list[str]:
-    with path.open(newline="") as file:
-        return next(csv.reader(file))
-
-
-def _flat_table(path: Path, prefix: str) -> dict[str, float]:
-    """`<prefix>/<row label>/<column>` for every cell of a table whose first column labels its rows."""
-    out = {}
-    for row in _read_csv(path):
-        label, *cells = row.items()
-        out |= {f"{prefix}/{label[1]}/{column}": _float(value) for column, value in cells}
-    return out
-
-
-def read_metrics(directory: Path) -> dict[str, float]:
-    """A finished run's flat metrics: per best-of-N set `<set>/bon@16/<scorer>`, `<set>/maj@16`, …;
-    `table1/<method>/<column>`; `steps/<scorer>/<column>`; `flops/{train,data,total}`."""
-    evaluation = _find(directory, "test/**/evaluation")
-    table1 = evaluation / "test-table1.csv"
-    metrics: dict[str, float] = {}
-    # Sets in the data module's order, which Table 1's columns (`<set>@<n>`) keep.
-    for name in dict.fromkeys(c.rpartition("@")[0] for c in _header(table1) if "@" in c):
-        for row in _read_csv(evaluation / f"test-{name}.csv"):
-            label = row.pop("scorer")
-            metrics |= {f"{name}/{_selection_key(label, n)}": _float(v) for n, v in row.items()}
-    metrics |= _flat_table(table1, "table1")
-    if (evaluation / "test-steps.csv").exists():
-        metrics |= _flat_table(evaluation / "test-steps.csv", "steps")
-    cost = json.loads(_find(directory, "fit/**/flops.json").read_text())
-    return metrics | {f"flops/{key}": float(cost[key]) for key in ("train", "data", "total")}
+def read_metrics(directory: Path) -> tuple[dict[str, float], str]:
+    """A finished run's flat metrics and the short commit that tested it, from its stages' metrics files:
+    the test metrics without their `test/` prefix (per best-of-N set `<set>/bon@16/<scorer>`,
+    `<set>/maj@16`, `<set>/process/<scorer>/f1`, …) and the fit's `flops/{train,data,total}`."""
+    test = results.read_metrics(_find(directory, "test/**/test-metrics.json"))
+    fit = results.read_metrics(_find(directory, "fit/**/fit-metrics.json"))
+    metrics = {key.removeprefix("test/"): value for key, value in test.items() if key.startswith("test/")}
+    metrics |= {key: float(fit[key]) for key in ("flops/train", "flops/data", "flops/total")}
+    return metrics, (test["commit"] or "unknown")[:7]
 
 
 # --- collecting -------------------------------------------------------------------------------------------

@@ -8,6 +8,9 @@ import torch
 from nbclient import NotebookClient
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from iprm.data.collate import Collator
+from iprm.data.records import Record
+from iprm.module import ImplicitPRM
 from iprm.tasks.tokenizer import build_char_tokenizer
 
 torch.set_num_threads(1)
@@ -48,6 +51,29 @@ def tiny_model_dir(tmp_path_factory, char_tokenizer):
     make_tiny_llama(len(char_tokenizer)).save_pretrained(path)
     char_tokenizer.save_pretrained(path)
     return str(path)
+
+
+def collate(tokenizer, records: list[Record]) -> dict:
+    """A training batch of `records` (steps end at "\\n"), instructions numbered as they first appear."""
+    groups: dict[str, int] = {}
+    items = [
+        {"record": r, "index": i, "group": groups.setdefault(r.instruction_id, len(groups))}
+        for i, r in enumerate(records)
+    ]
+    return Collator(tokenizer, separator="\n")(items)
+
+
+def make_module(model_dir: str, objective, module_class=ImplicitPRM, perturb: int | None = None, **kwargs):
+    """An `ImplicitPRM` (or a variant) with its models loaded; with `perturb`, the policy moved away from
+    the reference by seeded noise, so the log-ratios are not all zero."""
+    module = module_class(model_path=model_dir, objective=objective, **kwargs)
+    module.configure_model()
+    if perturb is not None:
+        torch.manual_seed(perturb)
+        with torch.no_grad():
+            for p in module.policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    return module
 
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"

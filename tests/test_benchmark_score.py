@@ -1,6 +1,5 @@
 """benchmarks/bench_score.py: the baseline finds iprm's step ends, agrees with iprm, and the script runs."""
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,15 +13,14 @@ from iprm.data.collate import encode
 
 torch.set_num_threads(1)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_score.py"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_score", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import bench_score
+
+    return bench_score
 
 
 def test_baseline_step_ends_match_collate_by_hand(bench, char_tokenizer):
@@ -62,8 +60,8 @@ def test_help_exits_zero(bench, capsys):
 def test_tiny_run_writes_both_variants_and_checks_equality(tmp_path):
     output = tmp_path / "bench.json"
     tiny = "--problems 2 --candidates 4 --hidden-size 32 --layers 1 --vocab-size 512 --repeats 1 --threads 1"
-    command = [sys.executable, str(SCRIPT), *tiny.split(), "--output", str(output)]
-    done = subprocess.run(command, cwd=SCRIPT.parents[1], capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "benchmarks.bench_score", *tiny.split(), "--output", str(output)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "| iprm_warm |" in done.stdout
     report = json.loads(output.read_text())

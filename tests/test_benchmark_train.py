@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_train.py"
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ["-m", "benchmarks.bench_train"]
 
 
 def test_help_lists_every_variant():
     help_text = subprocess.run(
-        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True
+        [sys.executable, *SCRIPT, "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     for variant in ("trl", "iprm_each_pair", "iprm_full_logits", "iprm_no_cache", "iprm_grouped"):
         assert variant in help_text
@@ -25,7 +26,7 @@ def test_tiny_benchmark_reports_every_variant(tmp_path):
     subprocess.run(
         [
             sys.executable,
-            str(SCRIPT),
+            *SCRIPT,
             "--instructions",
             "4",
             "--responses",
@@ -49,6 +50,7 @@ def test_tiny_benchmark_reports_every_variant(tmp_path):
         ],  # fmt: skip
         check=True,
         capture_output=True,
+        cwd=ROOT,
     )
     report = json.loads(output.read_text())
     assert list(report["variants"]) == variants.split(",")

@@ -1,6 +1,7 @@
 """End-to-end runs of `python -m iprm` on a miniature world: every objective fits, test writes its tables,
 predict writes step scores, every shipped config parses."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from iprm.cli import main
-from iprm.module import scorer_names
+from iprm.rewards import scorer_names
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -51,6 +52,14 @@ def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
     assert "bon/prm_accumulative_min" in table and "majority" in table
     policy = AutoModelForCausalLM.from_pretrained(fitted / "policy")
     assert policy.config.model_type == "llama"
+    metrics = json.loads((run / "fit-metrics.json").read_text())
+    assert metrics["config_digest"] == hashlib.sha256((run / "config.yaml").read_bytes()).hexdigest()
+    assert "commit" in metrics
+    flops = json.loads((run / "flops.json").read_text())
+    assert metrics["flops/train"] == flops["train"] > 0 and metrics["flops/data"] == flops["data"] > 0
+    assert metrics["data/instructions"] == 16 and "train/loss" in metrics
+    assert 0 <= metrics["val/strong/bon@8/prm_accumulative_min"] <= 1
+    assert "val/strong/process/prm_single/f1" in metrics
 
 
 @pytest.mark.integration
@@ -93,6 +102,13 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
     for scorer in ("prm_single", "prm_accumulative", "reference_single", "reference_accumulative"):
         assert f"| {scorer} |" in steps
     assert "medium AUROC (misconception)" in steps
+    # The same numbers, machine-readable: every cell of the per-set tables is a key of test-metrics.json.
+    metrics = json.loads((run / "test-metrics.json").read_text())
+    for line in (run / "evaluation" / "test-weak.csv").read_text().splitlines()[1:]:
+        scorer, value = line.split(",")[0], line.split(",")[4]  # the column of N = 8
+        kind, _, name = scorer.partition("/")
+        key = {"majority": "maj@8", "oracle": "oracle@8", "pass@k": "pass@8"}.get(kind, f"{kind}@8/{name}")
+        assert metrics[f"test/weak/{key}"] == pytest.approx(float(value), abs=0), key
 
 
 @pytest.mark.integration
@@ -145,16 +161,19 @@ def test_help_documents_the_arguments():
     fit = subprocess.run(
         [sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True
     )
-    for flag in (
-        "--model.objective",
-        "--data.instruction_fraction",
-        "--data.world",
-        "--evaluation.ns",
-        "--prediction.output_path",
-        "--model.reference_free",
-    ):
+    for flag in ("--model.objective", "--data", "--evaluation.ns", "--prediction.output_path"):
         assert flag in fit.stdout, flag
+    assert "--model.reference_free" in fit.stdout
     assert "starting checkpoint" in fit.stdout  # docstrings become help text
+    # The data module is chosen by class_path; each one documents its own arguments.
+    data = subprocess.run(
+        [sys.executable, "-m", "iprm", "fit", "--data.help", "iprm.tasks.WorldDataModule"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    for flag in ("--data.world", "--data.extra_families", "--data.instruction_fraction", "--data.test_paths"):
+        assert flag in data.stdout, flag
 
 
 @pytest.mark.integration
@@ -172,7 +191,7 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
     data = tmp_path / "mine.jsonl"
     data.write_text("".join(json.dumps(row) + "\n" for row in rows))
     main([
-        "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data.world", "null",
+        "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data", "iprm.data.PRMDataModule",
         "--data.model_path", tiny_model_dir, "--data.train_path", str(data),
         "--data.eval_paths", json.dumps({"mine": str(data)}), "--data.instructions_per_batch", "2",
         "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
@@ -186,13 +205,13 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
 
 @pytest.mark.integration
 def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_training(tmp_path, world_root):
-    """Offloaded reference, disk cache, length-grouped batches and pair-by-pair DPO, through the CLI; a
-    second fit finds every reference log-prob on disk."""
+    """Offloaded reference, disk cache and length-grouped batches with DPO, through the CLI; a second fit
+    finds every reference log-prob on disk."""
     cache = tmp_path / "reference-cache"
     switches = [
         "--config", str(CONFIGS / "objective" / "dpo.yaml"), "--model.offload_reference", "true",
         "--model.reference_cache", "disk", "--model.reference_cache_dir", str(cache),
-        "--model.forward_each_pair", "true", "--data.group_by_length", "true",
+        "--data.group_by_length", "true",
     ]  # fmt: skip
     main(["fit", *_smoke_args(tmp_path / "first", world_root, *switches)])
     shards = list(cache.glob("*/shard-*.pt"))
@@ -204,12 +223,12 @@ def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_trainin
 @pytest.mark.integration
 def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(world_root):
     """The "extra instructions from a second task family" data factor on the miniature world."""
-    from iprm.data.datamodule import PRMDataModule
+    from iprm.tasks import WorldDataModule
     from iprm.tasks.world import World
 
-    settings = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["world"]
-    world = World(**{**settings, "root": str(world_root)})
-    data = PRMDataModule(world=world, extra_families=["addmul"])
+    settings = yaml.safe_load((CONFIGS / "smoke.yaml").read_text())["data"]["init_args"]["world"]
+    world = World.from_settings({**settings, "root": str(world_root)})
+    data = WorldDataModule(world=world, extra_families=["addmul"])
     data.prepare_data()
     data.setup("fit")
     base = [r for r in data.train_records if r.source != "extra-addmul"]
@@ -219,7 +238,5 @@ def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(wor
     assert all("-" not in r.prompt for r in extra) and any("-" in r.prompt for r in base)
     assert all(r.step_labels is not None for r in extra)
     built = Path(world.extra_train_path("addmul")).stat().st_mtime_ns
-    PRMDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
+    WorldDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
     assert Path(world.extra_train_path("addmul")).stat().st_mtime_ns == built
-    with pytest.raises(ValueError, match="needs data.world"):
-        PRMDataModule(extra_families=["addmul"])

@@ -11,6 +11,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
 from iprm.data.sampler import InstructionBatchSampler
+from iprm.tasks import WorldDataModule
 
 # Labels of the responses to each instruction, in file order; "dup" repeats the instruction's first response.
 LABELS = {
@@ -219,7 +220,7 @@ def test_official_candidate_files_load_as_eval_sets(tiny_model_dir, tmp_path):
     path.write_text(json.dumps([{**item, "reference": "1"}] * 2))
     dm = PRMDataModule(model_path=tiny_model_dir, eval_paths={"official": str(path)})
     dm.setup("test")
-    assert [r.answer for r in dm.eval_records["official"]] == ["1", "1"]
+    assert [r.answer for r in dm.test_records["official"]] == ["1", "1"]
     assert next(iter(dm.test_dataloader()[0]))["answer"].tolist() == [0, 0]
 
 
@@ -232,29 +233,46 @@ def test_train_labels_and_groups(tiny_model_dir, train_path):
 def test_world_supplies_paths_and_is_built_by_prepare_data(tiny_model_dir, train_path, eval_path):
     class FakeWorld:
         def __init__(self):
-            self.model_path, self.train_path, self.eval_paths = (
-                tiny_model_dir,
-                train_path,
-                {"world": eval_path},
-            )
+            self.model_path, self.train_path = tiny_model_dir, train_path
+            self.val_paths, self.test_paths = {"world": eval_path}, {"held-out": eval_path}
             self.builds = 0
 
         def build(self):
             self.builds += 1
 
     world = FakeWorld()
-    dm = PRMDataModule(world=world)
-    assert (dm.model_path, dm.train_path, dm.eval_paths, world.builds) == (
+    dm = WorldDataModule(world=world)
+    assert (dm.model_path, dm.train_path, dm.eval_paths, dm.test_paths, world.builds) == (
         tiny_model_dir,
         train_path,
         {"world": eval_path},
+        {"held-out": eval_path},
         0,
     )
     dm.prepare_data()
     assert world.builds == 1
     dm.setup("fit")
     assert len(dm.train_records) == TOTAL and list(dm.eval_records) == ["world"]
-    assert PRMDataModule(model_path="elsewhere", world=world).model_path == "elsewhere"
+    dm.setup("test")
+    assert list(dm.test_records) == ["held-out"] and len(dm.test_dataloader()) == 1
+    assert WorldDataModule(world=world, model_path="elsewhere").model_path == "elsewhere"
+
+
+def test_test_sets_default_to_the_validation_sets(tiny_model_dir, eval_path):
+    dm = PRMDataModule(model_path=tiny_model_dir, eval_paths={"weak": eval_path})
+    assert dm.test_paths == {"weak": eval_path}
+    dm.setup("test")
+    assert list(dm.test_records) == ["weak"]
+
+
+def test_data_never_imports_tasks():
+    """`iprm.data` is below `iprm.tasks`: a task supplies its data by subclassing the DataModule."""
+    import subprocess
+    import sys
+
+    code = "import sys, iprm.data.datamodule; print(any(m.startswith('iprm.tasks') for m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
 
 
 @pytest.mark.parametrize(

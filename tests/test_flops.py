@@ -1,4 +1,4 @@
-"""FLOPs: the count from a model's shape against a hand computation, and what the module counts.
+"""FLOPs: the count from a model's shape against a hand computation, and what the counter counts.
 
 The tiny Llama of these tests: hidden 32, MLP 64, 2 layers, 4 heads of 8 (no grouped KV), vocab 50.
 
@@ -16,14 +16,15 @@ import json
 
 import pytest
 import torch
-from conftest import make_tiny_llama
+from conftest import collate, make_tiny_llama
 
 from iprm import flops
 from iprm.data.collate import Collator
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
 from iprm.module import ImplicitPRM
-from iprm.objectives import CE
+from iprm.objectives import CE, KTO
+from iprm.tasks import WorldDataModule
 from iprm.tasks.world import World
 
 N = 20640
@@ -45,23 +46,58 @@ def test_forward_and_sampling_cost_by_hand():
     assert cost.sampling(tokens=8, sequences=2) == 334336
 
 
-def test_module_counts_policy_forward_backward_and_each_reference_forward_once(
+def _counter(module: ImplicitPRM) -> flops.FlopsCounter:
+    counter = flops.FlopsCounter()
+    counter.costs = {name: flops.ForwardCost.of(getattr(module, name)) for name in ("policy", "reference")}
+    return counter
+
+
+def test_counter_counts_policy_forward_backward_and_each_reference_forward_once(
     tiny_model_dir, char_tokenizer
 ):
     module = ImplicitPRM(model_path=tiny_model_dir, objective=CE(beta=0.5))
     module.configure_model()
-    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(_records())]
-    batch = Collator(char_tokenizer, separator="\n")(items)
+    batch = collate(char_tokenizer, _records())
     one_forward = flops.ForwardCost(N, 2, 32)(batch["attention_mask"].sum(-1))
     tokens = float(batch["attention_mask"].sum())
-    module.training_step(batch, 0)
-    module.training_step(batch, 1)  # the reference's log-probs now come from its cache
-    assert module._counts == {
+    counter = _counter(module)
+    counter.count_batch(module, batch)
+    counter.count_batch(module, batch)  # the reference's log-probs now come from its cache
+    assert counter.counts == {
         "policy_tokens": 2 * tokens,
         "policy_flops": 2 * 3 * one_forward,
         "reference_tokens": tokens,
         "reference_flops": one_forward,
     }
+
+
+def test_a_resumed_counter_goes_on_counting_and_never_counts_a_reference_twice(
+    tiny_model_dir, char_tokenizer
+):
+    module = ImplicitPRM(model_path=tiny_model_dir, objective=CE(beta=0.5))
+    module.configure_model()
+    batch = collate(char_tokenizer, _records())
+    before = _counter(module)
+    before.count_batch(module, batch)
+    state = before.state_dict()
+    resumed = _counter(module)
+    resumed.load_state_dict(state)
+    resumed.count_batch(module, batch)  # the second epoch of the resumed run
+    assert resumed.counts["reference_flops"] == before.counts["reference_flops"]
+    assert resumed.counts["policy_flops"] == 2 * before.counts["policy_flops"]
+
+
+def test_kto_mismatched_pairs_cost_a_policy_and_a_reference_forward(tiny_model_dir, char_tokenizer):
+    module = ImplicitPRM(model_path=tiny_model_dir, objective=KTO(beta=0.5))
+    module.configure_model()
+    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(_records())]
+    batch = Collator(char_tokenizer, separator="\n", mismatched_pairs=True)(items)
+    counter = _counter(module)
+    counter.count_batch(module, batch)
+    cost = flops.ForwardCost(N, 2, 32)
+    kl = cost(batch["kl_attention_mask"].sum(-1))
+    assert counter.counts["policy_flops"] == 3 * cost(batch["attention_mask"].sum(-1)) + kl
+    assert counter.counts["reference_flops"] == cost(batch["attention_mask"].sum(-1)) + kl
 
 
 def _records() -> list[Record]:
@@ -83,15 +119,15 @@ def test_data_tokens_from_records_count_only_the_rollouts_a_run_needed(tmp_path,
         responses_per_instruction=1,
     )
     datamodule.setup("fit")
-    (kept,) = flops.rollouts_needed(_records(), datamodule)
-    counts = flops.sampling_tokens(datamodule)
+    (kept,) = datamodule._rollouts_needed(_records())
+    counts = datamodule.sampling_tokens()
     assert counts == {
         "prompt_tokens": 1 + len(kept.prompt),
         "sampled_tokens": len(kept.response) + 1,
         "records": 1,
         "source": "records",
     }
-    data = flops.data_flops(datamodule, flops.ForwardCost(N, 2, 32))
+    data = flops.data_flops(counts, flops.ForwardCost(N, 2, 32))
     tokens = len(kept.prompt) + len(kept.response) + 2
     assert data["flops"] == 2 * N * tokens + 2 * 2 * 32 * tokens * tokens
 
@@ -102,6 +138,22 @@ def test_data_tokens_from_a_world_manifest_scale_with_the_share_needed(tmp_path,
     write_records(_records(), world.train_path)
     stats = {"train": {"records": 4, "prompt_tokens": 400, "sampled_tokens": 1000}}
     world.manifest_path.write_text(json.dumps({"stats": stats}))
-    datamodule = PRMDataModule(model_path=tiny_model_dir, world=world, responses_per_instruction=1)
-    counts = flops.sampling_tokens(datamodule)
+    datamodule = WorldDataModule(
+        world=world,
+        model_path=tiny_model_dir,
+        eval_paths={"rollouts": world.train_path},  # this world has no best-of-N sets
+        responses_per_instruction=1,
+    )
+    datamodule.setup("fit")
+    counts = datamodule.sampling_tokens()
     assert counts == {"prompt_tokens": 200, "sampled_tokens": 500, "records": 2, "source": "world manifest"}
+
+
+def test_flops_imports_nothing_from_data():
+    """The cost of a run is counted from what passes, never re-derived from the data module's knobs."""
+    import subprocess
+    import sys
+
+    code = "import sys, iprm.flops; print(sorted(m for m in sys.modules if m.startswith('iprm.data')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

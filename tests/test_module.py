@@ -4,28 +4,28 @@ import math
 
 import pytest
 import torch
+from conftest import collate, make_module
 
 from iprm.data.collate import Collator
 from iprm.data.records import Record
-from iprm.module import ImplicitPRM, scorer_names
+from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO
+from iprm.rewards import scorer_names
+
+RECORDS = [
+    Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),
+    Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False),
+    Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),
+    Record("b", "Q:40*2-9\n", "40*2=80\n80-9=79\nA:79", False),
+]
 
 
 def _batch(tokenizer) -> dict:
-    records = [
-        Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),
-        Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False),
-        Record("b", "Q:40*2-9\n", "40*2=80\n80-9=71\nA:71", True),
-        Record("b", "Q:40*2-9\n", "40*2=80\n80-9=79\nA:79", False),
-    ]
-    items = [{"record": r, "index": i, "group": i // 2} for i, r in enumerate(records)]
-    return Collator(tokenizer, separator="\n")(items)
+    return collate(tokenizer, RECORDS)
 
 
 def _module(tiny_model_dir: str, objective, **kwargs) -> ImplicitPRM:
-    module = ImplicitPRM(model_path=tiny_model_dir, objective=objective, lr=1e-2, **kwargs)
-    module.configure_model()
-    return module
+    return make_module(tiny_model_dir, objective, lr=1e-2, **kwargs)
 
 
 def test_one_step_changes_every_policy_parameter_and_no_reference_parameter(tiny_model_dir, char_tokenizer):

@@ -1,17 +1,19 @@
-"""Every switchable speed-up changes no number: pairs in the objective vs pair-by-pair forwarding, the
-reference cache (none / memory / disk), response-only log-probs, deduplicated scoring, length-grouped
-batches."""
+"""Every speed-up changes no number: pairs in the objective vs pair-by-pair forwarding, the reference cache
+(none / memory / disk), response-only log-probs, deduplicated scoring, length-grouped batches. The variants
+without a speed-up are the benchmarks' (`benchmarks.variants`)."""
 
 import logging
 
 import pytest
 import torch
+from conftest import collate, make_module
 
+from benchmarks.variants import EachPair, EveryRowScored, FullLogits, NoReferenceCache, pair_by_pair
 from iprm import refcache
-from iprm.data.collate import Collator
 from iprm.data.records import Record
 from iprm.data.sampler import LENGTH_WINDOW, InstructionBatchSampler
-from iprm.module import ImplicitPRM, pair_by_pair
+from iprm.flops import FlopsCounter, ForwardCost
+from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO, NCA
 
 RECORDS = [
@@ -27,22 +29,11 @@ DISTINCT = len(RECORDS) - 1  # records 3 and 5 are the same response: one refere
 
 
 def _batch(tokenizer, records=RECORDS) -> dict:
-    groups: dict[str, int] = {}
-    items = [
-        {"record": r, "index": i, "group": groups.setdefault(r.instruction_id, len(groups))}
-        for i, r in enumerate(records)
-    ]
-    return Collator(tokenizer, separator="\n")(items)
+    return collate(tokenizer, records)
 
 
-def _module(model_dir: str, objective, **kwargs) -> ImplicitPRM:
-    module = ImplicitPRM(model_path=model_dir, objective=objective, **kwargs)
-    module.configure_model()
-    torch.manual_seed(3)
-    with torch.no_grad():  # move the policy away from the reference so the log-ratios are not all zero
-        for p in module.policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return module
+def _module(model_dir: str, objective, module_class=ImplicitPRM, **kwargs) -> ImplicitPRM:
+    return make_module(model_dir, objective, module_class, perturb=3, **kwargs)
 
 
 def _loss_and_grads(module: ImplicitPRM, batch: dict) -> tuple[float, dict[str, torch.Tensor]]:
@@ -58,7 +49,7 @@ def test_pair_by_pair_forwarding_gives_the_same_loss_and_gradients(
 ):
     batch = _batch(char_tokenizer)
     inside = _module(tiny_model_dir, objective_class(beta=0.5))
-    each_pair = _module(tiny_model_dir, objective_class(beta=0.5), forward_each_pair=True)
+    each_pair = _module(tiny_model_dir, objective_class(beta=0.5), EachPair)
     loss, grads = _loss_and_grads(inside, batch)
     loss_pairs, grads_pairs = _loss_and_grads(each_pair, batch)
     assert loss_pairs == pytest.approx(loss, abs=1e-6)
@@ -77,16 +68,13 @@ def test_pair_by_pair_batch_repeats_each_response_once_per_pair(char_tokenizer):
     assert expanded["input_ids"].shape == (8, batch["input_ids"].shape[1])
 
 
-@pytest.mark.parametrize(
-    "settings",
-    [{"reference_cache": "none"}, {"response_only_logprobs": False}, {"deduplicate_scoring": False}],
-)
+@pytest.mark.parametrize("variant_class", [NoReferenceCache, FullLogits, EveryRowScored])
 def test_uncached_reference_full_logits_and_every_row_scored_give_the_same_loss_and_scores(
-    settings, tiny_model_dir, char_tokenizer
+    variant_class, tiny_model_dir, char_tokenizer
 ):
     batch = _batch(char_tokenizer)
     default = _module(tiny_model_dir, CE(beta=0.5))
-    variant = _module(tiny_model_dir, CE(beta=0.5), **settings)
+    variant = _module(tiny_model_dir, CE(beta=0.5), variant_class)
     assert variant.training_step(batch, 0).item() == pytest.approx(
         default.training_step(batch, 0).item(), abs=1e-6
     )
@@ -94,7 +82,7 @@ def test_uncached_reference_full_logits_and_every_row_scored_give_the_same_loss_
     assert scored.keys() == expected.keys()
     for name, value in expected.items():
         torch.testing.assert_close(scored[name], value, atol=1e-5, rtol=0, equal_nan=True, msg=name)
-    if settings.get("reference_cache") == "none":
+    if variant_class is NoReferenceCache:
         assert len(variant._reference_cache) == 0 and len(default._reference_cache) == DISTINCT
 
 
@@ -120,9 +108,15 @@ def test_disk_cache_is_reused_by_a_later_run_and_survives_a_bad_shard(
             p.zero_()
     assert second.training_step(batch, 0).item() == pytest.approx(loss, abs=1e-6)
     # A run's cost does not depend on the cache an earlier run left: each record's reference forward counts.
-    assert second._counts["reference_flops"] == first._counts["reference_flops"] > 0
-    second.training_step(batch, 0)  # the same records again, in the same run: counted once
-    assert second._counts["reference_flops"] == first._counts["reference_flops"]
+    counted = []
+    for module in (first, second):
+        counter = FlopsCounter()
+        counter.costs = {name: ForwardCost.of(getattr(module, name)) for name in ("policy", "reference")}
+        counter.count_batch(module, batch)
+        counted.append(counter.counts["reference_flops"])
+        counter.count_batch(module, batch)  # the same records again, in the same run: counted once
+        assert counter.counts["reference_flops"] == counted[-1]
+    assert counted[0] == counted[1] > 0
 
 
 def test_record_keys_ignore_padding_and_position(char_tokenizer):

@@ -38,7 +38,7 @@ def test_points_cross_explicit_points_with_the_grid():
     assert sweep.points({}) == {"base": {}}
 
 
-def test_cli_args_put_configs_first_and_move_the_checkpoints_into_the_run(tmp_path):
+def test_cli_args_put_configs_first_and_the_logs_into_the_run(tmp_path):
     run = sweep.Run(
         "dpo", 2, {"config": ["configs/objective/dpo.yaml"], "model.reference_free": True}, tmp_path
     )
@@ -49,17 +49,22 @@ def test_cli_args_put_configs_first_and_move_the_checkpoints_into_the_run(tmp_pa
     flags = dict(zip(args[::2], args[1::2], strict=True))
     assert flags["--seed_everything"] == flags["--data.seed"] == "2"
     assert flags["--trainer.logger.init_args.save_dir"] == str(tmp_path / "fit")
-    (checkpoint,) = json.loads(flags["--trainer.callbacks"])
-    assert checkpoint["init_args"]["dirpath"] == str(tmp_path / "checkpoints")
-    assert checkpoint["init_args"]["save_last"] is True
+    # Nothing else to patch: checkpoints and the exported policy follow the log directory.
+    assert "--trainer.callbacks" not in flags and "--model.export_dir" not in flags
 
 
-def test_selection_rows_map_back_to_metric_names():
-    assert sweep._selection_key("bon/prm_single_min", "16") == "bon@16/prm_single_min"
-    assert sweep._selection_key("wmaj/prm_accumulative_min", "4") == "wmaj@4/prm_accumulative_min"
-    assert sweep._selection_key("majority", "16") == "maj@16"
-    assert sweep._selection_key("pass@k", "1") == "pass@1"
-    assert sweep._selection_key("oracle", "64") == "oracle@64"
+def test_a_run_s_metrics_come_from_its_stages_metrics_files(tmp_path):
+    fit = tmp_path / "fit" / "smoke" / "version_0"
+    test = tmp_path / "test" / "smoke" / "version_0"
+    for directory in (fit, test):
+        directory.mkdir(parents=True)
+    flops = {"flops/train": 3.0, "flops/data": 1.0, "flops/total": 4.0}
+    (fit / "fit-metrics.json").write_text(json.dumps({"val/weak/pass@1": 0.1, **flops, "commit": None}))
+    test_metrics = {"test/weak/bon@16/prm_single_min": 0.5, "test/weak/process/prm_single/f1": 0.25}
+    (test / "test-metrics.json").write_text(json.dumps({**test_metrics, "commit": "0123456789abcdef"}))
+    metrics, commit = sweep.read_metrics(tmp_path)
+    assert metrics == {"weak/bon@16/prm_single_min": 0.5, "weak/process/prm_single/f1": 0.25, **flops}
+    assert commit == "0123456"
 
 
 def test_summary_is_mean_and_sample_std_over_finite_values():
@@ -79,11 +84,11 @@ def test_every_shipped_sweep_parses_through_the_cli(path, tmp_path, monkeypatch,
             cli_main(["fit", *sweep.cli_args(run, spec["base"], [], "fit"), "--print_config"])
         assert exit_info.value.code in (0, None), run.point
         printed = yaml.safe_load(capsys.readouterr().out)
-        assert printed["seed_everything"] == printed["data"]["seed"] == run.seed
-        assert printed["model"]["export_dir"] == str(run.directory / "policy")
+        assert printed["seed_everything"] == printed["data"]["init_args"]["seed"] == run.seed
+        # No shipped config pins a path a sweep would have to patch: all follow the run's log directory.
+        assert printed["model"]["export_dir"] is None
         for callback in printed["trainer"]["callbacks"] or []:
-            if "dirpath" in callback["init_args"]:
-                assert callback["init_args"]["dirpath"] == str(run.directory / "checkpoints")
+            assert callback["init_args"].get("dirpath") is None, callback
 
 
 def _run_smoke(tmp_path: Path) -> int:

@@ -46,6 +46,12 @@ def test_adding_a_generator_shifts_no_other_phase(tmp_path):
     assert profile["pass@1"] + profile["first_error_misconception"] + profile["first_error_noise"] <= 1 + 1e-9
 
 
+def test_a_world_from_plain_settings_equals_the_typed_one(tmp_path):
+    typed = _micro(tmp_path, generators={"medium": Generator(), "weak": Generator(MICRO, temperature=0.5)})
+    assert World.from_settings({"root": str(tmp_path), **typed.settings}) == typed
+    assert World.from_settings({"seed": 3}) == World(seed=3)
+
+
 def test_dev_test_and_rollout_problems_are_disjoint(tmp_path):
     world = _micro(tmp_path, dev_problems=5, eval_problems=7, train_instructions=9)
     world.build()

@@ -232,3 +232,10 @@ class Collator:
             ids.append(input_ids[: self.max_length])
             masks.append(mask[: self.max_length])
         return self._sequences(ids, masks, prefix="kl_")
+
+
+def select_rows(batch: dict, rows: Tensor) -> dict:
+    """The batch restricted to (or repeating) the given rows: every per-row tensor indexed by `rows`."""
+    size = len(batch["input_ids"])
+    per_row = {k for k, v in batch.items() if isinstance(v, Tensor) and v.dim() > 0 and len(v) == size}
+    return {key: value[rows] if key in per_row else value for key, value in batch.items()}

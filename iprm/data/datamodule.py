@@ -6,7 +6,8 @@ point pairs a prompt with another instruction's response. The training-set knobs
 
     deduplicate → instruction_fraction → responses_per_instruction → balance
 
-and `summary` records the count after each.
+and `summary` records the count after each. Where the files come from is not this module's business: a
+data source that supplies them (the controlled world: `iprm.tasks.WorldDataModule`) subclasses it.
 """
 
 import logging
@@ -34,7 +35,6 @@ from iprm.data.knobs import (
 from iprm.data.official import load_official_candidates, looks_official
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler
-from iprm.tasks.world import World
 
 log = logging.getLogger(__name__)
 
@@ -77,19 +77,13 @@ class PRMDataModule(L.LightningDataModule):
     """Outcome-labelled responses for training an implicit PRM, and best-of-N candidate sets to evaluate it.
 
     Args:
-        model_path: Directory or hub id of the starting checkpoint and its tokenizer; with `world`, the
-            world's reference policy unless given.
-        train_path: Training records (JSON lines, parquet, or the official JSON list); with `world`, the
-            world's rollouts unless given.
+        model_path: Directory or hub id of the starting checkpoint and its tokenizer.
+        train_path: Training records (JSON lines, parquet, or the official JSON list).
         extra_train_paths: More training files, concatenated after `train_path`; records without a
             `source` take the file's stem.
-        extra_families: With `world`, second task families (`iprm.tasks.world.EXTRA_FAMILIES`) whose
-            rollouts join the training set as extra instructions; built on first use.
-        eval_paths: Name → best-of-N candidate file; one validation/test dataloader per entry, in this order.
-            With `world`, the world's evaluation sets unless given.
+        eval_paths: Name → best-of-N candidate file; one validation dataloader per entry, in this order.
+        test_paths: Name → best-of-N candidate file for `test`; None tests on `eval_paths`.
         predict_path: Records to score with `predict`.
-        world: The controlled arithmetic world (`iprm.tasks.world.World`); built
-            (or found in its cache) by `prepare_data`, it supplies the paths not given here.
         instruction_fraction: Fraction of training instructions kept (seeded; smaller fractions are subsets
             of larger ones).
         responses_per_instruction: Keep the first k responses of each instruction (all when None).
@@ -114,10 +108,9 @@ class PRMDataModule(L.LightningDataModule):
         model_path: str | None = None,
         train_path: str | None = None,
         extra_train_paths: list[str] | None = None,
-        extra_families: list[str] | None = None,
         eval_paths: dict[str, str] | None = None,
+        test_paths: dict[str, str] | None = None,
         predict_path: str | None = None,
-        world: World | None = None,
         instruction_fraction: float = 1.0,
         responses_per_instruction: int | None = None,
         balance: Balance = "none",
@@ -132,18 +125,11 @@ class PRMDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.world = world
-        # Read by the CLI right after instantiation, so it must come from the world without building it.
-        self.model_path = model_path if model_path is not None or world is None else world.model_path
-        self.train_path = train_path if train_path is not None or world is None else world.train_path
+        self.model_path = model_path
+        self.train_path = train_path
         self.extra_train_paths = list(extra_train_paths or [])
-        self.extra_families = list(extra_families or [])
-        if self.extra_families and world is None:
-            raise ValueError(
-                "data.extra_families needs data.world: the families are sampled by its reference"
-            )
-        self.extra_train_paths += [world.extra_train_path(family) for family in self.extra_families]
-        self.eval_paths = dict(eval_paths or (world.eval_paths if world is not None else {}))
+        self.eval_paths = dict(eval_paths or {})
+        self.test_paths = dict(test_paths) if test_paths is not None else dict(self.eval_paths)
         self.predict_path = predict_path
         self.instruction_fraction = instruction_fraction
         self.responses_per_instruction = responses_per_instruction
@@ -161,6 +147,8 @@ class PRMDataModule(L.LightningDataModule):
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._train: list[Record] | None = None
         self._eval: dict[str, list[Record]] | None = None
+        self._test: dict[str, list[Record]] | None = None
+        self._sampled: tuple[int, list[Record]] | None = None  # records loaded, and those needed sampled
         self._predict: list[Record] | None = None
         self._check_settings()
 
@@ -186,30 +174,28 @@ class PRMDataModule(L.LightningDataModule):
 
     # -- loading ------------------------------------------------------------------------------------------
 
-    def prepare_data(self) -> None:
-        if self.world is not None:
-            self.world.build()
-            for family in self.extra_families:
-                self.world.build_extra(family)
-
     def setup(self, stage: str | None = None) -> None:
         if self._tokenizer is None:
             if self.model_path is None:
-                raise ValueError("data.model_path is required (or a world that supplies it)")
+                raise ValueError("data.model_path is required")
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if stage in (None, "fit") and self._train is None:
             self._train = self._load_train()
-        if stage in (None, "fit", "validate", "test") and self._eval is None:
+        if stage in (None, "fit", "validate") and self._eval is None:
             self._eval = {name: load_data(path) for name, path in self.eval_paths.items()}
+        if stage in (None, "test") and self._test is None:
+            same = self.test_paths == self.eval_paths and self._eval is not None
+            self._test = self._eval if same else {n: load_data(p) for n, p in self.test_paths.items()}
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
             self._predict = load_data(self.predict_path, require_label=False)
 
     def _load_train(self) -> list[Record]:
         if self.train_path is None:
-            raise ValueError("data.train_path is required to fit (or a world that supplies it)")
+            raise ValueError("data.train_path is required to fit")
         records = load_data(self.train_path)
         for path in self.extra_train_paths:
             records += load_data(path, source=Path(path).stem)
+        self._sampled = (len(records), self._rollouts_needed(records))
         records = self._apply_knobs(records)
         if not records:
             raise ValueError(f"the training set is empty after the data knobs: {self.summary}")
@@ -228,6 +214,32 @@ class PRMDataModule(L.LightningDataModule):
             ("responses_per_instruction", partial(first_per_instruction, k=k) if k is not None else None),
             ("balance", partial(balance, seed=seed) if balance else None),
         ]
+
+    def _rollouts_needed(self, records: list[Record]) -> list[Record]:
+        """The loaded records a run needed sampled: those its instruction fraction and responses per
+        instruction keep (fewer would simply be sampled). Deduplication and balancing discard rollouts after
+        sampling, so they save nothing."""
+        if self.instruction_fraction < 1:
+            records = subsample_instructions(records, self.instruction_fraction, self.seed)
+        if self.responses_per_instruction is not None:
+            records = first_per_instruction(records, self.responses_per_instruction)
+        return records
+
+    def sampling_tokens(self) -> dict[str, float | str]:
+        """Prompt and generated tokens of sampling the rollouts this run trains on (for data FLOPs), and
+        where the counts come from: estimated from the needed records (`_rollouts_needed`) with the
+        tokenizer, the prompt with its special tokens and each response with the <eos> that ended it."""
+        if self._sampled is None:
+            raise RuntimeError("call setup('fit') first: the training records are loaded there")
+        needed = self._sampled[1]
+        prompts = self.tokenizer([r.prompt for r in needed])["input_ids"]
+        responses = self.tokenizer([r.response for r in needed], add_special_tokens=False)["input_ids"]
+        return {
+            "prompt_tokens": sum(map(len, prompts)),
+            "sampled_tokens": sum(len(ids) + 1 for ids in responses),
+            "records": len(needed),
+            "source": "records",
+        }
 
     def _apply_knobs(self, records: list[Record]) -> list[Record]:
         self.summary = {"loaded": len(records)}
@@ -263,9 +275,17 @@ class PRMDataModule(L.LightningDataModule):
 
     @property
     def eval_records(self) -> dict[str, list[Record]]:
+        """The validation best-of-N sets (`eval_paths`)."""
         if self._eval is None:
             raise RuntimeError("call setup() first: the evaluation records are loaded there")
         return self._eval
+
+    @property
+    def test_records(self) -> dict[str, list[Record]]:
+        """The test best-of-N sets (`test_paths`)."""
+        if self._test is None:
+            raise RuntimeError("call setup('test') first: the test records are loaded there")
+        return self._test
 
     def train_items(self) -> list[dict[str, Any]]:
         """Training dataset items: the record, its index and its integer instruction id (`group`)."""
@@ -327,7 +347,7 @@ class PRMDataModule(L.LightningDataModule):
         return [self._sequential(records) for records in self.eval_records.values()]
 
     def test_dataloader(self) -> list[DataLoader]:
-        return self.val_dataloader()
+        return [self._sequential(records) for records in self.test_records.values()]
 
     def predict_dataloader(self) -> DataLoader:
         if self._predict is None:

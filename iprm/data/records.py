@@ -8,7 +8,6 @@ input stops with a `RecordError` naming the file, the line (or row) and the fiel
 """
 
 import json
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
@@ -16,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+
+from iprm.io import atomic_write
 
 # Formats read through a `datasets` builder rather than line by line.
 DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -196,15 +197,6 @@ def record_to_dict(record: Record) -> dict[str, Any]:
 
 def write_records(records: Iterable[Record], path: str | Path) -> None:
     """Write records as JSON lines, atomically: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The temporary file must be on the same file system for os.replace to be atomic.
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            for record in records:
-                file.write(json.dumps(record_to_dict(record), ensure_ascii=False) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, encoding="utf-8") as file:
+        for record in records:
+            file.write(json.dumps(record_to_dict(record), ensure_ascii=False) + "\n")

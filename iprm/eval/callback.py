@@ -24,6 +24,7 @@ from iprm.eval.process import processbench_f1, step_auroc, tune_threshold
 from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
 from iprm.eval.selection import DEFAULT_NS
 from iprm.eval.tables import step_table, table1
+from iprm.rewards import scorer_names
 
 # Step scorers: the key of `ImplicitPRM.score`'s output for each.
 STEP_SCORERS = {
@@ -42,7 +43,7 @@ class BestOfNEvaluation(Callback):
 
     Args:
         ns: candidate counts N to report; those beyond a set's smallest candidate count are dropped.
-        figure_scorers: scorers drawn in the best-of-N figure (names from `iprm.module.scorer_names`).
+        figure_scorers: scorers drawn in the best-of-N figure (names from `iprm.rewards.scorer_names`).
         heatmap_candidates: candidates of the first problem shown in the step-score heat map (0: none).
         table_scorers: PRM scorers given rows in the Table 1 layout.
         reference_scorer: the reference-only scorer given a row in the Table 1 layout.
@@ -67,9 +68,8 @@ class BestOfNEvaluation(Callback):
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from iprm.module import scorer_names
-
-        self.names = list(trainer.datamodule.eval_records)
+        datamodule = trainer.datamodule
+        self.names = list(datamodule.test_records if trainer.testing else datamodule.eval_records)
         self.metrics = [SelectionMetrics(scorer_names(), self.ns).to(pl_module.device) for _ in self.names]
         self.process = [
             {
@@ -139,8 +139,8 @@ class BestOfNEvaluation(Callback):
             flat = values | {
                 f"process/{s}/{key}": v for s, by_key in steps.items() for key, v in by_key.items()
             }
-            pl_module.log_dict(
-                {f"{stage}/{name}/{key}": value for key, value in flat.items()},
+            pl_module.log_dict(  # float64: the metrics file keeps every digit the tables have
+                {f"{stage}/{name}/{key}": torch.tensor(v, dtype=torch.float64) for key, v in flat.items()},
                 add_dataloader_idx=False,
                 sync_dist=False,  # already gathered across ranks by the metrics
             )

@@ -31,7 +31,10 @@ CLAIMS = {
         "{set}/bon@{n}/" + HEADLINE,
         "{set}/bon@{n}/reference_accumulative_last",
     ),
-    "reference-free inference beats the PRM": ("{set}/bon@{n}/policy_accumulative_min", "{set}/bon@{n}/" + HEADLINE),
+    "reference-free inference beats the PRM": (
+        "{set}/bon@{n}/policy_accumulative_min",
+        "{set}/bon@{n}/" + HEADLINE,
+    ),
     "weighted majority with the PRM beats majority voting": ("{set}/wmaj@{n}/" + HEADLINE, "{set}/maj@{n}"),
     "weighted majority beats PRM best-of-N": ("{set}/wmaj@{n}/" + HEADLINE, "{set}/bon@{n}/" + HEADLINE),
     "PRM first-error F1 beats the reference's": (

@@ -8,9 +8,7 @@ the Agg canvas (no display, no pyplot state); callers log them to TensorBoard an
 import csv
 import io
 import math
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from matplotlib import colormaps
@@ -20,6 +18,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from torch import Tensor
+
+from iprm.io import atomic_write
 
 _KEY = re.compile(r"^(?P<method>pass|oracle|maj|bon|wmaj)@(?P<n>\d+)(?:/(?P<scorer>.+))?$")
 _ROW_NAMES = {"maj": "majority", "oracle": "oracle", "pass": "pass@k"}
@@ -85,20 +85,14 @@ def _to_csv(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory, so readers never see a half-written table."""
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as file:
-        file.write(text)
-    os.replace(file.name, path)
-
-
 def write_table(rows: list[dict], stem: Path) -> tuple[Path, Path]:
     """Write `stem.md` and `stem.csv` atomically; returns their paths."""
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     markdown, table = stem.with_name(stem.name + ".md"), stem.with_name(stem.name + ".csv")
-    _write_atomic(markdown, to_markdown(rows))
-    _write_atomic(table, _to_csv(rows))
+    for path, text in ((markdown, to_markdown(rows)), (table, _to_csv(rows))):
+        with atomic_write(path) as file:  # readers never see a half-written table
+            file.write(text)
     return markdown, table
 
 

@@ -53,3 +53,22 @@ def step_table(results: dict[str, dict[str, dict[str, float]]]) -> list[dict]:
                 row[f"{generator} {title}"] = float(by_scorer.get(scorer, {}).get(key, math.nan))
         rows.append(row)
     return rows
+
+
+def split_by_set(metrics: dict[str, float], stage: str) -> tuple[dict, dict]:
+    """A run's flat metrics (`<stage>/<set>/<key>`, as in its `<stage>-metrics.json`) per best-of-N set,
+    in the inputs' forms: {set: selection metrics (`bon@16/<scorer>`, `maj@16`, …)} for `table1` and
+    `iprm.eval.report.best_of_n_figure`, and {set: {step scorer: {"f1", "tau", …}}} for `step_table`."""
+    selection: dict[str, dict[str, float]] = {}
+    process: dict[str, dict[str, dict[str, float]]] = {}
+    for key, value in metrics.items():
+        prefix, _, rest = key.partition("/")
+        name, _, metric = rest.partition("/")
+        if prefix != stage or not metric:
+            continue
+        if metric.startswith("process/"):
+            _, scorer, field = metric.split("/")
+            process.setdefault(name, {}).setdefault(scorer, {})[field] = value
+        else:
+            selection.setdefault(name, {})[metric] = value
+    return selection, process

@@ -23,11 +23,17 @@ def measure(policy: Policy, seed: int, problems: int, device: str) -> dict:
     (dev, _, _), held_out = build.held_out_and_rollout_problems()
     model = build.train_policy("calibration", policy, held_out)
     records = build.sample(model, dev[:problems], 8, 1.0, "calibration", "calibration")
-    return {"policy": vars(policy), **error_profile(records), "seconds": round(sum(build.seconds.values()), 1)}
+    return {
+        "policy": vars(policy),
+        **error_profile(records),
+        "seconds": round(sum(build.seconds.values()), 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m iprm.tasks.calibrate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.tasks.calibrate", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--candidates", required=True, help="JSON list of Policy keyword arguments")
     parser.add_argument("--target", type=float, required=True, help="the pass@1 to aim at")
     parser.add_argument("--seed", type=int, default=0)

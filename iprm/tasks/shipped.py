@@ -16,11 +16,11 @@ import hashlib
 import io
 import json
 import lzma
-import os
-import shutil
 import sys
 import tarfile
 from pathlib import Path
+
+from iprm.io import atomic_dir
 
 SHIPPED = Path(__file__).parent / "worlds"
 INDEX = SHIPPED / "index.json"
@@ -64,18 +64,10 @@ def unpack_shipped(digest: str, directory: Path) -> bool:
     archive = verified_archive(digest)
     if archive is None:
         return False
-    scratch = directory.with_name(f"{directory.name}.unpacking-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
-        with tarfile.open(archive, "r:xz") as tar:
-            tar.extractall(scratch, filter="data")
+    with atomic_dir(directory) as scratch, tarfile.open(archive, "r:xz") as tar:
+        tar.extractall(scratch, filter="data")
         if not (scratch / "manifest.json").exists():
             raise ShippedWorldError(f"{archive}: no manifest.json inside")
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(scratch, directory)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return True
 
 
@@ -101,7 +93,9 @@ def pack(directory: Path, destination: Path = SHIPPED) -> dict:
         "bytes": archive.stat().st_size,
         "built_on": {k: manifest.get(k) for k in ("device", "torch")},
     }
-    entries = json.loads((destination / "index.json").read_text()) if (destination / "index.json").exists() else {}
+    entries = (
+        json.loads((destination / "index.json").read_text()) if (destination / "index.json").exists() else {}
+    )
     entries[digest] = entry
     (destination / "index.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return entry

@@ -25,18 +25,15 @@ import hashlib
 import json
 import logging
 import random
-import os
-import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from iprm.data.records import Record, write_records
+from iprm.io import atomic_dir
 from iprm.tasks.arithmetic import Problem, sample_problem, solve, verify
 from iprm.tasks.pretrain import build_model, encode_examples, pretrain
 from iprm.tasks.sampling import sample_responses
@@ -147,6 +144,20 @@ class World:
     candidates_per_problem: int = 64
     generators: dict[str, Generator] = field(default_factory=lambda: dict(DEFAULT_GENERATORS))
 
+    @classmethod
+    def from_settings(cls, settings: dict) -> "World":
+        """A world from plain settings (as in a YAML config or `settings`): nested dicts become `Policy`
+        and `Generator`; keys not given keep their defaults."""
+        settings = {k: v for k, v in settings.items() if k != "build_version"}
+        if isinstance(settings.get("reference"), dict):
+            settings["reference"] = Policy(**settings["reference"])
+        if settings.get("generators") is not None:
+            settings["generators"] = {
+                name: Generator(Policy(**g["policy"]) if g.get("policy") else None, g.get("temperature", 1.0))
+                for name, g in settings["generators"].items()
+            }
+        return cls(**settings)
+
     @property
     def settings(self) -> dict:
         """Everything that determines the build (not where it is cached), as plain JSON."""
@@ -179,10 +190,6 @@ class World:
         return {name: str(self.directory / f"test-{name}.jsonl") for name in self.generators}
 
     @property
-    def eval_paths(self) -> dict[str, str]:
-        return self.test_paths
-
-    @property
     def manifest_path(self) -> Path:
         return self.directory / "manifest.json"
 
@@ -205,7 +212,7 @@ class World:
         if unpack_shipped(self.digest, self.directory):
             return self.manifest()
         # Build into a scratch directory and rename at the end: a killed build never looks finished.
-        with scratch_dir(self.directory) as scratch:
+        with atomic_dir(self.directory) as scratch:
             manifest = _Build(self, scratch, device).run()
             (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
@@ -336,8 +343,11 @@ class _Build:
         world = self.world
         sets = tuple(
             _problems(world, random.Random(stream(world.seed, f"problems/{name}")), count, seen)
-            for name, count in (("dev", world.dev_problems), ("test", world.eval_problems),
-                                ("rollouts", world.train_instructions))  # fmt: skip
+            for name, count in (
+                ("dev", world.dev_problems),
+                ("test", world.eval_problems),
+                ("rollouts", world.train_instructions),
+            )  # fmt: skip
         )
         return sets, seen
 
@@ -352,7 +362,9 @@ class _Build:
         rng = random.Random(stream(self.world.seed, f"policy/{name}/solutions"))
         solutions = [(p.prompt, solve(p, rng, policy.misconception_rate)) for p in problems]
         torch.manual_seed(stream(self.world.seed, f"policy/{name}/init"))
-        model = build_model(self.tokenizer, policy.hidden_size, policy.num_layers, policy.num_heads, MAX_LENGTH)
+        model = build_model(
+            self.tokenizer, policy.hidden_size, policy.num_layers, policy.num_heads, MAX_LENGTH
+        )
         pretrain(
             model,
             encode_examples(self.tokenizer, solutions),
@@ -398,22 +410,6 @@ class _Build:
         }
 
 
-@contextmanager
-def scratch_dir(final: Path) -> Iterator[Path]:
-    """A scratch directory beside `final` that replaces it only when the block finishes: a killed build
-    never looks finished, and its scratch is removed when the block fails."""
-    scratch = final.with_name(f"{final.name}.building-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
-        yield scratch
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(scratch, final)
-
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m iprm.tasks.world --seed 1 [--device cuda]`: build (or find) the default world of a seed."""
     import argparse
@@ -426,13 +422,10 @@ def main(argv: list[str] | None = None) -> None:
         "--generators", help='JSON: name → {"policy": Policy keyword arguments or null, "temperature": t}'
     )
     args = parser.parse_args(argv)
-    generators = None
+    changes = {"root": args.root, "seed": args.seed}
     if args.generators:
-        generators = {
-            name: Generator(Policy(**g["policy"]) if g.get("policy") else None, g.get("temperature", 1.0))
-            for name, g in json.loads(args.generators).items()
-        }
-    world = World(root=args.root, seed=args.seed, **({"generators": generators} if generators else {}))
+        changes["generators"] = json.loads(args.generators)
+    world = World.from_settings(changes)
     manifest = world.build(args.device)
     print(world.directory)
     print(json.dumps(manifest["stats"], indent=1))

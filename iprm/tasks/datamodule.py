@@ -1,0 +1,56 @@
+"""The controlled world as a data source: `PRMDataModule` with every path supplied by a `World`.
+
+The world is built (or found in its cache) by `prepare_data`; its paths are known from its settings alone,
+so `model_path` (which the CLI links into the model right after instantiation) needs no build. Configs
+choose it with `data: {class_path: iprm.tasks.WorldDataModule, init_args: {world: {...}, ...}}`.
+"""
+
+from iprm.data.datamodule import PRMDataModule
+from iprm.tasks.world import World
+
+
+class WorldDataModule(PRMDataModule):
+    """Rollouts, best-of-N sets and the reference policy of the controlled arithmetic world.
+
+    Args:
+        world: The world's settings (`iprm.tasks.world.World`); built by `prepare_data`. It supplies
+            `model_path` (its reference policy), `train_path` (its rollouts), `eval_paths` (its validation
+            best-of-N sets) and `test_paths` (its test sets) unless they are given.
+        extra_families: Second task families (`iprm.tasks.world.EXTRA_FAMILIES`) whose rollouts join the
+            training set as extra instructions; sampled by the world's reference on first use.
+        **kwargs: Everything else `PRMDataModule` takes: the data knobs, batch sizes, ...
+    """
+
+    def __init__(self, world: World, extra_families: list[str] | None = None, **kwargs):
+        kwargs["model_path"] = kwargs.get("model_path") or world.model_path
+        kwargs["train_path"] = kwargs.get("train_path") or world.train_path
+        kwargs["eval_paths"] = kwargs.get("eval_paths") or world.val_paths
+        kwargs["test_paths"] = kwargs.get("test_paths") or world.test_paths
+        self.world = world
+        self.extra_families = list(extra_families or [])
+        extra = [world.extra_train_path(family) for family in self.extra_families]
+        kwargs["extra_train_paths"] = [*(kwargs.get("extra_train_paths") or []), *extra]
+        super().__init__(**kwargs)
+
+    def prepare_data(self) -> None:
+        self.world.build()
+        for family in self.extra_families:
+            self.world.build_extra(family)
+
+    def sampling_tokens(self) -> dict[str, float | str]:
+        """The world's sampling counts (exact, measured while sampling) scaled by the share of its rollouts
+        the run needed, when the run trains on exactly the world's rollouts; else estimated from records."""
+        loaded, needed = self._sampled or (0, [])
+        counts = self.world.manifest()["stats"]["train"] if self._trains_on_the_world_only() else {}
+        if "sampled_tokens" not in counts:  # other data, or a world built before the count was recorded
+            return super().sampling_tokens()
+        share = len(needed) / loaded
+        return {
+            "prompt_tokens": counts["prompt_tokens"] * share,
+            "sampled_tokens": counts["sampled_tokens"] * share,
+            "records": len(needed),
+            "source": "world manifest",
+        }
+
+    def _trains_on_the_world_only(self) -> bool:
+        return self.train_path == self.world.train_path and not self.extra_train_paths
