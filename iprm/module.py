@@ -310,9 +310,8 @@ class ImplicitPRM(L.LightningModule):
         if reference_cumulative is None:  # nothing for the reference-only baseline to score
             reference_cumulative = torch.full_like(policy_cumulative, float("nan"))
         prm_cumulative = rewards.logratio(policy_cumulative, prm_reference)
-        return rewards.all_scores(
-            {"prm": prm_cumulative, "reference": reference_cumulative}, self.inference_beta
-        )
+        kinds = {"prm": prm_cumulative, "reference": reference_cumulative, "policy": policy_cumulative}
+        return rewards.all_scores(kinds, self.inference_beta)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return self.score(batch)

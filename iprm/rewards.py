@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 SCORE_MODES = ("single", "accumulative")
 AGGREGATIONS = ("min", "sum", "mean", "last")
-SCORER_KINDS = ("prm", "reference")
+SCORER_KINDS = ("prm", "reference", "policy")
 
 # Config fields of models whose logits are more than `output_embeddings(hidden)` (Gemma 2/3 soft-capping,
 # Cohere and Granite scaling): for those only the model's own forward gives the right log-probs.
@@ -116,15 +116,16 @@ def response_scores(cumulative: Tensor, beta: float, mode: str, how: str) -> Ten
 
 
 def scorer_names() -> list[str]:
-    """Every response scorer evaluation reports, `<kind>_<mode>_<aggregation>`: the implicit PRM ("prm")
-    and the reference-only baseline ("reference": π_ref's own log-likelihood, against a uniform π)."""
+    """Every response scorer evaluation reports, `<kind>_<mode>_<aggregation>`: the implicit PRM ("prm"),
+    the reference-only baseline ("reference": π_ref's own log-likelihood, against a uniform π) and the
+    trained policy's own log-likelihood ("policy": the PRM with reference-free inference, paper Table 5)."""
     return [f"{kind}_{mode}_{how}" for kind in SCORER_KINDS for mode in SCORE_MODES for how in AGGREGATIONS]
 
 
 def all_scores(cumulative: dict[str, Tensor], beta: float) -> dict[str, Tensor]:
     """Every scorer at once, from each kind's cumulative values at the step ends [B, S] (NaN padding):
-    `step_scores/{mode}` (the PRM) and `reference_step_scores/{mode}` [B, S], and `scores` [B, K], the
-    response scores in the order of `scorer_names()`."""
+    `step_scores/{mode}` (the PRM), `reference_step_scores/{mode}` and `policy_step_scores/{mode}` [B, S],
+    and `scores` [B, K], the response scores in the order of `scorer_names()`."""
     out, columns = {}, []
     for kind in SCORER_KINDS:
         prefix = "" if kind == "prm" else f"{kind}_"

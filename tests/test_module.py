@@ -58,6 +58,30 @@ def test_policy_equal_to_reference_gives_zero_rewards_and_dpo_ln2(tiny_model_dir
     assert torch.all(scored["scores"][:, prm_columns] == 0)
 
 
+def test_policy_scores_are_the_prm_plus_the_reference_and_equal_reference_free_inference(
+    tiny_model_dir, char_tokenizer
+):
+    """log π_θ = (log π_θ − log π_ref) + log π_ref at every step end, so the "policy" scorer (reference-free
+    inference of the trained PRM) is the PRM's scores plus the reference's, and equals the PRM's own scores
+    when the module infers without a reference."""
+    batch = _batch(char_tokenizer)
+    module = _module(tiny_model_dir, CE(beta=0.5))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    scored = module.score(batch)
+    for mode in ("single", "accumulative"):
+        total = scored[f"step_scores/{mode}"] + scored[f"reference_step_scores/{mode}"]
+        assert torch.allclose(scored[f"policy_step_scores/{mode}"], total, atol=1e-5, equal_nan=True)
+        assert not torch.allclose(total, scored[f"step_scores/{mode}"], equal_nan=True)
+    module.hparams.reference_free_inference = True
+    free = module.score(batch)
+    for mode in ("single", "accumulative"):
+        assert torch.allclose(free[f"step_scores/{mode}"], scored[f"policy_step_scores/{mode}"], atol=1e-5,
+                              equal_nan=True)  # fmt: skip
+
+
 def test_cached_reference_equals_live_reference(tiny_model_dir, char_tokenizer):
     batch = _batch(char_tokenizer)
     module = _module(tiny_model_dir, CE(beta=0.5))

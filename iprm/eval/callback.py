@@ -32,6 +32,8 @@ STEP_SCORERS = {
     "prm_accumulative": "step_scores/accumulative",
     "reference_single": "reference_step_scores/single",
     "reference_accumulative": "reference_step_scores/accumulative",
+    "policy_single": "policy_step_scores/single",
+    "policy_accumulative": "policy_step_scores/accumulative",
 }
 SPLITS = ("calibration", "evaluation")
 
