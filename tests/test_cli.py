@@ -114,7 +114,7 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
 @pytest.mark.integration
 def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
-    labelled = next(world_root.glob("world-*/bon-strong.jsonl"))
+    labelled = next(world_root.glob("world-*/test-strong.jsonl"))
     # A file to score needs no outcome label: strip them all.
     inputs = tmp_path / "unlabelled.jsonl"
     lines = [json.loads(line) for line in labelled.read_text().splitlines()]

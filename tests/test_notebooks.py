@@ -20,7 +20,7 @@ def smoke_outputs(tmp_path_factory) -> tuple[Path, Path]:
     ]  # fmt: skip
     main(["fit", *common, "--model.export_dir", str(tmp / "policy")])
     checkpoint = next((tmp / "runs").rglob("*.ckpt"))
-    candidates = next((tmp / "worlds").glob("world-*/bon-medium.jsonl"))
+    candidates = next((tmp / "worlds").glob("world-*/test-medium.jsonl"))
     predictions = tmp / "predictions.jsonl"
     main([
         "predict", *common, "--ckpt_path", str(checkpoint), "--data.predict_path", str(candidates),
