@@ -17,6 +17,20 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def smoke_world_root(tmp_path_factory) -> Path:
+    """A cache root holding the miniature world of `configs/smoke.yaml`, built once per test session
+    (~30 s) and shared by every CLI, sweep and notebook test (`--data.world.root`)."""
+    import yaml
+
+    from iprm.tasks.world import World
+
+    root = tmp_path_factory.mktemp("worlds")
+    config = yaml.safe_load((NOTEBOOKS.parent / "configs" / "smoke.yaml").read_text())
+    World.from_settings({**config["data"]["init_args"]["world"], "root": str(root)}).build()
+    return root
+
+
+@pytest.fixture(scope="session")
 def char_tokenizer():
     return build_char_tokenizer()
 

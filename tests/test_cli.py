@@ -30,8 +30,8 @@ def _smoke_args(tmp: Path, world_root: Path, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def world_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("worlds")
+def world_root(smoke_world_root) -> Path:
+    return smoke_world_root
 
 
 @pytest.fixture(scope="module")

@@ -13,13 +13,13 @@ NOTEBOOKS = ["figure1_accuracy_vs_flops", "figure3_majority_voting", "figure4_sc
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory) -> Path:
+def smoke_results(tmp_path_factory, smoke_world_root) -> Path:
     tmp = tmp_path_factory.mktemp("figures")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)  # the sweep file names its configs relative to the repository
         code = sweep.main([
             str(ROOT / "configs/sweeps/smoke.yaml"), "--output", str(tmp / "sweep"),
-            "--data.world.root", str(tmp / "worlds"),
+            "--data.world.root", str(smoke_world_root),
         ])  # fmt: skip
     assert code == 0
     return tmp / "sweep" / "results.csv"

@@ -11,16 +11,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def smoke_outputs(tmp_path_factory) -> tuple[Path, Path]:
+def smoke_outputs(tmp_path_factory, smoke_world_root) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("notebooks")
     common = [
         "--config", str(ROOT / "configs" / "smoke.yaml"),
-        "--data.world.root", str(tmp / "worlds"),
+        "--data.world.root", str(smoke_world_root),
         "--trainer.logger.init_args.save_dir", str(tmp / "runs"),
     ]  # fmt: skip
     main(["fit", *common, "--model.export_dir", str(tmp / "policy")])
     checkpoint = next((tmp / "runs").rglob("*.ckpt"))
-    candidates = next((tmp / "worlds").glob("world-*/test-medium.jsonl"))
+    candidates = next(smoke_world_root.glob("world-*/test-medium.jsonl"))
     predictions = tmp / "predictions.jsonl"
     main([
         "predict", *common, "--ckpt_path", str(checkpoint), "--data.predict_path", str(candidates),
