@@ -31,6 +31,23 @@ def smoke_world_root(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory, smoke_world_root) -> Path:
+    """The output directory of the two-point smoke sweep (`configs/sweeps/smoke.yaml`) on the shared
+    miniature world, run once per session for the sweep and figure-notebook tests."""
+    from iprm import sweep
+
+    output = tmp_path_factory.mktemp("smoke-sweep") / "sweep"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(NOTEBOOKS.parent)  # the sweep file names its configs relative to the repository
+        code = sweep.main(
+            [str(NOTEBOOKS.parent / "configs/sweeps/smoke.yaml"), "--output", str(output),
+             "--data.world.root", str(smoke_world_root)]
+        )  # fmt: skip
+    assert code == 0
+    return output
+
+
+@pytest.fixture(scope="session")
 def char_tokenizer():
     return build_char_tokenizer()
 

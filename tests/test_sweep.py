@@ -91,17 +91,16 @@ def test_every_shipped_sweep_parses_through_the_cli(path, tmp_path, monkeypatch,
             assert callback["init_args"].get("dirpath") is None, callback
 
 
-def _run_smoke(tmp_path: Path, world_root: Path) -> int:
+def _run_smoke(output: Path, world_root: Path) -> int:
     world = ["--data.world.root", str(world_root)]
-    return sweep.main([str(ROOT / "configs/sweeps/smoke.yaml"), "--output", str(tmp_path / "sweep"), *world])
+    return sweep.main([str(ROOT / "configs/sweeps/smoke.yaml"), "--output", str(output), *world])
 
 
 @pytest.mark.integration
-def test_smoke_sweep_runs_end_to_end_and_resumes(tmp_path, monkeypatch, caplog, smoke_world_root):
+def test_smoke_sweep_runs_end_to_end_and_resumes(smoke_sweep, monkeypatch, caplog, smoke_world_root):
     monkeypatch.chdir(ROOT)
     caplog.set_level(logging.INFO, logger="iprm.sweep")
-    assert _run_smoke(tmp_path, smoke_world_root) == 0
-    output = tmp_path / "sweep"
+    output = smoke_sweep
     with (output / "results.csv").open() as file:
         rows = list(csv.DictReader(file))
     assert [(row["point"], row["seed"]) for row in rows] == [("ce", "0"), ("dpo_half", "0")]
@@ -119,7 +118,7 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(tmp_path, monkeypatch, caplog, 
 
     finished = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "results" not in p.name}
     caplog.clear()
-    assert _run_smoke(tmp_path, smoke_world_root) == 0
+    assert _run_smoke(output, smoke_world_root) == 0
     assert caplog.text.count("done, skipped") == 2
     now = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "results" not in p.name}
     assert now == finished  # nothing reran, nothing new
