@@ -41,6 +41,10 @@ CLAIMS = {
         "{set}/process/prm_accumulative/f1",
         "{set}/process/reference_accumulative/f1",
     ),
+    "PRM step AUROC (all steps) beats the reference's": (
+        "{set}/process/prm_accumulative/step_auroc",
+        "{set}/process/reference_accumulative/step_auroc",
+    ),
     "PRM misconception-step AUROC beats the reference's": (
         "{set}/process/prm_accumulative/step_auroc_tagged",
         "{set}/process/reference_accumulative/step_auroc_tagged",
