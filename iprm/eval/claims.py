@@ -5,10 +5,10 @@ one generator). Per world, each metric is averaged over the training seeds; the 
 sample std of those per-world means over worlds, the mean difference, and on how many worlds the claim
 holds (per-world mean difference > 0). One world is an anecdote; a claim that holds on 1 of 3 is not one.
 
-    python -m iprm.eval.claims runs/sweeps/worlds [--n 16] [--output claims.md]
+    python -m iprm.eval.claims runs/sweeps/worlds [--n 16] [--sets weak medium strong]
 
-reads the sweep's `results.csv` (a row per run, with `point` naming the world, e.g. `seed=1`) and writes
-`claims.md` and `claims.csv` beside it.
+reads the sweep's `results.csv` (a row per run, with `point` naming the world, e.g. `seed=1`, as
+`configs/sweeps/worlds.yaml` names them) and writes `claims.md` beside it.
 """
 
 import argparse
@@ -19,12 +19,13 @@ from collections import defaultdict
 from pathlib import Path
 
 from iprm.eval.report import to_markdown
+from iprm.io import atomic_write
 
 # The PRM's headline best-of-N score, fixed before any test number was seen (the official code's `min`
 # over accumulative scores); every other aggregation is reported in the per-set tables.
 HEADLINE = "prm_accumulative_min"
 
-# Claim → (metric A, metric B, what the claim says); {set} is a generator, {n} the best-of-N size.
+# Claim ("A beats B") → (metric A, metric B); {set} is a best-of-N set, {n} the best-of-N size.
 CLAIMS = {
     "PRM best-of-N beats majority voting": ("{set}/bon@{n}/" + HEADLINE, "{set}/maj@{n}"),
     "PRM best-of-N beats the reference's likelihood": (
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = claim_rows(read_results(args.sweep / "results.csv"), args.sets, args.n)
     markdown = to_markdown(rows)
-    (args.sweep / "claims.md").write_text(markdown + "\n", encoding="utf-8")
+    with atomic_write(args.sweep / "claims.md", encoding="utf-8") as file:
+        file.write(markdown + "\n")
     print(markdown)
 
 

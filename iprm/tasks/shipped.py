@@ -20,7 +20,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from iprm.io import atomic_dir
+from iprm.io import atomic_dir, atomic_write
 
 SHIPPED = Path(__file__).parent / "worlds"
 INDEX = SHIPPED / "index.json"
@@ -85,7 +85,8 @@ def pack(directory: Path, destination: Path = SHIPPED) -> dict:
                 tar.addfile(info, file)
     destination.mkdir(parents=True, exist_ok=True)
     archive = destination / f"world-{digest}.tar.xz"
-    archive.write_bytes(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
+    with atomic_write(archive, "wb") as file:
+        file.write(lzma.compress(buffer.getvalue(), preset=9 | lzma.PRESET_EXTREME))
     entry = {
         "file": archive.name,
         "sha256": sha256(archive),
@@ -97,7 +98,8 @@ def pack(directory: Path, destination: Path = SHIPPED) -> dict:
         json.loads((destination / "index.json").read_text()) if (destination / "index.json").exists() else {}
     )
     entries[digest] = entry
-    (destination / "index.json").write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    with atomic_write(destination / "index.json") as file:
+        file.write(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return entry
 
 
