@@ -65,11 +65,7 @@ def test_policy_scores_are_the_prm_plus_the_reference_and_equal_reference_free_i
     inference of the trained PRM) is the PRM's scores plus the reference's, and equals the PRM's own scores
     when the module infers without a reference."""
     batch = _batch(char_tokenizer)
-    module = _module(tiny_model_dir, CE(beta=0.5))
-    torch.manual_seed(2)
-    with torch.no_grad():
-        for p in module.policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    module = _module(tiny_model_dir, CE(beta=0.5), perturb=2)
     scored = module.score(batch)
     for mode in ("single", "accumulative"):
         total = scored[f"step_scores/{mode}"] + scored[f"reference_step_scores/{mode}"]
@@ -84,11 +80,7 @@ def test_policy_scores_are_the_prm_plus_the_reference_and_equal_reference_free_i
 
 def test_cached_reference_equals_live_reference(tiny_model_dir, char_tokenizer):
     batch = _batch(char_tokenizer)
-    module = _module(tiny_model_dir, CE(beta=0.5))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in module.policy.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    module = _module(tiny_model_dir, CE(beta=0.5), perturb=1)
     first = module.training_step(batch, 0)
     assert len(module._reference_cache) == 4
     # Poison the reference: a second step must read the cache, not recompute.
