@@ -188,7 +188,7 @@ def iprm_pass(module: ImplicitPRM, loader, count: int, device) -> dict:
         out = module.validation_step(batch, batch_idx)
         for row, index in enumerate(batch["index"].tolist()):
             for mode, store in (("single", single), ("accumulative", accumulative)):
-                values = out[f"step_scores/{mode}"][row]
+                values = out["steps"][f"prm_{mode}"][row]
                 store[index] = values[~values.isnan()].tolist()
         tokens += int(batch["response_mask"].sum())
     return {"single": single, "accumulative": accumulative, "response_tokens": tokens}

@@ -142,7 +142,7 @@ class FlopsCounter(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.costs = {"policy": ForwardCost.of(pl_module.policy)}
-        if pl_module.reference is not None:
+        if getattr(pl_module, "reference", None) is not None:
             self.costs["reference"] = ForwardCost.of(pl_module.reference)
         sampling = getattr(trainer.datamodule, "sampling_tokens", None)
         # The rollouts were sampled by the starting checkpoint, which is the policy before training.
@@ -157,13 +157,13 @@ class FlopsCounter(Callback):
 
     def count_batch(self, pl_module: L.LightningModule, batch: dict) -> None:
         """Add what `pl_module.training_step` forwards for this batch."""
-        with_reference = not pl_module.hparams.reference_free
+        with_reference = pl_module.trains_with_reference
         count(self.counts, "policy", self.costs["policy"], batch["attention_mask"], passes=3)
         if with_reference:
             rows = [row for row, i in enumerate(batch["index"].tolist()) if i not in self.reference_counted]
             self.reference_counted.update(batch["index"][rows].tolist())
             count(self.counts, "reference", self.costs["reference"], batch["attention_mask"][rows], 1)
-        if pl_module.objective.requires_kl:
+        if pl_module.forwards_mismatched_pairs:
             count(self.counts, "policy", self.costs["policy"], batch["kl_attention_mask"], passes=1)
             if with_reference:
                 count(self.counts, "reference", self.costs["reference"], batch["kl_attention_mask"], 1)

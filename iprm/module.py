@@ -11,20 +11,24 @@ or on disk across runs (`iprm.refcache`). What a run costs is counted beside it,
 import logging
 from pathlib import Path
 
-import lightning as L
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from iprm import refcache, rewards
-from iprm.data.collate import select_rows
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
+from iprm.scorers.base import RewardModel, Scorer
 
 log = logging.getLogger(__name__)
 
 
-class ImplicitPRM(L.LightningModule):
+class ImplicitPRM(RewardModel):
     """Policy + frozen reference, trained with an outcome objective, read out as a process reward model.
+
+    Scorers (`iprm.scorers.base`): "prm", the implicit PRM (q_k = β·ℓ_{≤k}, or its reference-free form);
+    "reference", the reference-only baseline (β·Σ log π_ref, against a uniform π); and "policy", the trained
+    policy's own log-likelihood (the PRM with reference-free inference, paper Table 5); each read
+    "single" (r_k) and "accumulative" (q_k).
 
     Args:
         model_path: starting checkpoint of the policy (a local directory or a hub id); linked from
@@ -56,6 +60,11 @@ class ImplicitPRM(L.LightningModule):
             reward against its prefix's correctness (records' `step_labels`): the "added step labels"
             data factor; 0 trains on outcome labels only, as the paper's method does.
     """
+
+    scorers = tuple(Scorer(kind, rewards.SCORE_MODES) for kind in ("prm", "reference", "policy"))
+    method_scorer = "prm_accumulative_min"
+    table_scorers = ("prm_accumulative_min", "prm_single_min")
+    figure_scorers = ("prm_accumulative_min", "prm_single_min", "reference_accumulative_last")
 
     def __init__(
         self,
@@ -93,24 +102,23 @@ class ImplicitPRM(L.LightningModule):
 
     # --- models -----------------------------------------------------------------------------------
 
-    def _load(self, path: str) -> PreTrainedModel:
-        dtype = self.hparams.torch_dtype
-        return AutoModelForCausalLM.from_pretrained(
-            path,
-            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
-            attn_implementation=self.hparams.attn_implementation,
-            trust_remote_code=self.hparams.trust_remote_code,
-        )
+    @property
+    def trains_with_reference(self) -> bool:
+        return not self.hparams.reference_free
+
+    @property
+    def forwards_mismatched_pairs(self) -> bool:
+        return self.objective.requires_kl
 
     def configure_model(self) -> None:
         if self.policy is not None:
             return
         if self.hparams.model_path is None:
             raise ValueError("model.model_path is not set: give data.model_path (or a data source of it)")
-        self.policy = self._load(self.hparams.model_path).train()
+        self.policy = self.load_causal_lm(self.hparams.model_path).train()
         needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
         if needs_reference:
-            self.reference = self._load(self.hparams.reference_path or self.hparams.model_path)
+            self.reference = self.load_causal_lm(self.hparams.reference_path or self.hparams.model_path)
             self.reference.eval().requires_grad_(False)
             if self.hparams.reference_cache == "disk":
                 path = self.hparams.reference_path or self.hparams.model_path
@@ -136,22 +144,14 @@ class ImplicitPRM(L.LightningModule):
             raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
 
     def on_fit_start(self) -> None:
-        datamodule = self.trainer.datamodule
-        labels, groups = datamodule.train_labels_and_groups()
+        super().on_fit_start()
+        labels, groups = self.trainer.datamodule.train_labels_and_groups()
         self.objective.observe_dataset(labels, groups)
-        stats = {**datamodule.summary, **self.objective.dataset_statistics(labels, groups)}
+        stats = self.objective.dataset_statistics(labels, groups)
         record_scalars(self.trainer, {f"data/{key}": float(value) for key, value in stats.items()}, step=0)
-        # `trainer.log_dir` is a collective under DDP: every rank asks, rank 0 writes (in on_fit_end, when
-        # the process group is gone).
-        self._export_dir = Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "policy")
 
-    def on_fit_end(self) -> None:
-        if not self.trainer.is_global_zero:
-            return
-        export = self._export_dir
-        self.policy.save_pretrained(export)
-        self.trainer.datamodule.tokenizer.save_pretrained(export)
-        log.info("trained policy written to %s", export)
+    def export(self, directory: Path) -> None:
+        self.policy.save_pretrained(directory)
 
     # --- log-probabilities ---------------------------------------------------------------------------
 
@@ -221,7 +221,7 @@ class ImplicitPRM(L.LightningModule):
         if self.hparams.step_label_weight > 0:
             cumulative = rewards.cumulative_at(policy_logps, batch["step_ends"])
             cumulative = rewards.logratio(cumulative, None if reference is None else reference[:, :-1])
-            step_loss = step_label_loss(self.objective.beta * cumulative, batch["step_labels"])
+            step_loss = step_label_loss(self.objective.beta * cumulative, batch["step_targets"])
             loss = loss + self.hparams.step_label_weight * step_loss
             metrics["step_label_loss"] = step_loss.detach()
         if not torch.isfinite(loss):
@@ -256,24 +256,6 @@ class ImplicitPRM(L.LightningModule):
         reference = self._reference_logprobs(batch, "kl_").sum(-1)
         return rewards.logratio(policy, reference)
 
-    def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            (p for p in self.policy.parameters() if p.requires_grad),
-            lr=self.hparams.lr,
-            weight_decay=self.hparams.weight_decay,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = int(self.hparams.warmup_ratio * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
-
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
     # --- scoring -----------------------------------------------------------------------------------
 
     @property
@@ -281,27 +263,7 @@ class ImplicitPRM(L.LightningModule):
         beta = self.hparams.inference_beta
         return self.objective.beta if beta is None else beta
 
-    @torch.no_grad()
-    def score(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Step scores of every record in the batch and its response score under every scorer.
-
-        Returns `step_scores/{mode}` [B, S] (NaN padding) for the implicit PRM and for the
-        reference-only baseline (`reference_step_scores/{mode}`), and `scores` [B, K] in the order of
-        `rewards.scorer_names()`. Identical records of the batch (best-of-N candidates often repeat) are
-        forwarded once and their scores copied.
-        """
-        first: dict[str, int] = {}
-        keys = refcache.record_keys(batch)
-        for row, key in enumerate(keys):
-            first.setdefault(key, row)
-        if len(first) == len(keys):
-            return self._score(batch)
-        position = {key: i for i, key in enumerate(first)}
-        inverse = torch.tensor([position[key] for key in keys], device=batch["input_ids"].device)
-        unique = self._score(select_rows(batch, torch.tensor(list(first.values()), device=inverse.device)))
-        return {name: value[inverse] for name, value in unique.items()}
-
-    def _score(self, batch: dict) -> dict[str, torch.Tensor]:
+    def step_scores(self, batch: dict) -> dict[str, torch.Tensor]:
         policy_cumulative = rewards.cumulative_at(self._logprobs(self.policy, batch), batch["step_ends"])
         reference_cumulative = None
         if self.reference is not None:
@@ -311,13 +273,4 @@ class ImplicitPRM(L.LightningModule):
             reference_cumulative = torch.full_like(policy_cumulative, float("nan"))
         prm_cumulative = rewards.logratio(policy_cumulative, prm_reference)
         kinds = {"prm": prm_cumulative, "reference": reference_cumulative, "policy": policy_cumulative}
-        return rewards.all_scores(kinds, self.inference_beta)
-
-    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self.score(batch)
-
-    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return self.score(batch)
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        return {"index": batch["index"], **self.score(batch)}
+        return rewards.step_readings(kinds, self.inference_beta)

@@ -236,15 +236,15 @@ class KTO(Objective):
         return z0.clamp(min=0)
 
 
-def step_label_loss(q: Tensor, step_labels: Tensor) -> Tensor:
+def step_label_loss(q: Tensor, step_targets: Tensor) -> Tensor:
     """The "added step labels" loss: cross-entropy of each labelled step's accumulative reward q_k [B, S]
-    against whether steps 1..k are all correct (the process label of a prefix; labels 1/0, −1 unknown or
-    padding), the mean over labelled steps; a zero that keeps the graph without any."""
-    known = (step_labels >= 0) & ~q.isnan()
-    prefix_correct = (step_labels == 1).long().cumprod(-1).float()
+    against its prefix's target in [0, 1] (`step_targets`: whether steps 1..k are all correct, or a
+    labelling method's estimate; NaN unknown or padding), the mean over labelled steps; a zero that keeps
+    the graph without any."""
+    known = ~step_targets.isnan() & ~q.isnan()
     if not known.any():
         return q.nan_to_num().sum() * 0.0
-    return F.binary_cross_entropy_with_logits(q[known], prefix_correct[known])
+    return F.binary_cross_entropy_with_logits(q[known], step_targets[known].to(q.dtype))
 
 
 def _cross_entropy(r: Tensor, labels: Tensor) -> Tensor:

@@ -1,7 +1,8 @@
 """Write per-step and per-response scores of every predicted record to JSONL, atomically.
 
-Each output line is the input record plus `step_scores` (`single` and `accumulative` lists, one value per
-step) and `scores` (the response score under every scorer of `iprm.rewards.scorer_names`). The file is
+Each output line is the input record plus `step_scores` (the step scores of the model's method scorer, one
+list per step reading, one value per step: `single` and `accumulative` for the implicit PRM, `step` for an
+explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`). The file is
 written to a temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
 """
 
@@ -15,18 +16,16 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from iprm.io import atomic_write
-from iprm.rewards import scorer_names
+from iprm.scorers.base import Scorer
 
 
 def _finite(values: torch.Tensor) -> list[float]:
     return [float(v) for v in values if not math.isnan(float(v))]
 
 
-def _scored(record, batch: dict, row: int, names: list[str]) -> dict:
+def _scored(record, batch: dict, row: int, names: list[str], method: Scorer) -> dict:
     line = dataclasses.asdict(record)
-    line["step_scores"] = {
-        mode: _finite(batch[f"step_scores/{mode}"][row]) for mode in ("single", "accumulative")
-    }
+    line["step_scores"] = {mode: _finite(batch["steps"][f"{method.name}_{mode}"][row]) for mode in method.modes}
     line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
     return line
 
@@ -47,8 +46,10 @@ class PredictionWriter(BasePredictionWriter):
             raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
         records = trainer.datamodule.predict_records
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
-        names = scorer_names()
+        names = pl_module.scorer_names()
+        method, _ = pl_module.method()
         with atomic_write(path) as handle:
             for batch in predictions:
                 for row, index in enumerate(batch["index"].tolist()):
-                    handle.write(json.dumps(_scored(records[index], batch, row, names)) + "\n")
+                    line = _scored(records[index], batch, row, names, method)
+                    handle.write(json.dumps(line) + "\n")

@@ -17,7 +17,6 @@ from torch import Tensor, nn
 
 SCORE_MODES = ("single", "accumulative")
 AGGREGATIONS = ("min", "sum", "mean", "last")
-SCORER_KINDS = ("prm", "reference", "policy")
 
 # Config fields of models whose logits are more than `output_embeddings(hidden)` (Gemma 2/3 soft-capping,
 # Cohere and Granite scaling): for those only the model's own forward gives the right log-probs.
@@ -115,23 +114,11 @@ def response_scores(cumulative: Tensor, beta: float, mode: str, how: str) -> Ten
     return aggregate(step_scores(cumulative, beta, mode), how)
 
 
-def scorer_names() -> list[str]:
-    """Every response scorer evaluation reports, `<kind>_<mode>_<aggregation>`: the implicit PRM ("prm"),
-    the reference-only baseline ("reference": π_ref's own log-likelihood, against a uniform π) and the
-    trained policy's own log-likelihood ("policy": the PRM with reference-free inference, paper Table 5)."""
-    return [f"{kind}_{mode}_{how}" for kind in SCORER_KINDS for mode in SCORE_MODES for how in AGGREGATIONS]
-
-
-def all_scores(cumulative: dict[str, Tensor], beta: float) -> dict[str, Tensor]:
-    """Every scorer at once, from each kind's cumulative values at the step ends [B, S] (NaN padding):
-    `step_scores/{mode}` (the PRM), `reference_step_scores/{mode}` and `policy_step_scores/{mode}` [B, S],
-    and `scores` [B, K], the response scores in the order of `scorer_names()`."""
-    out, columns = {}, []
-    for kind in SCORER_KINDS:
-        prefix = "" if kind == "prm" else f"{kind}_"
-        for mode in SCORE_MODES:
-            steps = step_scores(cumulative[kind], beta, mode)
-            out[f"{prefix}step_scores/{mode}"] = steps
-            columns += [aggregate(steps, how) for how in AGGREGATIONS]
-    out["scores"] = torch.stack(columns, -1)
-    return out
+def step_readings(cumulative: dict[str, Tensor], beta: float) -> dict[str, Tensor]:
+    """Both step readings of each kind of cumulative log-ratio at the step ends [B, S] (NaN padding):
+    `<kind>_single` and `<kind>_accumulative` [B, S] (see `step_scores`)."""
+    return {
+        f"{kind}_{mode}": step_scores(values, beta, mode)
+        for kind, values in cumulative.items()
+        for mode in SCORE_MODES
+    }

@@ -12,7 +12,7 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from iprm.cli import main
-from iprm.rewards import scorer_names
+from iprm.module import ImplicitPRM
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -69,7 +69,7 @@ def test_fit_runs_for_every_objective(objective, tmp_path, world_root):
     main(["fit", *_smoke_args(tmp_path, world_root, "--config", overlay)])
     run = next((tmp_path / "runs" / "smoke").glob("version_*"))
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["model"]["objective"]["class_path"].lower().endswith(objective.replace("_", ""))
+    assert saved["model"]["init_args"]["objective"]["class_path"].lower().endswith(objective.replace("_", ""))
     assert (run / "evaluation" / "val-weak.csv").exists()
 
 
@@ -131,7 +131,7 @@ def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_pat
         steps = [line for line in row["response"].split("\n") if line.strip()]
         assert len(row["step_scores"]["single"]) == len(steps)
         assert len(row["step_scores"]["accumulative"]) == len(steps)
-        assert set(row["scores"]) == set(scorer_names())
+        assert list(row["scores"]) == ImplicitPRM().scorer_names()
         assert row["scores"]["prm_accumulative_last"] == pytest.approx(row["step_scores"]["accumulative"][-1])
 
 
@@ -152,7 +152,7 @@ def test_every_shipped_config_parses(config, capsys):
         main(["fit", *base, "--config", str(ROOT / config), "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["objective"]["class_path"].startswith("iprm.objectives.")
+    assert printed["model"]["init_args"]["objective"]["class_path"].startswith("iprm.objectives.")
 
 
 def test_help_documents_the_arguments():
@@ -161,10 +161,17 @@ def test_help_documents_the_arguments():
     fit = subprocess.run(
         [sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True
     )
-    for flag in ("--model.objective", "--data", "--evaluation.ns", "--prediction.output_path"):
+    for flag in ("--model", "--data", "--evaluation.ns", "--prediction.output_path"):
         assert flag in fit.stdout, flag
-    assert "--model.reference_free" in fit.stdout
-    assert "starting checkpoint" in fit.stdout  # docstrings become help text
+    # The reward model is chosen by class_path (the implicit PRM by default); each documents its arguments.
+    model = subprocess.run(
+        [sys.executable, "-m", "iprm", "fit", "--model.help", "iprm.module.ImplicitPRM"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "--model.objective" in model.stdout and "--model.reference_free" in model.stdout
+    assert "starting checkpoint" in model.stdout  # docstrings become help text
     # The data module is chosen by class_path; each one documents its own arguments.
     data = subprocess.run(
         [sys.executable, "-m", "iprm", "fit", "--data.help", "iprm.tasks.WorldDataModule"],

@@ -10,7 +10,6 @@ from iprm.data.collate import Collator
 from iprm.data.records import Record
 from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO
-from iprm.rewards import scorer_names
 
 RECORDS = [
     Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),
@@ -52,9 +51,9 @@ def test_policy_equal_to_reference_gives_zero_rewards_and_dpo_ln2(tiny_model_dir
     assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
     scored = module.score(batch)
     for mode in ("single", "accumulative"):
-        steps = scored[f"step_scores/{mode}"]
+        steps = scored["steps"][f"prm_{mode}"]
         assert torch.all(steps[~steps.isnan()] == 0)
-    prm_columns = [i for i, name in enumerate(scorer_names()) if name.startswith("prm_")]
+    prm_columns = [i for i, name in enumerate(module.scorer_names()) if name.startswith("prm_")]
     assert torch.all(scored["scores"][:, prm_columns] == 0)
 
 
@@ -68,14 +67,15 @@ def test_policy_scores_are_the_prm_plus_the_reference_and_equal_reference_free_i
     module = _module(tiny_model_dir, CE(beta=0.5), perturb=2)
     scored = module.score(batch)
     for mode in ("single", "accumulative"):
-        total = scored[f"step_scores/{mode}"] + scored[f"reference_step_scores/{mode}"]
-        assert torch.allclose(scored[f"policy_step_scores/{mode}"], total, atol=1e-5, equal_nan=True)
-        assert not torch.allclose(total, scored[f"step_scores/{mode}"], equal_nan=True)
+        steps = scored["steps"]
+        total = steps[f"prm_{mode}"] + steps[f"reference_{mode}"]
+        assert torch.allclose(steps[f"policy_{mode}"], total, atol=1e-5, equal_nan=True)
+        assert not torch.allclose(total, steps[f"prm_{mode}"], equal_nan=True)
     module.hparams.reference_free_inference = True
     free = module.score(batch)
     for mode in ("single", "accumulative"):
-        assert torch.allclose(free[f"step_scores/{mode}"], scored[f"policy_step_scores/{mode}"], atol=1e-5,
-                              equal_nan=True)  # fmt: skip
+        policy = scored["steps"][f"policy_{mode}"]
+        assert torch.allclose(free["steps"][f"prm_{mode}"], policy, atol=1e-5, equal_nan=True)
 
 
 def test_cached_reference_equals_live_reference(tiny_model_dir, char_tokenizer):

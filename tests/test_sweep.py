@@ -86,7 +86,7 @@ def test_every_shipped_sweep_parses_through_the_cli(path, tmp_path, monkeypatch,
         printed = yaml.safe_load(capsys.readouterr().out)
         assert printed["seed_everything"] == printed["data"]["init_args"]["seed"] == run.seed
         # No shipped config pins a path a sweep would have to patch: all follow the run's log directory.
-        assert printed["model"]["export_dir"] is None
+        assert printed["model"]["init_args"]["export_dir"] is None
         for callback in printed["trainer"]["callbacks"] or []:
             assert callback["init_args"].get("dirpath") is None, callback
 

@@ -120,7 +120,7 @@ def encode(
     return Encoded(input_ids, mask, step_ends, num_steps=len(spans))
 
 
-def pad(rows: list[list], value: int | bool, dtype: torch.dtype) -> Tensor:
+def pad(rows: list[list], value: float | bool, dtype: torch.dtype) -> Tensor:
     """Right-pad variable-length rows into one [len(rows), longest] tensor."""
     out = torch.full((len(rows), max([1, *map(len, rows)])), value, dtype=dtype)
     for row, values in enumerate(rows):
@@ -138,6 +138,24 @@ def _step_labels(record: Record, encoded: Encoded) -> list[int]:
             f"{encoded.num_steps} steps; does the step separator match the data?"
         )
     return [int(label) for label in record.step_labels[: len(encoded.step_ends)]]
+
+
+def _step_targets(record: Record, encoded: Encoded) -> list[float]:
+    """The training target of each kept step's prefix in [0, 1]: its estimated value (`step_values`)
+    where a labelling method gave one, else whether steps 1..k are all correct (from `step_labels`), else
+    NaN (unknown)."""
+    kept = len(encoded.step_ends)
+    if record.step_values is not None:
+        if len(record.step_values) != encoded.num_steps:
+            raise ValueError(
+                f"instruction {record.instruction_id!r}: {len(record.step_values)} step values for "
+                f"{encoded.num_steps} steps"
+            )
+        return list(record.step_values[:kept])
+    labels = _step_labels(record, encoded)
+    if record.step_labels is None:
+        return [math.nan] * kept
+    return [float(all(labels[: k + 1])) for k in range(kept)]
 
 
 def _step_tagged(record: Record, encoded: Encoded) -> list[bool]:
@@ -168,7 +186,8 @@ class Collator:
     Items are dicts with `record` (a `Record`), `index` and `group` (integer instruction id), and for
     evaluation sets also `problem`, `candidate` and `answer_id`. The batch holds `input_ids`,
     `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
-    label), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`, `index` [B];
+    label), `step_targets` [B, S] (each step prefix's training target in [0, 1], NaN unknown or padding: see
+    `_step_targets`), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`, `index` [B];
     and `problem`, `candidate`, `answer` [B] when items carry them.
 
     Args:
@@ -201,6 +220,9 @@ class Collator:
         batch["step_ends"] = pad([e.step_ends for e in encoded], -1, torch.long)
         batch["step_labels"] = pad(
             [_step_labels(r, e) for r, e in zip(records, encoded, strict=True)], -1, torch.long
+        )
+        batch["step_targets"] = pad(
+            [_step_targets(r, e) for r, e in zip(records, encoded, strict=True)], math.nan, torch.float32
         )
         batch["step_tagged"] = pad(
             [_step_tagged(r, e) for r, e in zip(records, encoded, strict=True)], False, torch.bool

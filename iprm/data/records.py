@@ -42,6 +42,9 @@ class Record:
         step_labels: Ground-truth correctness of each step, where known.
         step_tags: Optional per-step annotation (e.g. the misconception applied), "" for none;
             as long as `step_labels` when both are given.
+        step_values: Estimated value of each step's prefix in [0, 1] (the probability that a solution
+            continued from the end of step k is correct), from a labelling method such as Math-Shepherd's
+            Monte-Carlo rollouts; explicit PRMs train on them where given (`iprm.scorers.labels`).
     """
 
     instruction_id: str
@@ -52,6 +55,7 @@ class Record:
     source: str = "default"
     step_labels: tuple[bool, ...] | None = None
     step_tags: tuple[str, ...] | None = None
+    step_values: tuple[float, ...] | None = None
 
 
 class _FieldError(Exception):
@@ -97,6 +101,9 @@ def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
     step_tags = _optional_list(data, "step_tags", str, "strings")
     if step_labels is not None and step_tags is not None and len(step_tags) != len(step_labels):
         raise _FieldError("step_tags", f"{len(step_tags)} tags for {len(step_labels)} step labels")
+    step_values = _optional_list(data, "step_values", int | float, "numbers")
+    if step_values is not None and not all(0 <= v <= 1 and not isinstance(v, bool) for v in step_values):
+        raise _FieldError("step_values", f"expected numbers in [0, 1], got {list(step_values)!r}")
     answer = data.get("answer")
     if answer is not None:
         answer = _expect(data, "answer", (str,), "a string or null")
@@ -112,6 +119,7 @@ def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
         source=record_source or source or "default",
         step_labels=step_labels,
         step_tags=step_tags,
+        step_values=None if step_values is None else tuple(float(v) for v in step_values),
     )
 
 

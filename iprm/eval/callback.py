@@ -1,11 +1,13 @@
 """Best-of-N and step-level evaluation after every validation epoch and at test time, as a callback.
 
-The module scores every candidate of every best-of-N set (`ImplicitPRM.score`); this callback gathers
-those scores across batches and ranks (`SelectionMetrics`, `ProcessMetrics`), logs
-`val/<set>/bon@16/<scorer>`-style scalars, a best-of-N curve and a step-score heat map to TensorBoard,
-and writes markdown and CSV tables beside the logs (`<log_dir>/evaluation/`): one per set with every
-scorer and N, the paper's Table 1 layout over all sets (`<stage>-table1`), and the step-level table
-(`<stage>-steps`).
+The reward model scores every candidate of every best-of-N set through its scorers
+(`iprm.scorers.base.RewardModel.score`: step scores by `<scorer>_<mode>`, response scores in the order of
+its `scorer_names()`); this callback gathers those scores across batches and ranks (`SelectionMetrics`,
+`ProcessMetrics`), logs `val/<set>/bon@16/<scorer>`-style scalars (and the model's `method_scorer` again
+as `…/method`, so that runs of different reward models compare under one name), a best-of-N curve and a
+step-score heat map to TensorBoard, and writes markdown and CSV tables beside the logs
+(`<log_dir>/evaluation/`): one per set with every scorer and N, the paper's Table 1 layout over all sets
+(`<stage>-table1`), and the step-level table (`<stage>-steps`).
 
 Step-level metrics need step labels. ProcessBench F1 needs a threshold τ: it is tuned on the
 calibration half of each set (even problem indices) and the F1 and AUROCs are reported on the other half
@@ -24,17 +26,8 @@ from iprm.eval.process import processbench_f1, step_auroc, tune_threshold
 from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
 from iprm.eval.selection import DEFAULT_NS
 from iprm.eval.tables import step_table, table1
-from iprm.rewards import scorer_names
 
-# Step scorers: the key of `ImplicitPRM.score`'s output for each.
-STEP_SCORERS = {
-    "prm_single": "step_scores/single",
-    "prm_accumulative": "step_scores/accumulative",
-    "reference_single": "reference_step_scores/single",
-    "reference_accumulative": "reference_step_scores/accumulative",
-    "policy_single": "policy_step_scores/single",
-    "policy_accumulative": "policy_step_scores/accumulative",
-}
+METHOD = "method"  # the alias of the model's `method_scorer` in logged metrics
 SPLITS = ("calibration", "evaluation")
 
 log = logging.getLogger(__name__)
@@ -45,38 +38,47 @@ class BestOfNEvaluation(Callback):
 
     Args:
         ns: candidate counts N to report; those beyond a set's smallest candidate count are dropped.
-        figure_scorers: scorers drawn in the best-of-N figure (names from `iprm.rewards.scorer_names`).
+        figure_scorers: scorers drawn in the best-of-N figure (names from the model's `scorer_names()`;
+            those the model lacks are left out with a warning); None draws the model's `figure_scorers`.
         heatmap_candidates: candidates of the first problem shown in the step-score heat map (0: none).
-        table_scorers: PRM scorers given rows in the Table 1 layout.
-        reference_scorer: the reference-only scorer given a row in the Table 1 layout.
+        table_scorers: scorers given best-of-N and weighted-majority rows in the Table 1 layout; None
+            gives the model's `table_scorers` rows.
+        reference_scorer: the reference-only scorer given a row in the Table 1 layout (none where the
+            model has no such scorer).
     """
 
     def __init__(
         self,
         ns: list[int] = list(DEFAULT_NS),  # noqa: B006 (jsonargparse needs a plain default to show in --help)
-        figure_scorers: list[str] = ["prm_accumulative_min", "prm_single_min", "reference_accumulative_last"],  # noqa: B006
+        figure_scorers: list[str] | None = None,
         heatmap_candidates: int = 8,
-        table_scorers: list[str] = ["prm_accumulative_min", "prm_single_min"],  # noqa: B006
+        table_scorers: list[str] | None = None,
         reference_scorer: str = "reference_accumulative_last",
     ):
         self.ns = tuple(ns)
-        self.figure_scorers = list(figure_scorers)
+        self.figure_scorers = figure_scorers
         self.heatmap_candidates = heatmap_candidates
-        self.table_scorers = list(table_scorers)
+        self.table_scorers = table_scorers
         self.reference_scorer = reference_scorer
         self.metrics: list[SelectionMetrics] = []
         self.process: list[dict[tuple[str, str], ProcessMetrics]] = []
         self.names: list[str] = []
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.step_scorers: list[str] = []
+        self.method_step_scorer = ""
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         self.names = list(datamodule.test_records if trainer.testing else datamodule.eval_records)
-        self.metrics = [SelectionMetrics(scorer_names(), self.ns).to(pl_module.device) for _ in self.names]
+        scorers = pl_module.scorer_names()
+        self.step_scorers = pl_module.step_scorer_names()
+        method, mode = pl_module.method()
+        self.method_step_scorer = f"{method.name}_{mode}"
+        self.metrics = [SelectionMetrics(scorers, self.ns).to(pl_module.device) for _ in self.names]
         self.process = [
             {
                 (scorer, split): ProcessMetrics().to(pl_module.device)
-                for scorer in STEP_SCORERS
+                for scorer in self.step_scorers
                 for split in SPLITS
             }
             for _ in self.names
@@ -92,9 +94,9 @@ class BestOfNEvaluation(Callback):
             for split, rows in zip(SPLITS, (calibration, ~calibration), strict=True):
                 if not rows.any():
                     continue
-                for scorer, key in STEP_SCORERS.items():
+                for scorer in self.step_scorers:
                     self.process[dataloader_idx][(scorer, split)].update(
-                        outputs[key][rows], batch["step_labels"][rows], batch["step_tagged"][rows]
+                        outputs["steps"][scorer][rows], batch["step_labels"][rows], batch["step_tagged"][rows]
                     )
         if dataloader_idx not in self.heatmaps and self.heatmap_candidates > 0:
             # The first problem of the batch whose candidates disagree shows a correct and a wrong
@@ -104,14 +106,14 @@ class BestOfNEvaluation(Callback):
             chosen = mixed[0] if mixed else batch["problem"][0]
             rows = (batch["problem"] == chosen).nonzero().flatten()[: self.heatmap_candidates]
             self.heatmaps[dataloader_idx] = (
-                outputs["step_scores/single"][rows].cpu(),
+                outputs["steps"][self.method_step_scorer][rows].cpu(),
                 batch["step_labels"][rows].cpu(),
             )
 
     def _step_metrics(self, k: int) -> dict[str, dict[str, float]]:
         """Per step scorer: τ tuned on the calibration half; F1 and AUROCs on the evaluation half."""
         out = {}
-        for scorer in STEP_SCORERS:
+        for scorer in self.step_scorers:
             calibration, evaluation = (self.process[k][(scorer, split)] for split in SPLITS)
             if not calibration.update_called or not evaluation.update_called:
                 continue
@@ -138,6 +140,9 @@ class BestOfNEvaluation(Callback):
         for k, name in enumerate(self.names):
             values = {key: float(value) for key, value in self.metrics[k].compute().items()}
             steps = self._step_metrics(k)
+            values |= _method_alias(values, pl_module.method_scorer)
+            if self.method_step_scorer in steps:
+                steps[METHOD] = steps[self.method_step_scorer]
             flat = values | {
                 f"process/{s}/{key}": v for s, by_key in steps.items() for key, v in by_key.items()
             }
@@ -152,7 +157,8 @@ class BestOfNEvaluation(Callback):
             for stem in (f"{stage}-{name}", f"{stage}-{name}{suffix}"):
                 write_table(selection_table(values), directory / stem)
             if hasattr(experiment, "add_figure"):
-                figure = best_of_n_figure(values, self.figure_scorers, title=f"{name} ({stage})")
+                drawn = _available(self.figure_scorers, pl_module, "figure_scorers")
+                figure = best_of_n_figure(values, drawn, title=f"{name} ({stage})")
                 experiment.add_figure(f"{stage}/{name}/best_of_n", figure, trainer.global_step)
                 if k in self.heatmaps:
                     scores, labels = self.heatmaps[k]
@@ -160,8 +166,10 @@ class BestOfNEvaluation(Callback):
                     experiment.add_figure(f"{stage}/{name}/step_rewards", figure, trainer.global_step)
         if not trainer.is_global_zero or not selection:
             return
-        label = type(pl_module.objective).__name__
-        tables = {"table1": table1(selection, self.table_scorers, self.reference_scorer, label)}
+        label = type(getattr(pl_module, "objective", pl_module)).__name__
+        rows = _available(self.table_scorers, pl_module, "table_scorers")
+        reference = self.reference_scorer if self.reference_scorer in pl_module.scorer_names() else None
+        tables = {"table1": table1(selection, rows, reference, label)}
         if any(process.values()):
             tables["steps"] = step_table(process)
         for kind, rows in tables.items():
@@ -190,3 +198,27 @@ class BestOfNEvaluation(Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         self._end(trainer, pl_module, "test")
+
+
+def _method_alias(values: dict[str, float], method_scorer: str) -> dict[str, float]:
+    """The method scorer's best-of-N and weighted-majority metrics again under the name `method`."""
+    suffix = f"/{method_scorer}"
+    return {key[: -len(suffix)] + f"/{METHOD}": v for key, v in values.items() if key.endswith(suffix)}
+
+
+def _available(names: list[str] | None, pl_module: L.LightningModule, option: str) -> list[str]:
+    """The requested scorers the model has (None: the model's defaults for the option); the others are
+    named in a warning."""
+    if names is None:
+        return list(getattr(pl_module, option))
+    known = set(pl_module.scorer_names())
+    missing = [name for name in names if name not in known]
+    if missing:
+        log.warning(
+            "evaluation.%s: %s has no scorer %s; its scorers are %s",
+            option,
+            type(pl_module).__name__,
+            ", ".join(missing),
+            ", ".join(pl_module.scorer_names()),
+        )
+    return [name for name in names if name in known]

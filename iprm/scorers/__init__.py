@@ -1,0 +1,6 @@
+"""Reward models and their scorers: the implicit PRM's base (`base.RewardModel`), explicit PRMs and ORMs with
+a value head (`explicit.ExplicitPRM`), and the step-labelling methods they train on (`labels`)."""
+
+from iprm.scorers.base import RewardModel, Scorer
+
+__all__ = ["RewardModel", "Scorer"]

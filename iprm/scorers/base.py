@@ -1,0 +1,160 @@
+"""What every reward model shares: its scorers, scoring a batch, loading checkpoints, optimising, exporting.
+
+A reward model is a LightningModule that owns one or more *scorers*. A scorer has a name and one or more
+step readings (`modes`); for a batch, the model returns every scorer's step scores [B, S] (NaN padding)
+under the key `<scorer>_<mode>`, in one pass, since scorers of one model usually share its forwards
+(the implicit PRM's "prm", "reference" and "policy" scorers all read the same two log-prob passes). Each
+step reading becomes response scorers by aggregation, `<scorer>_<mode>_<min|sum|mean|last>`:
+
+    implicit PRM   prm_{single,accumulative}_*, reference_{…}_*, policy_{…}_*   (`iprm.module.ImplicitPRM`)
+    explicit PRM   <name>_step_*: the value head's probability at each step end (`iprm.scorers.ExplicitPRM`)
+
+The evaluation callback and the prediction writer read only this interface (`scorer_names`,
+`step_scorer_names`, `score`), so a new baseline is a new `RewardModel` with its scorers, and the best-of-N
+tables, step-level metrics, prediction files, sweeps and figures report it as they report the others. Each
+model names its `method_scorer`, the response scorer reported for the method as a whole (`…/method`).
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from iprm import refcache, rewards
+from iprm.data.collate import select_rows
+from iprm.results import record_scalars
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A scorer: its name and the step readings it offers (each aggregated into response scores)."""
+
+    name: str
+    modes: tuple[str, ...]
+
+    def step_names(self) -> list[str]:
+        return [f"{self.name}_{mode}" for mode in self.modes]
+
+
+def response_scorer_names(scorers: tuple[Scorer, ...]) -> list[str]:
+    """Every response scorer of these scorers, `<scorer>_<mode>_<aggregation>`, in `scores` column order."""
+    return [f"{step}_{how}" for s in scorers for step in s.step_names() for how in rewards.AGGREGATIONS]
+
+
+class RewardModel(L.LightningModule):
+    """Base of every reward model: subclasses set `scorers` and `method_scorer` and define `step_scores`
+    (and training). The hyperparameters every subclass takes (`model_path`, `lr`, `weight_decay`,
+    `warmup_ratio`, `torch_dtype`, `attn_implementation`, `trust_remote_code`, `export_dir`) are read from
+    `self.hparams`."""
+
+    scorers: tuple[Scorer, ...] = ()
+    method_scorer: str = ""
+    table_scorers: tuple[str, ...] = ()  # given rows in Table 1 unless `evaluation.table_scorers` says
+    figure_scorers: tuple[str, ...] = ()  # drawn in the best-of-N figure unless `evaluation.figure_scorers`
+    trains_with_reference: bool = False  # the training step forwards a frozen reference (FLOPs)
+    forwards_mismatched_pairs: bool = False  # the training step also forwards mismatched pairs (FLOPs)
+
+    def scorer_names(self) -> list[str]:
+        return response_scorer_names(self.scorers)
+
+    def step_scorer_names(self) -> list[str]:
+        return [name for s in self.scorers for name in s.step_names()]
+
+    def method(self) -> tuple[Scorer, str]:
+        """The scorer and the step reading that `method_scorer` aggregates."""
+        for scorer in self.scorers:
+            for mode in scorer.modes:
+                aggregation = self.method_scorer.removeprefix(f"{scorer.name}_{mode}_")
+                if aggregation in rewards.AGGREGATIONS:
+                    return scorer, mode
+        raise ValueError(f"method_scorer {self.method_scorer!r} is none of {self.scorer_names()}")
+
+    def step_scores(self, batch: dict) -> dict[str, Tensor]:
+        """Every scorer's step scores [B, S] (NaN padding), keyed `<scorer>_<mode>`."""
+        raise NotImplementedError
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def load_causal_lm(self, path: str) -> PreTrainedModel:
+        dtype = self.hparams.torch_dtype
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype if dtype == "auto" else getattr(torch, dtype),
+            attn_implementation=self.hparams.attn_implementation,
+            trust_remote_code=self.hparams.trust_remote_code,
+        )
+
+    def on_fit_start(self) -> None:
+        datamodule = self.trainer.datamodule
+        stats = {f"data/{key}": float(value) for key, value in datamodule.summary.items()}
+        record_scalars(self.trainer, stats, step=0)
+        # `trainer.log_dir` is a collective under DDP: every rank asks, rank 0 writes (in on_fit_end, when
+        # the process group is gone).
+        self.export_path = Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "policy")
+
+    def on_fit_end(self) -> None:
+        if self.trainer.is_global_zero:
+            self.export(self.export_path)
+            self.trainer.datamodule.tokenizer.save_pretrained(self.export_path)
+            log.info("trained model written to %s", self.export_path)
+
+    def export(self, directory: Path) -> None:
+        """Write the trained model so that `from_pretrained` (and `load_exported`) read it back."""
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            (p for p in self.parameters() if p.requires_grad),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(self.hparams.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * min(1.0, progress))).item())
+
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    # --- scoring -----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def score(self, batch: dict) -> dict:
+        """`steps`: every scorer's step scores [B, S] by `<scorer>_<mode>`; `scores` [B, K]: the response
+        scores in the order of `scorer_names()`. Identical records of the batch (best-of-N candidates often
+        repeat) are forwarded once and their scores copied."""
+        first: dict[str, int] = {}
+        keys = refcache.record_keys(batch)
+        for row, key in enumerate(keys):
+            first.setdefault(key, row)
+        if len(first) == len(keys):
+            return self._aggregate(self.step_scores(batch))
+        position = {key: i for i, key in enumerate(first)}
+        device = batch["input_ids"].device
+        inverse = torch.tensor([position[key] for key in keys], device=device)
+        unique = self.step_scores(select_rows(batch, torch.tensor(list(first.values()), device=device)))
+        return self._aggregate({name: value[inverse] for name, value in unique.items()})
+
+    def _aggregate(self, steps: dict[str, Tensor]) -> dict:
+        names = self.step_scorer_names()
+        columns = [rewards.aggregate(steps[name], how) for name in names for how in rewards.AGGREGATIONS]
+        return {"steps": steps, "scores": torch.stack(columns, -1)}
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.score(batch)
+
+    def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return self.score(batch)
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        return {"index": batch["index"], **self.score(batch)}
