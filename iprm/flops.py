@@ -141,7 +141,7 @@ class FlopsCounter(Callback):
         self._log_dir = Path(trainer.log_dir or ".")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.costs = {"policy": ForwardCost.of(pl_module.policy)}
+        self.costs = {"policy": ForwardCost.of(pl_module.trained_model)}
         if getattr(pl_module, "reference", None) is not None:
             self.costs["reference"] = ForwardCost.of(pl_module.reference)
         sampling = getattr(trainer.datamodule, "sampling_tokens", None)

@@ -103,6 +103,10 @@ class ImplicitPRM(RewardModel):
     # --- models -----------------------------------------------------------------------------------
 
     @property
+    def trained_model(self) -> PreTrainedModel:
+        return self.policy
+
+    @property
     def trains_with_reference(self) -> bool:
         return not self.hparams.reference_free
 

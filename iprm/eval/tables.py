@@ -23,10 +23,16 @@ def _mean(values: list[float]) -> float:
 
 
 def table1(
-    results: dict[str, dict[str, float]], prm_scorers: list[str], reference_scorer: str, label: str = "PRM"
+    results: dict[str, dict[str, float]],
+    prm_scorers: list[str],
+    reference_scorer: str | None,
+    label: str = "PRM",
 ) -> list[dict]:
-    """`results` maps each set (generator) to its flat selection metrics (`bon@16/<scorer>`, `maj@16`, …)."""
-    methods = [(f"reference-only ({reference_scorer})", f"bon@{{n}}/{reference_scorer}")]
+    """`results` maps each set (generator) to its flat selection metrics (`bon@16/<scorer>`, `maj@16`, …);
+    no reference-only row where `reference_scorer` is None (a model without one)."""
+    methods = []
+    if reference_scorer is not None:
+        methods += [(f"reference-only ({reference_scorer})", f"bon@{{n}}/{reference_scorer}")]
     methods += [(f"{label} best-of-N ({s})", f"bon@{{n}}/{s}") for s in prm_scorers]
     methods += [("majority voting", "maj@{n}")]
     methods += [(f"{label} weighted majority ({s})", f"wmaj@{{n}}/{s}") for s in prm_scorers]

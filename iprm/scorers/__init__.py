@@ -2,5 +2,6 @@
 a value head (`explicit.ExplicitPRM`), and the step-labelling methods they train on (`labels`)."""
 
 from iprm.scorers.base import RewardModel, Scorer
+from iprm.scorers.explicit import ExplicitPRM
 
-__all__ = ["RewardModel", "Scorer"]
+__all__ = ["ExplicitPRM", "RewardModel", "Scorer"]

@@ -60,6 +60,11 @@ class RewardModel(L.LightningModule):
     trains_with_reference: bool = False  # the training step forwards a frozen reference (FLOPs)
     forwards_mismatched_pairs: bool = False  # the training step also forwards mismatched pairs (FLOPs)
 
+    @property
+    def trained_model(self) -> PreTrainedModel:
+        """The decoder that training updates (its shape sets the FLOPs of a training pass)."""
+        raise NotImplementedError
+
     def scorer_names(self) -> list[str]:
         return response_scorer_names(self.scorers)
 

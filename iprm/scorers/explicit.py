@@ -1,0 +1,228 @@
+"""Explicit reward models: a causal LM whose value head is read at every step end, trained with cross-entropy.
+
+These are the paper's baselines beside the implicit PRM, on the same data path and evaluation:
+
+    v_k = σ(h_k)        the value of step k's prefix: the probability that it leads to a correct answer
+
+with h_k read off the hidden state at the last token of step k, by a linear head ("linear") or by the LM's
+own next-token logits of a positive and a negative token, h_k = logit(+) − logit(−) ("generative",
+Math-Shepherd's parameterisation). Two targets:
+
+    outcome   an ORM: −[l·log σ(h_S) + (1 − l)·log σ(−h_S)] at the last step end S, l the outcome label
+    steps     a PRM: the mean over known steps of −[t_k·log σ(h_k) + (1 − t_k)·log σ(−h_k)], t_k the batch's
+              `step_targets` (whether steps 1..k are all correct, or a labelling method's estimate in
+              [0, 1]: Math-Shepherd's Monte-Carlo values, AutoPSV's, `iprm.scorers.labels`)
+
+Its one scorer, named by `name`, reads v_k ("step"); the method scores a response by the last step's value
+(ORM) or the minimum over steps (PRM, as Math-Shepherd does).
+"""
+
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoTokenizer, PreTrainedModel
+
+from iprm.scorers.base import RewardModel, Scorer
+
+log = logging.getLogger(__name__)
+HEAD_FILE, HEAD_CONFIG = "value_head.safetensors", "value_head.json"
+
+
+class ExplicitPRM(RewardModel):
+    """A PRM (or ORM) with a value head, trained on step targets (or outcome labels).
+
+    Args:
+        model_path: starting checkpoint (linked from `data.model_path`): the same reference policy the
+            implicit PRM starts from.
+        name: the scorer's name in every table and metric (`<name>_step_min`, …), e.g. "orm",
+            "math_shepherd", "autopsv", "oracle".
+        target: "outcome" trains an ORM on the outcome label at the last step end; "steps" a PRM on every
+            known step target.
+        head: "linear" (a linear layer on the last hidden state) or "generative" (logit of
+            `positive_token` minus logit of `negative_token`, from the LM's own head).
+        positive_token: the token read as "good step" by the generative head (one token of the tokenizer).
+        negative_token: the token read as "bad step" by the generative head.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        warmup_ratio: fraction of the optimisation steps spent warming the learning rate up linearly;
+            cosine decay to zero follows.
+        torch_dtype: dtype the model is loaded in ("float32", "bfloat16", "float16" or "auto").
+        attn_implementation: attention kernel passed to `from_pretrained`.
+        trust_remote_code: allow checkpoints that ship their own modelling code (off: it runs that code).
+        export_dir: where the trained model and its head are written at the end of `fit`; None writes
+            `<log_dir>/policy`.
+    """
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        name: str = "explicit",
+        target: Literal["outcome", "steps"] = "steps",
+        head: Literal["linear", "generative"] = "linear",
+        positive_token: str = "+",
+        negative_token: str = "-",
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_ratio: float = 0.0,
+        torch_dtype: str = "float32",
+        attn_implementation: str | None = "sdpa",
+        trust_remote_code: bool = False,
+        export_dir: str | None = None,
+    ):
+        super().__init__()
+        if target not in ("outcome", "steps") or head not in ("linear", "generative"):
+            raise ValueError(f"target must be 'outcome' or 'steps' and head 'linear' or 'generative', got "
+                             f"{target!r}, {head!r}")  # fmt: skip
+        if not name.isidentifier():
+            raise ValueError(f"name must be an identifier (it names metrics), got {name!r}")
+        self.save_hyperparameters()
+        self.model: PreTrainedModel | None = None
+        self.value_head: nn.Linear | None = None
+        self.head_tokens: tuple[int, int] | None = None
+
+    @property
+    def scorers(self) -> tuple[Scorer, ...]:
+        return (Scorer(self.hparams.name, ("step",)),)
+
+    @property
+    def method_scorer(self) -> str:
+        return f"{self.hparams.name}_step_{'last' if self.hparams.target == 'outcome' else 'min'}"
+
+    @property
+    def table_scorers(self) -> tuple[str, ...]:
+        return (self.method_scorer,)
+
+    @property
+    def figure_scorers(self) -> tuple[str, ...]:
+        return (self.method_scorer,)
+
+    @property
+    def trained_model(self) -> PreTrainedModel:
+        return self.model
+
+    # --- models -----------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.hparams.model_path is None:
+            raise ValueError("model.model_path is not set: give data.model_path (or a data source of it)")
+        self.model = self.load_causal_lm(self.hparams.model_path).train()
+        if self.hparams.head == "linear":
+            self.value_head = nn.Linear(self.model.config.hidden_size, 1)
+            self.value_head.to(self.model.dtype)
+            head_file = Path(self.hparams.model_path) / HEAD_FILE
+            if head_file.is_file():  # continuing from an exported explicit PRM
+                self.value_head.load_state_dict(load_file(head_file))
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.head == "generative" and self.trainer is not None and self.trainer.datamodule:
+            self.head_tokens = head_token_ids(
+                self.trainer.datamodule.tokenizer, self.hparams.positive_token, self.hparams.negative_token
+            )
+
+    def export(self, directory: Path) -> None:
+        self.model.save_pretrained(directory)
+        if self.value_head is not None:
+            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / HEAD_FILE)
+        (directory / HEAD_CONFIG).write_text(json.dumps(dict(self.hparams), indent=2) + "\n")
+
+    # --- the value at every step end ---------------------------------------------------------------
+
+    def step_logits(self, batch: dict) -> Tensor:
+        """h_k [B, S] at each step end (NaN padding)."""
+        ends = batch["step_ends"]
+        hidden = self.model.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+        ).last_hidden_state
+        rows = torch.arange(len(ends), device=ends.device).unsqueeze(-1)
+        at_ends = hidden[rows, ends.clamp(min=0)]  # [B, S, H]
+        if self.value_head is not None:
+            logits = self.value_head(at_ends).squeeze(-1)
+        else:
+            if self.head_tokens is None:
+                raise RuntimeError("the generative head needs its token ids: call setup() with a datamodule")
+            positive, negative = self.head_tokens
+            weights = self.model.get_output_embeddings().weight[[positive, negative]]  # [2, H]
+            pair = at_ends @ weights.T
+            logits = pair[..., 0] - pair[..., 1]
+        return logits.float().masked_fill(ends < 0, float("nan"))
+
+    def step_scores(self, batch: dict) -> dict[str, Tensor]:
+        return {f"{self.hparams.name}_step": torch.sigmoid(self.step_logits(batch))}
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        logits = self.step_logits(batch)
+        if self.hparams.target == "outcome":
+            loss, accuracy = outcome_loss(logits, batch["labels"])
+        else:
+            loss, accuracy = step_target_loss(logits, batch["step_targets"])
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite training loss ({loss.item()}) at global step {self.global_step}; "
+                "lower model.lr, check the data, or use a float32 dtype"
+            )
+        size = len(batch["labels"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log("train/accuracy", accuracy, batch_size=size)
+        return loss
+
+
+def head_token_ids(tokenizer, positive: str, negative: str) -> tuple[int, int]:
+    """The ids of the generative head's two tokens; each must be exactly one token of the tokenizer."""
+    ids = []
+    for token in (positive, negative):
+        encoded = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(encoded) != 1:
+            raise ValueError(f"the generative head's token {token!r} is {len(encoded)} tokens, not one")
+        ids.append(encoded[0])
+    return ids[0], ids[1]
+
+
+def last_step(values: Tensor) -> Tensor:
+    """Each row's value at its last step [B] (rows are NaN-padded on the right)."""
+    count = (~values.isnan()).sum(-1)
+    return values.gather(-1, (count - 1).clamp(min=0).unsqueeze(-1)).squeeze(-1)
+
+
+def outcome_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """The ORM's loss: cross-entropy of the last step end's logit against the outcome label; and the
+    accuracy of its sign."""
+    last = last_step(logits)
+    accuracy = ((last > 0) == labels.bool()).float().mean()
+    return F.binary_cross_entropy_with_logits(last, labels.to(last.dtype)), accuracy.detach()
+
+
+def step_target_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The PRM's loss: mean cross-entropy of every known step's logit against its target in [0, 1]; and
+    the accuracy of its sign against the rounded target. A zero that keeps the graph without any."""
+    known = ~targets.isnan() & ~logits.isnan()
+    if not known.any():
+        return logits.nan_to_num().sum() * 0.0, torch.tensor(float("nan"))
+    h, t = logits[known], targets[known].to(logits.dtype)
+    accuracy = ((h > 0) == (t > 0.5)).float().mean()
+    return F.binary_cross_entropy_with_logits(h, t), accuracy.detach()
+
+
+def load_exported(directory: str | Path, torch_dtype: str = "float32") -> ExplicitPRM:
+    """An exported explicit PRM or ORM (`ExplicitPRM.export`), ready to score batches (eval mode)."""
+    directory = Path(directory)
+    config = directory / HEAD_CONFIG
+    if not config.is_file():
+        raise FileNotFoundError(f"{directory} is not an exported explicit PRM: no {HEAD_CONFIG}")
+    hparams = json.loads(config.read_text())
+    hparams.update(model_path=str(directory), torch_dtype=torch_dtype, trust_remote_code=False, export_dir=None)
+    module = ExplicitPRM(**hparams)
+    module.configure_model()
+    if module.hparams.head == "generative":
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        module.head_tokens = head_token_ids(tokenizer, module.hparams.positive_token, module.hparams.negative_token)
+    return module.eval()
