@@ -18,6 +18,9 @@ embeddings are (Llama has none). A backward pass costs 2× the forward, so a tra
     data FLOPs     = F over the rollouts the run needed sampled, with a KV cache: every prompt token and
                      every generated token passes the sampling model once; the attention context is the
                      mean sequence length, T/S for T tokens in S sequences: 2·N·T + 2·n_layers·d_model·T²/S
+                   + what deriving step labels cost, for the explicit-PRM baselines (`iprm.scorers.labels`:
+                     Math-Shepherd's Monte-Carlo completions, counted the same way; AutoPSV's ORM training
+                     and its forward over every training response)
 
 L is the count of real tokens (attention-mask sums); padding is not counted. The sampling model is the
 starting checkpoint, as in the paper (the world samples its rollouts from its reference policy); the data
@@ -147,6 +150,10 @@ class FlopsCounter(Callback):
         sampling = getattr(trainer.datamodule, "sampling_tokens", None)
         # The rollouts were sampled by the starting checkpoint, which is the policy before training.
         self.data = data_flops(sampling(), self.costs["policy"]) if sampling else {"flops": math.nan}
+        labelling = getattr(trainer.datamodule, "labelling_cost", None)
+        if labelling:  # step labels derived for the baselines: Monte-Carlo completions, ORM passes
+            self.data = {**self.data, "rollout_flops": self.data["flops"], "labelling": labelling}
+            self.data["flops"] = self.data["rollout_flops"] + labelling["flops"]
         record_scalars(trainer, {"flops/data": self.data["flops"]}, step=0)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
@@ -182,6 +189,9 @@ class FlopsCounter(Callback):
             return
         path = self._log_dir / "flops.json"
         models = {name: c.as_dict() for name, c in self.costs.items()}
-        with atomic_write(path) as file:
-            file.write(json.dumps({**cost, "models": models}, indent=2) + "\n")
+        # Also beside the exported model: what it cost travels with it (AutoPSV adds its ORM's to its own).
+        export = getattr(pl_module, "export_path", None)
+        for target in (path, *([export / "flops.json"] if export is not None else [])):
+            with atomic_write(target) as file:
+                file.write(json.dumps({**cost, "models": models}, indent=2) + "\n")
         log.info("training %.3g FLOPs, data %.3g FLOPs (written to %s)", cost["train"], cost["data"], path)

@@ -141,10 +141,9 @@ class BestOfNEvaluation(Callback):
             values = {key: float(value) for key, value in self.metrics[k].compute().items()}
             steps = self._step_metrics(k)
             values |= _method_alias(values, pl_module.method_scorer)
-            if self.method_step_scorer in steps:
-                steps[METHOD] = steps[self.method_step_scorer]
+            aliased = steps | ({METHOD: steps[self.method_step_scorer]} if self.method_step_scorer in steps else {})
             flat = values | {
-                f"process/{s}/{key}": v for s, by_key in steps.items() for key, v in by_key.items()
+                f"process/{s}/{key}": v for s, by_key in aliased.items() for key, v in by_key.items()
             }
             pl_module.log_dict(  # float64: the metrics file keeps every digit the tables have
                 {f"{stage}/{name}/{key}": torch.tensor(v, dtype=torch.float64) for key, v in flat.items()},

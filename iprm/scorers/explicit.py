@@ -17,6 +17,7 @@ Its one scorer, named by `name`, reads v_k ("step"); the method scores a respons
 (ORM) or the minimum over steps (PRM, as Math-Shepherd does).
 """
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -131,7 +132,8 @@ class ExplicitPRM(RewardModel):
         self.model.save_pretrained(directory)
         if self.value_head is not None:
             save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / HEAD_FILE)
-        (directory / HEAD_CONFIG).write_text(json.dumps(dict(self.hparams), indent=2) + "\n")
+        config = {key: value for key, value in self.hparams.items() if key in _ARGUMENTS}
+        (directory / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
     # --- the value at every step end ---------------------------------------------------------------
 
@@ -176,6 +178,9 @@ class ExplicitPRM(RewardModel):
         return loss
 
 
+_ARGUMENTS = set(inspect.signature(ExplicitPRM.__init__).parameters) - {"self"}
+
+
 def head_token_ids(tokenizer, positive: str, negative: str) -> tuple[int, int]:
     """The ids of the generative head's two tokens; each must be exactly one token of the tokenizer."""
     ids = []
@@ -218,7 +223,7 @@ def load_exported(directory: str | Path, torch_dtype: str = "float32") -> Explic
     config = directory / HEAD_CONFIG
     if not config.is_file():
         raise FileNotFoundError(f"{directory} is not an exported explicit PRM: no {HEAD_CONFIG}")
-    hparams = json.loads(config.read_text())
+    hparams = {k: v for k, v in json.loads(config.read_text()).items() if k in _ARGUMENTS}
     hparams.update(model_path=str(directory), torch_dtype=torch_dtype, trust_remote_code=False, export_dir=None)
     module = ExplicitPRM(**hparams)
     module.configure_model()

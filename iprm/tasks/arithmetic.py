@@ -164,3 +164,8 @@ def verify(problem: Problem, response: str) -> Verdict:
         step_tags.append(BORROW if op == "-" and needs_borrow(left, right) else "")
     label = answer is not None and lines[-1].startswith("A:") and int(answer) == values[-1]
     return Verdict(label, answer, tuple(step_labels), tuple(step_tags))
+
+
+def grade(prompt: str, response: str) -> bool:
+    """The outcome label of a response to an arithmetic prompt (`verify(…).label`)."""
+    return verify(parse_problem(prompt), response).label
