@@ -55,6 +55,8 @@ HEADLINE = {
     "PRM bo@{n} (single min)": "{set}/bon@{n}/prm_single_min",
     "wmaj@{n} (acc. min)": "{set}/wmaj@{n}/prm_accumulative_min",
     "wmaj@{n} (single min)": "{set}/wmaj@{n}/prm_single_min",
+    "method bo@{n}": "{set}/bon@{n}/method",  # each model's own method scorer: compares reward models
+    "method step F1": "{set}/process/method/f1",
 }
 COST = {"training FLOPs": "flops/train", "data FLOPs": "flops/data"}
 
@@ -128,11 +130,22 @@ def _flag_value(value: Any) -> str:
     return json.dumps(value)  # true/false/null, numbers, lists and dicts as the CLI parses them
 
 
+def _expand(value: Any, run: Run) -> str:
+    """A string override with its placeholders filled: `{seed}`, `{run}` (the run's directory), `{sweep}`
+    (the sweep's output directory) and `{grid}` (",<grid cell>" of the run's point name, or "" without a
+    grid cell), so one point can name another's output: `"{sweep}/orm{grid}/seed{seed}/orm"`."""
+    if not isinstance(value, str):
+        return _flag_value(value)
+    _, _, cell = run.point.partition(",")
+    fields = {"seed": run.seed, "run": run.directory, "sweep": run.directory.parent.parent}
+    return value.format(**fields, grid=f",{cell}" if cell else "")
+
+
 def cli_args(run: Run, base: list[str], extra: list[str], stage: str) -> list[str]:
-    """The arguments of `python -m iprm <stage>` for a run: configs, overrides, seed, its own log directory
-    (where checkpoints and the exported policy go too)."""
+    """The arguments of `python -m iprm <stage>` for a run: configs, overrides (placeholders filled, see
+    `_expand`), seed, its own log directory (where checkpoints and the exported policy go too)."""
     configs = [*base, *run.overrides.get("config", [])]
-    overrides = [[f"--{key}", _flag_value(v)] for key, v in run.overrides.items() if key != "config"]
+    overrides = [[f"--{key}", _expand(v, run)] for key, v in run.overrides.items() if key != "config"]
     return [
         *(arg for config in configs for arg in ("--config", config)),
         *itertools.chain.from_iterable(overrides),

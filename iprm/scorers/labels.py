@@ -178,10 +178,17 @@ class MonteCarloLabels(StepLabeller):
             self._cost = ForwardCost.of(self._model)
         return self._model, self._tokenizer
 
-    def _label(self, records: list[Record], context: LabellingContext) -> list[dict]:
+    def sample(self, prompts: list[str], seed: int, context: LabellingContext) -> list[str]:
+        """One completion per prompt from the reference (prompts repeat K times)."""
         from iprm.tasks.sampling import sample_responses  # iprm.tasks imports the data modules, and so this
 
         model, tokenizer = self._load(context)
+        return sample_responses(
+            model, tokenizer, prompts, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
+            seed=seed, batch_size=self.batch_size, desc=f"{self.method}: sampling",
+        )  # fmt: skip
+
+    def _label(self, records: list[Record], context: LabellingContext) -> list[dict]:
         prefixes = []  # (record index, step k, prefix text) for every step but the last
         for i, record in enumerate(records):
             steps = step_texts(record.response, context.separator)
@@ -189,17 +196,16 @@ class MonteCarloLabels(StepLabeller):
                 prefixes.append((i, k, context.separator.join(steps[:k]) + context.separator))
         prompts = [records[i].prompt + prefix for i, _, prefix in prefixes for _ in range(self.completions)]
         seed = random.Random(f"{self.seed}/{record_key(records[0])}").randrange(2**31)
-        completions = sample_responses(
-            model, tokenizer, prompts, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-            seed=seed, batch_size=self.batch_size, desc=f"{self.method}: sampling",
-        )  # fmt: skip
-        entries = [
-            {"values": [float(bool(r.label))] * len(step_texts(r.response, context.separator)), "flops": 0.0,
-             "tokens": 0}
-            for r in records
-        ]  # fmt: skip
-        prompt_tokens = [len(ids) for ids in tokenizer(prompts)["input_ids"]]
-        new_tokens = [len(ids) + 1 for ids in tokenizer(completions, add_special_tokens=False)["input_ids"]]
+        completions = self.sample(prompts, seed, context) if prompts else []
+        _, tokenizer = self._load(context)
+        # Every prompt token and every sampled token (with the EOS that ended it) passes the model once.
+        prompt_tokens = [len(ids) for ids in tokenizer(prompts)["input_ids"]] if prompts else []
+        sampled = tokenizer(completions, add_special_tokens=False)["input_ids"] if completions else []
+        new_tokens = [len(ids) + 1 for ids in sampled]
+        entries = []
+        for record in records:  # the last step's value is the response's own outcome
+            steps = len(step_texts(record.response, context.separator))
+            entries.append({"values": [float(bool(record.label))] * steps, "flops": 0.0, "tokens": 0})
         for p, (i, k, prefix) in enumerate(prefixes):
             span = slice(p * self.completions, (p + 1) * self.completions)
             correct = [context.grade(records[i].prompt, prefix + c) for c in completions[span]]

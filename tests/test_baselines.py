@@ -1,0 +1,189 @@
+"""The explicit-PRM baselines: their losses by hand, their step labels against the verifier, their cost by hand."""
+
+import math
+import random
+
+import pytest
+import torch
+from conftest import collate
+
+from iprm.data.records import Record
+from iprm.flops import ForwardCost
+from iprm.scorers import ExplicitPRM
+from iprm.scorers.explicit import load_exported, outcome_loss, step_target_loss
+from iprm.scorers.labels import LabellingContext, MonteCarloLabels, autopsv_values, step_texts
+from iprm.tasks.arithmetic import STEP_PATTERN, apply, grade, needs_borrow, parse_problem, sample_problem, solve
+from iprm.tasks.arithmetic import subtract_without_borrowing, verify
+
+NAN = math.nan
+
+
+def test_outcome_loss_by_hand():
+    """Rows end at their last non-NaN step: h = −2 (label 1) and h = 0.5 (label 0), so the loss is
+    ½·[log(1 + e²) + log(1 + e^0.5)] = ½·(2.126928 + 0.974077) = 1.550502, and both signs are wrong."""
+    logits = torch.tensor([[1.0, -2.0, NAN], [0.5, NAN, NAN]])
+    loss, accuracy = outcome_loss(logits, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(1.550502, abs=1e-6)
+    assert accuracy.item() == 0.0
+
+
+def test_step_target_loss_by_hand_with_soft_targets():
+    """Known steps (h, t): (0, ½) → log 2 = 0.693147; (2, 1) → log(1 + e⁻²) = 0.126928; (1, 0) →
+    log(1 + e) = 1.313262; the mean is 0.711112. Signs against rounded targets: (0 > 0) ≠ (½ > ½) is
+    False = False → right; right; wrong → 2/3."""
+    logits = torch.tensor([[0.0, 2.0], [1.0, NAN]])
+    targets = torch.tensor([[0.5, 1.0], [0.0, NAN]])
+    loss, accuracy = step_target_loss(logits, targets)
+    assert loss.item() == pytest.approx(0.711112, abs=1e-6)
+    assert accuracy.item() == pytest.approx(2 / 3)
+
+
+def test_step_targets_are_prefix_correctness_or_the_labelled_values(char_tokenizer):
+    records = [
+        Record("a", "Q:12-5+3\n", "12-5=13\n13+3=16\nA:16", False, step_labels=(False, True, False)),
+        Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True, step_values=(0.5, 0.25, 1.0)),
+        Record("b", "Q:4*2\n", "4*2=8\nA:8", True),
+    ]
+    targets = collate(char_tokenizer, records)["step_targets"]
+    assert targets[0].tolist() == [0.0, 0.0, 0.0]  # steps 1..k all correct: never, after a wrong step 1
+    assert targets[1].tolist() == [0.5, 0.25, 1.0]
+    assert targets[2].isnan().all()
+
+
+def _explicit(tiny_model_dir: str, char_tokenizer, **kwargs) -> ExplicitPRM:
+    module = ExplicitPRM(model_path=tiny_model_dir, name="ms", **kwargs)
+    module.configure_model()
+    if module.hparams.head == "generative":
+        from iprm.scorers.explicit import head_token_ids
+
+        module.head_tokens = head_token_ids(char_tokenizer, "+", "-")
+    return module
+
+
+RECORDS = [
+    Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True, step_labels=(True, True, True)),
+    Record("a", "Q:12-5+3\n", "12-5=13\nA:13", False, step_labels=(False, False)),
+]
+
+
+@pytest.mark.parametrize("head", ["linear", "generative"])
+def test_explicit_prm_scores_step_ends_and_one_step_trains_the_model(tiny_model_dir, char_tokenizer, head):
+    module = _explicit(tiny_model_dir, char_tokenizer, head=head, lr=1e-2)
+    batch = collate(char_tokenizer, RECORDS)
+    scored = module.score(batch)
+    steps = scored["steps"]["ms_step"]
+    assert steps.shape == batch["step_ends"].shape
+    assert ((steps > 0) & (steps < 1)).sum() == 5 and steps[1, 2].isnan()
+    assert module.scorer_names() == [f"ms_step_{how}" for how in ("min", "sum", "mean", "last")]
+    assert module.method_scorer == "ms_step_min"
+    assert scored["scores"][:, 0].tolist() == pytest.approx([steps[0].min().item(), steps[1, :2].min().item()])
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    optimizer = torch.optim.SGD(module.parameters(), lr=1e-1)
+    module.training_step(batch, 0).backward()
+    optimizer.step()
+    changed = [k for k, v in module.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.startswith("model.model.layers") for k in changed)
+    assert head == "generative" or {"value_head.weight", "value_head.bias"} <= set(changed)
+
+
+def test_export_and_load_give_the_same_scores(tiny_model_dir, char_tokenizer, tmp_path):
+    module = _explicit(tiny_model_dir, char_tokenizer, target="outcome").eval()
+    torch.nn.init.normal_(module.value_head.weight)
+    module.export(tmp_path)
+    char_tokenizer.save_pretrained(tmp_path)
+    loaded = load_exported(tmp_path)
+    batch = collate(char_tokenizer, RECORDS)
+    assert loaded.method_scorer == "ms_step_last"
+    assert torch.allclose(loaded.step_logits(batch), module.step_logits(batch), equal_nan=True)
+
+
+class StudentLabels(MonteCarloLabels):
+    """Monte-Carlo labels whose completions come from the world's student, not a network: it carries on
+    from the value the prefix reached, following the misconception on half of its borrowing subtractions."""
+
+    def sample(self, prompts: list[str], seed: int, context) -> list[str]:
+        rng, out = random.Random(seed), []
+        for prompt in prompts:
+            question, _, prefix = prompt.partition("\n")
+            problem = parse_problem(question + "\n")
+            done = [line for line in prefix.split("\n") if line]
+            value = int(STEP_PATTERN.match(done[-1])[4])
+            lines = []
+            for op, operand in problem.operations[len(done) :]:
+                buggy = op == "-" and needs_borrow(value, operand) and rng.random() < 0.5
+                result = subtract_without_borrowing(value, operand) if buggy else apply(value, op, operand)
+                lines.append(f"{value}{op}{operand}={result}")
+                value = result
+            out.append("\n".join([*lines, f"A:{value}"]))
+        self.sampled = getattr(self, "sampled", []) + list(zip(prompts, out, strict=True))
+        return out
+
+
+def _world_records(count: int) -> list[Record]:
+    rng = random.Random(0)
+    records = []
+    for i in range(count):
+        problem = sample_problem(rng, 2, 4, 200)
+        response = solve(problem, rng, misconception_rate=0.6)
+        verdict = verify(problem, response)
+        records.append(Record(str(i), problem.prompt, response, verdict.label, step_labels=verdict.step_labels))
+    return records
+
+
+def _context(tiny_model_dir: str, tmp_path) -> LabellingContext:
+    return LabellingContext(tiny_model_dir, "\n", grade, tmp_path / "labels")
+
+
+def test_monte_carlo_hard_labels_with_many_completions_equal_prefix_solvable(tiny_model_dir, tmp_path):
+    """With K = 64 completions, a prefix is labelled good exactly when it is still solvable: its steps are
+    all correct (a completion carries on from a wrong value and cannot recover); the last step's value is the
+    outcome. Soft labels are the fraction of good completions: 0 after a wrong step, in (0, 1] before."""
+    records = _world_records(40)
+    hard, _ = StudentLabels(completions=64).label(records, _context(tiny_model_dir, tmp_path))
+    soft, _ = StudentLabels(completions=64, rule="soft").label(records, _context(tiny_model_dir, tmp_path))
+    assert sum(not r.label for r in records) >= 10 and sum(r.label for r in records) >= 10
+    for record, h, s in zip(records, hard, soft, strict=True):
+        solvable = [float(all(record.step_labels[: k + 1])) for k in range(len(record.step_labels) - 1)]
+        assert list(h.step_values) == [*solvable, float(record.label)]
+        assert h.step_labels is None  # the world's true labels never reach the baseline
+        for value, good in zip(s.step_values, solvable, strict=False):
+            assert (value > 0) == bool(good) and 0 <= value <= 1
+
+
+def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir, tmp_path, char_tokenizer):
+    """Hand count with the character tokenizer: each completion costs <bos> + its prompt and prefix + its
+    characters + the <eos> that ended it; each prefix's K completions are one KV-cached sampling."""
+    records = _world_records(3)
+    labeller = StudentLabels(completions=4)
+    _, cost = labeller.label(records, _context(tiny_model_dir, tmp_path))
+    from transformers import AutoModelForCausalLM
+
+    forward = ForwardCost.of(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    prefixes = sum(len(step_texts(r.response, "\n")) - 1 for r in records)
+    assert len(labeller.sampled) == 4 * prefixes
+    tokens = [1 + len(prompt) + len(completion) + 1 for prompt, completion in labeller.sampled]
+    groups = [tokens[i : i + 4] for i in range(0, len(tokens), 4)]
+    assert cost["tokens"] == sum(tokens)
+    assert cost["flops"] == pytest.approx(sum(forward.sampling(sum(g), 4) for g in groups), rel=1e-12)
+    assert cost["records"] == 3
+
+
+def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):
+    records = _world_records(6)
+    first, cost = StudentLabels(completions=4).label(records[:4], _context(tiny_model_dir, tmp_path))
+
+    class Refusing(StudentLabels):
+        def sample(self, prompts, seed, context):
+            assert len({p.partition("\n")[0] for p in prompts}) <= 2, "cached records were relabelled"
+            return super().sample(prompts, seed, context)
+
+    again, again_cost = Refusing(completions=4).label(records, _context(tiny_model_dir, tmp_path))
+    assert again[:4] == first and again_cost["flops"] > cost["flops"]
+    assert len(list((tmp_path / "labels").glob("*/part-*.jsonl"))) == 2
+
+
+def test_autopsv_rule_on_a_hand_example():
+    """c = 0.8 (prompt), 0.7, 0.3, 0.6: step 1 drops 12.5 % (good), step 2 drops 57 % > 50 % (bad), step 3
+    follows a bad step (bad, though its confidence rises)."""
+    assert autopsv_values([0.8, 0.7, 0.3, 0.6], threshold=0.5) == [1.0, 0.0, 0.0]
+    assert autopsv_values([0.8, 0.7, 0.3, 0.6], threshold=0.6) == [1.0, 1.0, 1.0]
