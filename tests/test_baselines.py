@@ -187,3 +187,39 @@ def test_autopsv_rule_on_a_hand_example():
     follows a bad step (bad, though its confidence rises)."""
     assert autopsv_values([0.8, 0.7, 0.3, 0.6], threshold=0.5) == [1.0, 0.0, 0.0]
     assert autopsv_values([0.8, 0.7, 0.3, 0.6], threshold=0.6) == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.integration
+def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_path):
+    """The baselines' configs end to end on the miniature world: the ORM exports its head and its cost,
+    AutoPSV labels with it and counts that cost in its data FLOPs, Math-Shepherd samples its labels (cached
+    for the next run) and counts their sampling; each reports its own method scorer."""
+    import json
+    from pathlib import Path
+
+    from iprm.cli import main
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+
+    def fit(name: str, *extra: str) -> dict:
+        main([
+            "fit", "--config", str(configs / "smoke.yaml"), "--config", str(configs / "baselines" / f"{name}.yaml"),
+            "--data.world.root", str(smoke_world_root), "--trainer.default_root_dir", str(tmp_path / name),
+            "--trainer.logger.init_args.save_dir", str(tmp_path / name), "--trainer.limit_val_batches", "1",
+            "--model.export_dir", str(tmp_path / name / "export"), *extra,
+        ])  # fmt: skip
+        run = next((tmp_path / name / "smoke").glob("version_*"))
+        return json.loads((run / "fit-metrics.json").read_text()) | {"flops": json.loads((run / "flops.json").read_text())}
+
+    orm = fit("orm")
+    assert (tmp_path / "orm" / "export" / "value_head.safetensors").is_file()
+    assert "val/strong/bon@1/orm_step_last" in orm and "val/strong/bon@1/method" in orm
+    autopsv = fit("autopsv", "--data.step_labels.orm", str(tmp_path / "orm" / "export"))
+    labelling = autopsv["flops"]["data_tokens"]["labelling"]
+    assert labelling["method"] == "autopsv" and labelling["flops"] > orm["flops"]["train"]
+    assert autopsv["flops"]["data"] == pytest.approx(orm["flops"]["data"] + labelling["flops"])
+    shepherd = fit("math_shepherd", "--data.step_labels.completions", "2")
+    sampled = shepherd["flops"]["data_tokens"]["labelling"]
+    assert sampled["method"] == "math_shepherd" and sampled["flops"] > 0
+    assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/part-*.jsonl"))
+    assert "val/strong/process/math_shepherd_step/step_auroc" in shepherd
