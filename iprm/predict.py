@@ -2,8 +2,9 @@
 
 Each output line is the input record plus `step_scores` (the step scores of the model's method scorer, one
 list per step reading, one value per step: `single` and `accumulative` for the implicit PRM, `step` for an
-explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`). The file is
-written to a temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
+explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`). The
+file is written to a temporary name and renamed at the end, so a killed run never leaves a file that looks
+complete.
 """
 
 import dataclasses
@@ -25,7 +26,9 @@ def _finite(values: torch.Tensor) -> list[float]:
 
 def _scored(record, batch: dict, row: int, names: list[str], method: Scorer) -> dict:
     line = dataclasses.asdict(record)
-    line["step_scores"] = {mode: _finite(batch["steps"][f"{method.name}_{mode}"][row]) for mode in method.modes}
+    line["step_scores"] = {
+        mode: _finite(batch["steps"][f"{method.name}_{mode}"][row]) for mode in method.modes
+    }
     line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
     return line
 

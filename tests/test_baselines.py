@@ -1,19 +1,37 @@
-"""The explicit-PRM baselines: their losses by hand, their step labels against the verifier, their cost by hand."""
+"""The explicit-PRM baselines: losses by hand, step labels against the verifier, labelling cost by hand."""
 
+import json
 import math
 import random
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from conftest import collate
+from transformers import AutoModelForCausalLM
 
+from iprm.cli import main
 from iprm.data.records import Record
+from iprm.eval import as_policy
 from iprm.flops import ForwardCost
 from iprm.scorers import ExplicitPRM
-from iprm.scorers.explicit import load_exported, outcome_loss, step_target_loss
+from iprm.scorers.explicit import head_token_ids, load_exported, outcome_loss, step_target_loss
 from iprm.scorers.labels import LabellingContext, MonteCarloLabels, autopsv_values, step_texts
-from iprm.tasks.arithmetic import STEP_PATTERN, apply, grade, needs_borrow, parse_problem, sample_problem, solve
-from iprm.tasks.arithmetic import subtract_without_borrowing, verify
+from iprm.tasks.arithmetic import (
+    STEP_PATTERN,
+    apply,
+    grade,
+    needs_borrow,
+    parse_problem,
+    sample_problem,
+    solve,
+    subtract_without_borrowing,
+    verify,
+)
+from iprm.tasks.world import World
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 NAN = math.nan
 
@@ -54,8 +72,6 @@ def _explicit(tiny_model_dir: str, char_tokenizer, **kwargs) -> ExplicitPRM:
     module = ExplicitPRM(model_path=tiny_model_dir, name="ms", **kwargs)
     module.configure_model()
     if module.hparams.head == "generative":
-        from iprm.scorers.explicit import head_token_ids
-
         module.head_tokens = head_token_ids(char_tokenizer, "+", "-")
     return module
 
@@ -76,7 +92,9 @@ def test_explicit_prm_scores_step_ends_and_one_step_trains_the_model(tiny_model_
     assert ((steps > 0) & (steps < 1)).sum() == 5 and steps[1, 2].isnan()
     assert module.scorer_names() == [f"ms_step_{how}" for how in ("min", "sum", "mean", "last")]
     assert module.method_scorer == "ms_step_min"
-    assert scored["scores"][:, 0].tolist() == pytest.approx([steps[0].min().item(), steps[1, :2].min().item()])
+    assert scored["scores"][:, 0].tolist() == pytest.approx(
+        [steps[0].min().item(), steps[1, :2].min().item()]
+    )
     before = {k: v.clone() for k, v in module.state_dict().items()}
     optimizer = torch.optim.SGD(module.parameters(), lr=1e-1)
     module.training_step(batch, 0).backward()
@@ -126,7 +144,9 @@ def _world_records(count: int) -> list[Record]:
         problem = sample_problem(rng, 2, 4, 200)
         response = solve(problem, rng, misconception_rate=0.6)
         verdict = verify(problem, response)
-        records.append(Record(str(i), problem.prompt, response, verdict.label, step_labels=verdict.step_labels))
+        records.append(
+            Record(str(i), problem.prompt, response, verdict.label, step_labels=verdict.step_labels)
+        )
     return records
 
 
@@ -156,8 +176,6 @@ def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir,
     records = _world_records(3)
     labeller = StudentLabels(completions=4)
     _, cost = labeller.label(records, _context(tiny_model_dir, tmp_path))
-    from transformers import AutoModelForCausalLM
-
     forward = ForwardCost.of(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     prefixes = sum(len(step_texts(r.response, "\n")) - 1 for r in records)
     assert len(labeller.sampled) == 4 * prefixes
@@ -194,22 +212,19 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
     """The baselines' configs end to end on the miniature world: the ORM exports its head and its cost,
     AutoPSV labels with it and counts that cost in its data FLOPs, Math-Shepherd samples its labels (cached
     for the next run) and counts their sampling; each reports its own method scorer."""
-    import json
-    from pathlib import Path
-
-    from iprm.cli import main
-
-    configs = Path(__file__).resolve().parents[1] / "configs"
 
     def fit(name: str, *extra: str) -> dict:
         main([
-            "fit", "--config", str(configs / "smoke.yaml"), "--config", str(configs / "baselines" / f"{name}.yaml"),
+            "fit", "--config", str(CONFIGS / "smoke.yaml"),
+            "--config", str(CONFIGS / "baselines" / f"{name}.yaml"),
             "--data.world.root", str(smoke_world_root), "--trainer.default_root_dir", str(tmp_path / name),
             "--trainer.logger.init_args.save_dir", str(tmp_path / name), "--trainer.limit_val_batches", "1",
             "--model.export_dir", str(tmp_path / name / "export"), *extra,
         ])  # fmt: skip
         run = next((tmp_path / name / "smoke").glob("version_*"))
-        return json.loads((run / "fit-metrics.json").read_text()) | {"flops": json.loads((run / "flops.json").read_text())}
+        return json.loads((run / "fit-metrics.json").read_text()) | {
+            "flops": json.loads((run / "flops.json").read_text())
+        }
 
     orm = fit("orm")
     assert (tmp_path / "orm" / "export" / "value_head.safetensors").is_file()
@@ -223,3 +238,16 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
     assert sampled["method"] == "math_shepherd" and sampled["flops"] > 0
     assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/part-*.jsonl"))
     assert "val/strong/process/math_shepherd_step/step_auroc" in shepherd
+
+
+def test_as_policy_grades_greedy_and_sampled_answers_of_held_out_problems(smoke_world_root, tmp_path, capsys):
+    config = CONFIGS / "smoke.yaml"
+    settings = yaml.safe_load(config.read_text())["data"]["init_args"]["world"]
+    world = World.from_settings(settings | {"root": str(smoke_world_root)})
+    prompts = as_policy.held_out_prompts(world)
+    assert len(prompts) == settings["eval_problems"] and all(p.startswith("Q:") for p in prompts)
+    output = tmp_path / "table3.md"
+    as_policy.main(["--config", str(config), "--world.root", str(smoke_world_root), "--samples", "2",
+                    "--policy", f"reference={world.model_path}", "--output", str(output)])  # fmt: skip
+    assert "| reference | 6 |" in capsys.readouterr().out
+    assert output.read_text().startswith("| policy | problems | greedy | sampled |")

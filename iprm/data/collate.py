@@ -186,9 +186,9 @@ class Collator:
     Items are dicts with `record` (a `Record`), `index` and `group` (integer instruction id), and for
     evaluation sets also `problem`, `candidate` and `answer_id`. The batch holds `input_ids`,
     `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
-    label), `step_targets` [B, S] (each step prefix's training target in [0, 1], NaN unknown or padding: see
-    `_step_targets`), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`, `index` [B];
-    and `problem`, `candidate`, `answer` [B] when items carry them.
+    label), `step_targets` [B, S] (each step prefix's training target in [0, 1], NaN unknown or padding:
+    see `_step_targets`), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`,
+    `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them.
 
     Args:
         tokenizer: A fast tokenizer (character offsets are needed to find step ends).

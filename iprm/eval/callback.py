@@ -141,7 +141,9 @@ class BestOfNEvaluation(Callback):
             values = {key: float(value) for key, value in self.metrics[k].compute().items()}
             steps = self._step_metrics(k)
             values |= _method_alias(values, pl_module.method_scorer)
-            aliased = steps | ({METHOD: steps[self.method_step_scorer]} if self.method_step_scorer in steps else {})
+            aliased = steps | (
+                {METHOD: steps[self.method_step_scorer]} if self.method_step_scorer in steps else {}
+            )
             flat = values | {
                 f"process/{s}/{key}": v for s, by_key in aliased.items() for key, v in by_key.items()
             }

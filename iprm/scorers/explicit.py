@@ -131,7 +131,9 @@ class ExplicitPRM(RewardModel):
     def export(self, directory: Path) -> None:
         self.model.save_pretrained(directory)
         if self.value_head is not None:
-            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / HEAD_FILE)
+            save_file(
+                {k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / HEAD_FILE
+            )
         config = {key: value for key, value in self.hparams.items() if key in _ARGUMENTS}
         (directory / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
@@ -224,10 +226,14 @@ def load_exported(directory: str | Path, torch_dtype: str = "float32") -> Explic
     if not config.is_file():
         raise FileNotFoundError(f"{directory} is not an exported explicit PRM: no {HEAD_CONFIG}")
     hparams = {k: v for k, v in json.loads(config.read_text()).items() if k in _ARGUMENTS}
-    hparams.update(model_path=str(directory), torch_dtype=torch_dtype, trust_remote_code=False, export_dir=None)
+    hparams.update(
+        model_path=str(directory), torch_dtype=torch_dtype, trust_remote_code=False, export_dir=None
+    )
     module = ExplicitPRM(**hparams)
     module.configure_model()
     if module.hparams.head == "generative":
         tokenizer = AutoTokenizer.from_pretrained(directory)
-        module.head_tokens = head_token_ids(tokenizer, module.hparams.positive_token, module.hparams.negative_token)
+        module.head_tokens = head_token_ids(
+            tokenizer, module.hparams.positive_token, module.hparams.negative_token
+        )
     return module.eval()

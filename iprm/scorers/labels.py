@@ -77,7 +77,12 @@ class StepLabeller:
             with tqdm(total=len(missing), desc=f"{self.method}: labelling", unit="response") as progress:
                 for begin in range(0, len(missing), chunk):
                     part = missing[begin : begin + chunk]
-                    cache.add({record_key(r): entry for r, entry in zip(part, self._label(part, context), strict=True)})
+                    cache.add(
+                        {
+                            record_key(r): entry
+                            for r, entry in zip(part, self._label(part, context), strict=True)
+                        }
+                    )
                     progress.update(len(part))
         entries = [cache[record_key(r)] for r in records]
         labelled = [
@@ -258,7 +263,7 @@ class AutoPSVLabels(StepLabeller):
             with torch.no_grad():
                 confidence = torch.sigmoid(orm.step_logits(batch)).cpu()
             lengths = batch["attention_mask"].sum(-1)
-            for row, record in enumerate(part):
+            for row in range(len(part)):
                 c = confidence[row][~confidence[row].isnan()].tolist()
                 entries.append({
                     "values": autopsv_values(c, self.threshold),
@@ -272,7 +277,7 @@ def autopsv_values(confidence: list[float], threshold: float) -> list[float]:
     """Prefix values from an ORM's confidences [c_0 (prompt end), c_1, …, c_S]: 1 until the first step
     whose relative drop exceeds `threshold`, 0 from it on."""
     values, good = [], True
-    for before, after in zip(confidence, confidence[1:]):
+    for before, after in zip(confidence, confidence[1:], strict=False):
         good = good and not (before > 0 and (before - after) / before > threshold)
         values.append(float(good))
     return values

@@ -23,7 +23,8 @@ def sample_responses(
     batch_size: int = 512,
     desc: str = "world: sampling",
 ) -> list[str]:
-    """One sampled response per prompt (repeat a prompt to get several), cut at EOS."""
+    """One sampled response per prompt (repeat a prompt to get several), cut at EOS; `temperature=0` decodes
+    greedily."""
     encoded = tokenizer(prompts)["input_ids"]
     buckets: dict[int, list[int]] = defaultdict(list)
     for i, ids in enumerate(encoded):
@@ -38,13 +39,11 @@ def sample_responses(
                 input_ids = torch.tensor([encoded[i] for i in chunk], device=model.device)
                 torch.manual_seed(generator_seed)
                 generator_seed += 1
+                decoding = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
                 output = model.generate(
                     input_ids=input_ids,
                     attention_mask=torch.ones_like(input_ids),
-                    do_sample=True,
-                    temperature=temperature,
-                    top_k=0,
-                    top_p=1.0,
+                    **(decoding if temperature > 0 else {"do_sample": False}),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
