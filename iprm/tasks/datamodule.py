@@ -22,9 +22,10 @@ class WorldDataModule(PRMDataModule):
         extra_families: Second task families (`iprm.tasks.world.EXTRA_FAMILIES`) whose rollouts join the
             training set as extra instructions; sampled by the world's reference on first use.
         step_labels: How the training records' step labels are derived (`iprm.scorers.labels`):
-            Math-Shepherd's Monte-Carlo estimation (`MonteCarloLabels`) or AutoPSV's ORM confidence (`AutoPSVLabels`),
-            replacing the world's true labels, after the data knobs (so only the records a run trains on
-            are labelled); labels are cached under the world's directory. None keeps the world's labels.
+            Math-Shepherd's Monte-Carlo estimation (`MonteCarloLabels`) or AutoPSV's ORM confidence
+            (`AutoPSVLabels`), replacing the world's true labels, after the data knobs (so only the
+            records a run trains on are labelled); cached under the world's directory. None keeps the
+            world's labels.
         **kwargs: Everything else `PRMDataModule` takes: the data knobs, batch sizes, ...
     """
 
