@@ -59,5 +59,5 @@ class NoReferenceCache(ImplicitPRM):
 
 class EveryRowScored(ImplicitPRM):
     @torch.no_grad()
-    def score(self, batch: dict) -> dict[str, torch.Tensor]:
-        return self._score(batch)
+    def score(self, batch: dict) -> dict:
+        return self._aggregate(self.step_scores(batch))
