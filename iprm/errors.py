@@ -17,3 +17,7 @@ class ConfigError(IPRMError, ValueError):
 
 class MissingPathError(IPRMError, FileNotFoundError):
     """A file or directory that was named does not exist."""
+
+
+class RecordError(IPRMError, ValueError):
+    """A data file does not hold valid records; the message names the file, line (or row) and field."""

@@ -17,8 +17,10 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import refcache, rewards
 from iprm.data.collate import select_rows
+from iprm.errors import ConfigError
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
+from iprm.validate import check_model_path
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,8 @@ class ImplicitPRM(L.LightningModule):
         self.policy: PreTrainedModel | None = None
         self.reference: PreTrainedModel | None = None
         if reference_cache not in refcache.MODES:
-            raise ValueError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
+            raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
+        _check_settings(self.hparams)
         # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
         # reference's checkpoint is known, in `configure_model`).
         self._reference_cache = refcache.ReferenceCache("memory")
@@ -94,6 +97,7 @@ class ImplicitPRM(L.LightningModule):
     # --- models -----------------------------------------------------------------------------------
 
     def _load(self, path: str) -> PreTrainedModel:
+        check_model_path(path, "model.reference_path" if path == self.hparams.reference_path else "data.model_path")
         dtype = self.hparams.torch_dtype
         return AutoModelForCausalLM.from_pretrained(
             path,
@@ -134,6 +138,11 @@ class ImplicitPRM(L.LightningModule):
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule is not None:  # before the models load: refuse useless data
+            self.objective.check_dataset(*datamodule.train_labels_and_groups())
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
@@ -321,3 +330,21 @@ class ImplicitPRM(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         return {"index": batch["index"], **self.score(batch)}
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def _check_settings(hparams) -> None:
+    """Refuse settings that could only fail later, or silently mislead (a negative β flips every ranking)."""
+    problems = []
+    if hparams.inference_beta is not None and hparams.inference_beta <= 0:
+        problems.append(f"inference_beta must be positive, got {hparams.inference_beta}")
+    if hparams.lr <= 0:
+        problems.append(f"lr must be positive, got {hparams.lr}")
+    if not 0 <= hparams.warmup_ratio < 1:
+        problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
+    if hparams.torch_dtype not in DTYPES:
+        problems.append(f"torch_dtype must be one of {', '.join(DTYPES)}, got {hparams.torch_dtype!r}")
+    if problems:
+        raise ConfigError("model: " + "; ".join(problems))

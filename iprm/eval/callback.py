@@ -25,6 +25,7 @@ from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to
 from iprm.eval.selection import DEFAULT_NS
 from iprm.eval.tables import step_table, table1
 from iprm.rewards import scorer_names
+from iprm.validate import candidate_counts, check_names, check_ns
 
 # Step scorers: the key of `ImplicitPRM.score`'s output for each.
 STEP_SCORERS = {
@@ -59,6 +60,12 @@ class BestOfNEvaluation(Callback):
         table_scorers: list[str] = ["prm_accumulative_min", "prm_single_min"],  # noqa: B006
         reference_scorer: str = "reference_accumulative_last",
     ):
+        for setting, names in (
+            ("evaluation.figure_scorers", figure_scorers),
+            ("evaluation.table_scorers", table_scorers),
+            ("evaluation.reference_scorer", [reference_scorer]),
+        ):
+            check_names(names, scorer_names(), setting)
         self.ns = tuple(ns)
         self.figure_scorers = list(figure_scorers)
         self.heatmap_candidates = heatmap_candidates
@@ -68,6 +75,14 @@ class BestOfNEvaluation(Callback):
         self.process: list[dict[tuple[str, str], ProcessMetrics]] = []
         self.names: list[str] = []
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        datamodule = trainer.datamodule
+        stage = getattr(stage, "value", stage)  # Lightning passes a `TrainerFn`
+        sets = {"fit": "eval_records", "validate": "eval_records", "test": "test_records"}.get(stage)
+        if sets is not None and datamodule is not None:  # loaded by the data module's setup, just before
+            records = getattr(datamodule, sets)
+            check_ns(self.ns, {name: min(candidate_counts(rs).values()) for name, rs in records.items()})
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
