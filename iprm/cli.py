@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 
 import torch
+import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from iprm.data import PRMDataModule
-from iprm.errors import ConfigError
+from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.module import ImplicitPRM
@@ -49,6 +50,8 @@ COMMAND_LINE_ONLY = (
 class IPRMCLI(LightningCLI):
     def parse_arguments(self, parser, args) -> None:
         self._args = args  # kept to tell what the configs and flags set (`_given_model_arguments`)
+        if not isinstance(args, dict | Namespace):
+            check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
 
     def _parse_ckpt_path(self) -> None:
@@ -96,11 +99,74 @@ class IPRMCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps what an __init__ raises; show ours as it is
+            cause = _user_error(error)
+            if cause is None:
+                raise
+            raise cause from None
         config = self.config.get(str(self.subcommand), self.config)
         resolved = self._parser(self.subcommand).dump(config, skip_none=False)  # as config.yaml holds it
         digest = hashlib.sha256(resolved.encode()).hexdigest()
         self.trainer.callbacks.extend([FlopsCounter(), MetricsFile(config_digest=digest)])
+
+    def _check_inputs(self, stage: str) -> None:
+        """Load and check the data before the trainer starts: Lightning creates the log directory before
+        the data module's `setup`, and a refused input must leave nothing behind. Several processes check
+        in `setup` instead, after Lightning's barrier (rank 0 prepares the data)."""
+        if self.trainer.world_size > 1:
+            return
+        self.datamodule.prepare_data()
+        self.datamodule.setup(stage)
+        if stage == "fit":
+            labels, groups = self.datamodule.train_labels_and_groups()
+            self.model.objective.check_dataset(labels, groups, self.datamodule.train_path)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, BestOfNEvaluation):
+                callback.check_sets(self.datamodule, stage)
+
+    def before_fit(self) -> None:
+        self._check_inputs("fit")
+
+    def before_validate(self) -> None:
+        self._check_inputs("validate")
+
+    def before_test(self) -> None:
+        self._check_inputs("test")
+
+    def before_predict(self) -> None:
+        self._check_inputs("predict")
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse a `--config` file that is missing or not YAML, naming it (jsonargparse's message does not)."""
+    paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        if path.lstrip().startswith("{") or "\n" in path:  # YAML given inline, not a file
+            continue
+        if not Path(path).is_file():
+            raise MissingPathError(f"--config {path}: no such file")
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            problem = getattr(error, "problem", None) or error
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def _user_error(error: BaseException) -> IPRMError | None:
+    """The `IPRMError` an exception was raised from, if any."""
+    seen = 0
+    while error is not None and seen < 32:
+        if isinstance(error, IPRMError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def main(args: list[str] | None = None) -> IPRMCLI:

@@ -142,7 +142,7 @@ class ImplicitPRM(L.LightningModule):
     def setup(self, stage: str) -> None:
         datamodule = self.trainer.datamodule
         if stage == "fit" and datamodule is not None:  # before the models load: refuse useless data
-            self.objective.check_dataset(*datamodule.train_labels_and_groups())
+            self.objective.check_dataset(*datamodule.train_labels_and_groups(), datamodule.train_path)
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule

@@ -47,13 +47,13 @@ class Objective(nn.Module):
     def observe_dataset(self, labels: Tensor, groups: Tensor) -> None:
         """Receive the whole training set's labels and instruction ids once, before training."""
 
-    def check_dataset(self, labels: Tensor, groups: Tensor) -> None:
+    def check_dataset(self, labels: Tensor, groups: Tensor, where: str = "the training set") -> None:
         """Refuse a training set this objective learns nothing from: for pairwise objectives, one where no
         instruction has both a correct and an incorrect response (the loss would be 0 throughout)."""
         if self.pairwise and not pair_mask(labels, groups).any():
             name = type(self).__name__
             raise RecordError(
-                f"the training set has no instruction with both a correct and an incorrect response, so "
+                f"{where}: no instruction has both a correct and an incorrect response, so "
                 f"{name} has no pair to learn from; use data with several mixed responses per instruction, "
                 "or a pointwise objective (CE, KTO)"
             )

@@ -75,14 +75,21 @@ class BestOfNEvaluation(Callback):
         self.process: list[dict[tuple[str, str], ProcessMetrics]] = []
         self.names: list[str] = []
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._checked: set[str] = set()
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        datamodule = trainer.datamodule
-        stage = getattr(stage, "value", stage)  # Lightning passes a `TrainerFn`
+        if trainer.datamodule is not None:
+            self.check_sets(trainer.datamodule, getattr(stage, "value", stage))
+
+    def check_sets(self, datamodule, stage: str) -> None:
+        """Refuse `ns` that no best-of-N set of `stage` can supply (the data module's setup loaded them);
+        once per stage (the CLI checks before the trainer starts, the trainer again in `setup`)."""
         sets = {"fit": "eval_records", "validate": "eval_records", "test": "test_records"}.get(stage)
-        if sets is not None and datamodule is not None:  # loaded by the data module's setup, just before
-            records = getattr(datamodule, sets)
-            check_ns(self.ns, {name: min(candidate_counts(rs).values()) for name, rs in records.items()})
+        if sets is None or stage in self._checked:
+            return
+        smallest = {name: min(candidate_counts(rs).values()) for name, rs in getattr(datamodule, sets).items()}
+        check_ns(self.ns, smallest)
+        self._checked.add(stage)
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
