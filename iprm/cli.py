@@ -81,9 +81,13 @@ class IPRMCLI(LightningCLI):
         if isinstance(self._args, dict | Namespace):
             explicit = self.parser.parse_object(self._args, defaults=False)
         else:
-            explicit = self.parser.parse_args(sys.argv[1:] if self._args is None else self._args, defaults=False)
+            explicit = self.parser.parse_args(
+                sys.argv[1:] if self._args is None else self._args, defaults=False
+            )
         model = explicit.get(f"{subcommand}.model")
-        return {key.split(".")[0] for key in model.keys()} if isinstance(model, Namespace) else set()
+        if not isinstance(model, Namespace):
+            return set()
+        return {key.split(".")[0] for key in model.keys()}  # noqa: SIM118 (keys() flattens nested keys)
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

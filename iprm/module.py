@@ -97,7 +97,9 @@ class ImplicitPRM(L.LightningModule):
     # --- models -----------------------------------------------------------------------------------
 
     def _load(self, path: str) -> PreTrainedModel:
-        check_model_path(path, "model.reference_path" if path == self.hparams.reference_path else "data.model_path")
+        check_model_path(
+            path, "model.reference_path" if path == self.hparams.reference_path else "data.model_path"
+        )
         dtype = self.hparams.torch_dtype
         return AutoModelForCausalLM.from_pretrained(
             path,

@@ -132,4 +132,9 @@ def check_ns(ns: Iterable[int], smallest: dict[str, int], setting: str = "evalua
         )
     dropped = [n for n in ns if n > largest]
     if dropped:
-        log.warning("%s: N = %s exceed every set's candidates per problem %s: not reported", setting, dropped, smallest)
+        log.warning(
+            "%s: N = %s exceed every set's candidates per problem %s: not reported",
+            setting,
+            dropped,
+            smallest,
+        )

@@ -243,7 +243,9 @@ class PRMDataModule(L.LightningDataModule):
         self._sampled = (len(records), self._rollouts_needed(records))
         records = self._apply_knobs(records)
         if not records:
-            raise RecordError(f"{self.train_path}: the training set is empty after the data knobs: {self.summary}")
+            raise RecordError(
+                f"{self.train_path}: the training set is empty after the data knobs: {self.summary}"
+            )
         check_two_classes(records, self.train_path, self.allow_one_class)
         return records
 

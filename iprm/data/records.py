@@ -232,7 +232,9 @@ def _load_with_datasets(
         try:
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
         except Exception as error:  # pyarrow's and datasets' many kinds of unreadable file
-            raise RecordError(f"{path}: cannot be read as {builder}: {type(error).__name__}: {error}") from None
+            raise RecordError(
+                f"{path}: cannot be read as {builder}: {type(error).__name__}: {error}"
+            ) from None
         return records_from_dataset(dataset, str(path), source, require_label, separator)
 
 

@@ -87,7 +87,9 @@ class BestOfNEvaluation(Callback):
         sets = {"fit": "eval_records", "validate": "eval_records", "test": "test_records"}.get(stage)
         if sets is None or stage in self._checked:
             return
-        smallest = {name: min(candidate_counts(rs).values()) for name, rs in getattr(datamodule, sets).items()}
+        smallest = {
+            name: min(candidate_counts(rs).values()) for name, rs in getattr(datamodule, sets).items()
+        }
         check_ns(self.ns, smallest)
         self._checked.add(stage)
 
