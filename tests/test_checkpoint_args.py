@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 
 from iprm.cli import main
 
@@ -110,3 +112,23 @@ def test_every_torch_load_in_the_code_is_weights_only():
     ]
     assert calls, "the scan found no torch.load at all"
     assert all("weights_only=True" in line for _, line in calls), calls
+
+
+def test_a_second_fit_into_one_checkpoint_directory_leaves_last_ckpt_at_the_exported_policy(
+    tmp_path, tiny_model_dir
+):
+    """The quickstart's checkpoint settings, with a fixed directory: `last.ckpt` is the second fit's model
+    (the one exported to `policy/`), not the first's beside a `last-v1.ckpt`."""
+    callbacks = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["callbacks"]
+    callbacks[0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
+    args = [
+        *_args(tmp_path, tiny_model_dir, _records(tmp_path)),
+        "--trainer.callbacks",
+        json.dumps(callbacks),
+    ]
+    main(["fit", *args, "--model.lr", "1e-3"])
+    main(["fit", *args, "--model.lr", "3e-3"])
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt"]
+    saved = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    exported = load_file(tmp_path / "policy" / "model.safetensors")
+    assert all(torch.equal(saved[f"policy.{name}"], value) for name, value in exported.items())
