@@ -10,13 +10,25 @@ the model, so data and model can never disagree on the tokenizer. The evaluation
 prediction writer are always present, configured under `evaluation.*` and `prediction.*`; so are the FLOPs
 counter (`iprm.flops.FlopsCounter`) and the run's `<stage>-metrics.json` (`iprm.results.MetricsFile`,
 carrying the sha256 of the resolved config that `config.yaml` holds).
+
+With `--ckpt_path`, the checkpoint's saved hyperparameters fill in only what the configs and flags leave
+unset: the command line always wins (Lightning's own CLI lets a checkpoint override it). What code runs and
+where models are read from (`COMMAND_LINE_ONLY`) are never taken from a checkpoint, and every checkpoint is
+loaded with `weights_only=True`: loading a checkpoint never executes code from it.
 """
 
 import hashlib
+import logging
+import sys
+from pathlib import Path
 
+import torch
+import yaml
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningCLI
 
 from iprm.data import PRMDataModule
+from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.module import ImplicitPRM
@@ -24,8 +36,71 @@ from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
 from iprm.scorers import RewardModel
 
+log = logging.getLogger(__name__)
+
+# Model arguments a checkpoint's hyperparameters never set: which classes and modelling code run, and
+# where models are read from or written to, are for the command line to say, never for a file it loads.
+COMMAND_LINE_ONLY = (
+    "_class_path",
+    "_instantiator",
+    "model_path",
+    "reference_path",
+    "trust_remote_code",
+    "export_dir",
+    "reference_cache_dir",
+)
+
 
 class IPRMCLI(LightningCLI):
+    def parse_arguments(self, parser, args) -> None:
+        self._args = args  # kept to tell what the configs and flags set (`_given_model_arguments`)
+        if not isinstance(args, dict | Namespace):
+            check_config_files(sys.argv[1:] if args is None else args)
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Fill in model arguments the configs and flags leave unset from the checkpoint's hyperparameters,
+        except `COMMAND_LINE_ONLY`."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        given = self._given_model_arguments(subcommand)
+        for key in ("reference_path", "trust_remote_code"):
+            if saved.get(key) and key not in given:
+                log.warning(
+                    "%s was saved with model.%s=%r; not taken from a checkpoint: give it on the command "
+                    "line if this run needs it",
+                    ckpt_path,
+                    key,
+                    saved[key],
+                )
+        kept = {key: v for key, v in saved.items() if key not in COMMAND_LINE_ONLY and key not in given}
+        if kept:
+            self.config = self.parser.parse_object({subcommand: {"model": kept}}, self.config)
+
+    def _given_model_arguments(self, subcommand: str) -> set[str]:
+        """The model arguments the configs and flags set (at their defaults or not)."""
+        if isinstance(self._args, dict | Namespace):
+            explicit = self.parser.parse_object(self._args, defaults=False)
+        else:
+            explicit = self.parser.parse_args(
+                sys.argv[1:] if self._args is None else self._args, defaults=False
+            )
+        model = explicit.get(f"{subcommand}.model")
+        if not isinstance(model, Namespace):
+            return set()
+        return {key.split(".")[0] for key in model.keys()}  # noqa: SIM118 (keys() flattens nested keys)
+
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+            if kwargs.get("weights_only") is False:
+                raise ConfigError("--weights_only false is refused: loading a checkpoint must not run code")
+            kwargs["weights_only"] = True  # also for remote checkpoints, where Lightning's default is False
+        return kwargs
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.set_defaults({"model": {"class_path": f"{ImplicitPRM.__module__}.{ImplicitPRM.__name__}"}})
         parser.link_arguments("data.model_path", "model.init_args.model_path", apply_on="instantiate")
@@ -33,11 +108,76 @@ class IPRMCLI(LightningCLI):
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
     def instantiate_classes(self) -> None:
-        super().instantiate_classes()
+        try:
+            super().instantiate_classes()
+        except ValueError as error:  # jsonargparse wraps what an __init__ raises; show ours as it is
+            cause = _user_error(error)
+            if cause is None:
+                raise
+            raise cause from None
         config = self.config.get(str(self.subcommand), self.config)
         resolved = self._parser(self.subcommand).dump(config, skip_none=False)  # as config.yaml holds it
         digest = hashlib.sha256(resolved.encode()).hexdigest()
         self.trainer.callbacks.extend([FlopsCounter(), MetricsFile(config_digest=digest)])
+
+    def _check_inputs(self, stage: str) -> None:
+        """Load and check the data before the trainer starts: Lightning creates the log directory before
+        the data module's `setup`, and a refused input must leave nothing behind. Several processes check
+        in `setup` instead, after Lightning's barrier (rank 0 prepares the data)."""
+        if self.trainer.world_size > 1:
+            return
+        self.datamodule.prepare_data()
+        self.datamodule.setup(stage)
+        objective = getattr(self.model, "objective", None)  # explicit PRMs have none
+        if stage == "fit" and objective is not None:
+            labels, groups = self.datamodule.train_labels_and_groups()
+            objective.check_dataset(labels, groups, self.datamodule.train_path)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, BestOfNEvaluation):
+                callback.check_scorers(self.model)
+                callback.check_sets(self.datamodule, stage)
+
+    def before_fit(self) -> None:
+        self._check_inputs("fit")
+
+    def before_validate(self) -> None:
+        self._check_inputs("validate")
+
+    def before_test(self) -> None:
+        self._check_inputs("test")
+
+    def before_predict(self) -> None:
+        self._check_inputs("predict")
+
+
+def check_config_files(args: list[str]) -> None:
+    """Refuse a `--config` file that is missing or not YAML, naming it (jsonargparse's message does not)."""
+    paths = [value for flag, value in zip(args, args[1:], strict=False) if flag in ("--config", "-c")]
+    paths += [arg.split("=", 1)[1] for arg in args if arg.startswith("--config=")]
+    for path in paths:
+        if path.lstrip().startswith("{") or "\n" in path:  # YAML given inline, not a file
+            continue
+        if not Path(path).is_file():
+            raise MissingPathError(f"--config {path}: no such file")
+        try:
+            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
+            problem = getattr(error, "problem", None) or error
+            raise ConfigError(f"{where}: not valid YAML: {problem}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+
+
+def _user_error(error: BaseException) -> IPRMError | None:
+    """The `IPRMError` an exception was raised from, if any."""
+    seen = 0
+    while error is not None and seen < 32:
+        if isinstance(error, IPRMError):
+            return error
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return None
 
 
 def main(args: list[str] | None = None) -> IPRMCLI:

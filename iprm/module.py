@@ -15,9 +15,10 @@ import torch
 from transformers import PreTrainedModel
 
 from iprm import refcache, rewards
+from iprm.errors import ConfigError
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
-from iprm.scorers.base import RewardModel, Scorer
+from iprm.scorers.base import RewardModel, Scorer, check_settings
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ class ImplicitPRM(RewardModel):
         self.policy: PreTrainedModel | None = None
         self.reference: PreTrainedModel | None = None
         if reference_cache not in refcache.MODES:
-            raise ValueError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
+            raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
+        check_settings(self.hparams)
         # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
         # reference's checkpoint is known, in `configure_model`).
         self._reference_cache = refcache.ReferenceCache("memory")
@@ -146,6 +148,11 @@ class ImplicitPRM(RewardModel):
         missing = expected - set(checkpoint["state_dict"])
         if missing:
             raise KeyError(f"checkpoint lacks {len(missing)} policy weights, e.g. {sorted(missing)[:3]}")
+
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if stage == "fit" and datamodule is not None:  # before the models load: refuse useless data
+            self.objective.check_dataset(*datamodule.train_labels_and_groups(), datamodule.train_path)
 
     def on_fit_start(self) -> None:
         super().on_fit_start()

@@ -20,6 +20,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from iprm.errors import ConfigError, RecordError
+
 log = logging.getLogger(__name__)
 
 
@@ -39,11 +41,22 @@ class Objective(nn.Module):
     def __init__(self, beta: float = 0.05) -> None:
         super().__init__()
         if beta <= 0:
-            raise ValueError(f"beta must be positive, got {beta}")
+            raise ConfigError(f"model.objective: beta must be positive, got {beta}")
         self.beta = beta
 
     def observe_dataset(self, labels: Tensor, groups: Tensor) -> None:
         """Receive the whole training set's labels and instruction ids once, before training."""
+
+    def check_dataset(self, labels: Tensor, groups: Tensor, where: str = "the training set") -> None:
+        """Refuse a training set this objective learns nothing from: for pairwise objectives, one where no
+        instruction has both a correct and an incorrect response (the loss would be 0 throughout)."""
+        if self.pairwise and not pair_mask(labels, groups).any():
+            name = type(self).__name__
+            raise RecordError(
+                f"{where}: no instruction has both a correct and an incorrect response, so "
+                f"{name} has no pair to learn from; use data with several mixed responses per instruction, "
+                "or a pointwise objective (CE, KTO)"
+            )
 
     def dataset_statistics(self, labels: Tensor, groups: Tensor) -> dict[str, float]:
         """What this objective makes of the whole training set, logged as `data/<name>` before training:

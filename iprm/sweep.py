@@ -14,26 +14,44 @@ cartesian product), or both (crossed):
 
 Each run lives in `<output>/<point>/seed<k>/`: `fit/` and `test/` log directories (each with its
 `<stage>-metrics.json`; the fit's also holds `checkpoints/` and the exported `policy/`), `fit.log`,
-`test.log`, `run.json` (commands, commit, seconds), and last `metrics.json` (the flat test metrics and the
-FLOPs of training and data collection, read from the two stages' metrics files). A run with a
-`metrics.json` is skipped, so rerunning a sweep resumes it; an unfinished run starts over. A failed run is
-reported and the sweep goes on. Every `metrics.json` is then collected into `<output>/results.csv` (a row
-per point × seed) and `<output>/results.md` (per best-of-N set, a row per point: mean ± std over seeds of
-the headline metrics).
+`test.log`, `run.json` (commands, commit, seconds, the digests of its config files and of its resolved
+config), and last `metrics.json` (the flat test metrics and the FLOPs of training and data collection,
+read from the two stages' metrics files). A run with a `metrics.json` is finished; rerunning a sweep skips
+the finished runs whose recorded `fit` and `test` arguments (and config files) are what it would run now,
+and starts every unfinished run over. A finished run that the current flags or configs would run
+differently is never reused silently: the sweep refuses to start, naming the difference, unless
+`--retrain-changed` says to train it anew. A failed run is reported and the sweep goes on.
+
+One sweep directory has one owner: a sweep holds an exclusive lock on `<output>/.lock` (holding its pid)
+while it runs, and a second sweep on the same directory is refused. Each `iprm` child runs in its own
+process group; a sweep stopped by SIGTERM or SIGINT stops its child first, and a child outlives a sweep
+killed by SIGKILL only until the kernel tells it its parent died (Linux).
+
+Every `metrics.json` is then collected into `<output>/results.csv` (a row per point × seed) and
+`<output>/results.md` (per best-of-N set, a row per point: mean ± std over seeds of the headline metrics).
 """
 
 import argparse
+import contextlib
 import csv
+import ctypes
+import difflib
+import fcntl
+import hashlib
 import itertools
 import json
 import logging
 import math
+import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +59,7 @@ from typing import Any
 import yaml
 
 from iprm import results
+from iprm.errors import IPRMError
 from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
 
@@ -171,13 +190,42 @@ def _find(directory: Path, pattern: str) -> Path:
 # --- running ----------------------------------------------------------------------------------------------
 
 
+def _die_with_parent() -> None:
+    """In the child, before it runs: be sent SIGTERM when the sweep dies, even by SIGKILL (Linux only)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """End a child and its own children (its process group): SIGTERM, then SIGKILL after 30 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, sig)
+        try:
+            process.wait(timeout=30)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def _stage(run: Run, stage: str, args: list[str]) -> bool:
     command = _command(stage, args)
     log_path = run.directory / f"{stage}.log"
     with log_path.open("w") as out:
         out.write(shlex.join(command) + "\n\n")
         out.flush()
-        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+        process = subprocess.Popen(
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, stopped as a whole
+            preexec_fn=_die_with_parent,
+        )
+        try:
+            code = process.wait()
+        except BaseException:  # SIGINT, or SIGTERM (`_signals_end_the_sweep`): the child ends first
+            _stop(process)
+            raise
     if code != 0:
         log.error("FAILED %s seed %d (%s, exit %d): see %s", run.point, run.seed, stage, code, log_path)
     return code == 0
@@ -200,10 +248,130 @@ def execute(run: Run, base: list[str], extra: list[str]) -> bool:
         log.error("FAILED %s seed %d: %s", run.point, run.seed, error)
         return False
     commands = {stage: shlex.join(_command(stage, args)) for stage, args in (("fit", fit), ("test", test))}
-    meta = {"point": run.point, "seed": run.seed, "commit": commit, "commands": commands}
+    meta = {
+        "point": run.point,
+        "seed": run.seed,
+        "commit": commit,
+        "commands": commands,
+        "config_files": config_files(run, base),
+        "config_digest": results.read_metrics(_find(run.directory, "fit/**/fit-metrics.json"))[
+            "config_digest"
+        ],
+    }
     _write_json(run.directory / "run.json", meta | {"seconds": round(time.perf_counter() - started, 1)})
     _write_json(run.directory / "metrics.json", metrics)
     return True
+
+
+# --- is a finished run what the sweep would run now? ----------------------------------------------------
+
+
+def config_files(run: Run, base: list[str]) -> dict[str, str | None]:
+    """Each config file of a run → sha256 of its parsed content (comments and layout do not count; None
+    when it cannot be read)."""
+    digests = {}
+    for path in [*base, *run.overrides.get("config", [])]:
+        try:
+            content = json.dumps(yaml.safe_load(Path(path).read_text()), sort_keys=True, default=str)
+            digests[path] = hashlib.sha256(content.encode()).hexdigest()
+        except (OSError, yaml.YAMLError):
+            digests[path] = None
+    return digests
+
+
+def _recorded_args(command: str, stage: str) -> list[str]:
+    """The arguments after the stage of a recorded command, without the test's `--ckpt_path`."""
+    tokens = shlex.split(command)
+    args = tokens[tokens.index(stage) + 1 :] if stage in tokens else tokens  # after `… -m iprm <stage>`
+    return args[:-2] if args[-2:-1] == ["--ckpt_path"] else args
+
+
+def _items(args: list[str]) -> list[str]:
+    """Arguments with the run's own directory written `<run>` (so a moved sweep still matches), each
+    `--flag value` pair as one item (so a difference names its flag)."""
+    root = (
+        args[args.index("--trainer.default_root_dir") + 1] if "--trainer.default_root_dir" in args else None
+    )
+    args = [f"<run>{a[len(root) :]}" if root and (a == root or a.startswith(root + "/")) else a for a in args]
+    items, i = [], 0
+    while i < len(args):
+        paired = args[i].startswith("--") and i + 1 < len(args) and not args[i + 1].startswith("--")
+        items.append(shlex.join(args[i : i + 2]) if paired else args[i])
+        i += 2 if paired else 1
+    return items
+
+
+def _difference(recorded: list[str], now: list[str]) -> str:
+    parts = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=recorded, b=now, autojunk=False).get_opcodes():
+        if tag != "equal":
+            parts.append(f"was `{' '.join(recorded[i1:i2]) or '-'}`, now `{' '.join(now[j1:j2]) or '-'}`")
+    return "; ".join(parts)
+
+
+def changed_since(run: Run, base: list[str], extra: list[str]) -> str | None:
+    """Why a finished run is not what the sweep would run now (None when it is): its recorded `fit` and
+    `test` arguments differ, or a config file's content does (where `run.json` recorded them)."""
+    try:
+        meta = json.loads((run.directory / "run.json").read_text())
+        commands = meta["commands"]
+    except (OSError, ValueError, KeyError):
+        return "run.json does not record its commands"
+    for stage in ("fit", "test"):
+        recorded = _items(_recorded_args(commands.get(stage, ""), stage))
+        now = _items(cli_args(run, base, extra, stage))
+        if recorded != now:
+            return f"{stage} arguments differ: {_difference(recorded, now)}"
+    recorded_files = meta.get("config_files") or {}  # older runs did not record them
+    for path, digest in config_files(run, base).items():
+        if path in recorded_files and recorded_files[path] != digest:
+            return f"{path} has changed since the run"
+    return None
+
+
+# --- one owner, and no orphaned child -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def owning(output: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `<output>/.lock` (which names the owner's pid) while the sweep runs; a
+    second sweep on the same directory is refused. The lock goes with the process, however it ends."""
+    output.mkdir(parents=True, exist_ok=True)
+    with (output / ".lock").open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "unknown"
+            raise IPRMError(
+                f"{output} is in use by another sweep (pid {owner}); wait for it to end, or use another "
+                "--output"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _signals_end_the_sweep() -> Iterator[None]:
+    """SIGTERM ends the sweep as SIGINT does: with an exception, so the running child is stopped first."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def end(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, end)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _write_json(path: Path, value: dict) -> None:
@@ -306,6 +474,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", help="where runs and results go (default runs/sweeps/<name>)")
     parser.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the file's")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument(
+        "--retrain-changed",
+        action="store_true",
+        help="train anew the finished runs that the current flags or configs would run differently "
+        "(without it the sweep refuses to start)",
+    )
     return parser
 
 
@@ -319,9 +493,12 @@ def plan(sweep: dict, output: Path, seeds: list[int]) -> list[Run]:
 
 def _dry_run(runs: list[Run], base: list[str], extra: list[str]) -> None:
     for run in runs:
-        if run.done:
+        why = changed_since(run, base, extra) if run.done else None
+        if run.done and why is None:
             print(f"# {run.point} seed {run.seed}: done, skipped")
             continue
+        if why is not None:
+            print(f"# {run.point} seed {run.seed}: finished, but {why} (--retrain-changed trains it anew)")
         print(f"# {run.point} seed {run.seed}")
         print(shlex.join(_command("fit", cli_args(run, base, extra, "fit"))))
         print(shlex.join(_command("test", cli_args(run, base, extra, "test"))) + " --ckpt_path <last.ckpt>")
@@ -335,15 +512,39 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         _dry_run(runs, sweep["base"], extra)
         return 0
+    try:
+        with owning(output), _signals_end_the_sweep():
+            return _run_all(runs, sweep, output, extra, args.retrain_changed, argv)
+    except IPRMError as error:
+        log.error("%s", error)
+        return 2
+
+
+def _run_all(
+    runs: list[Run],
+    sweep: dict,
+    output: Path,
+    extra: list[str],
+    retrain_changed: bool,
+    argv: list[str] | None,
+) -> int:
+    base = sweep["base"]
+    changed = {run.directory: why for run in runs if run.done and (why := changed_since(run, base, extra))}
+    if changed and not retrain_changed:
+        for run in [run for run in runs if run.directory in changed]:
+            log.error("%s seed %d (%s): %s", run.point, run.seed, run.directory, changed[run.directory])
+        raise IPRMError(
+            f"{len(changed)} finished run(s) in {output} were trained with other flags or configs; rerun "
+            "with --retrain-changed to train them anew, or use another --output"
+        )
     failed = []
     for i, run in enumerate(runs, 1):
-        if run.done:
+        if run.done and run.directory not in changed:
             log.info("[%d/%d] %s seed %d: done, skipped", i, len(runs), run.point, run.seed)
             continue
         log.info("[%d/%d] %s seed %d: running in %s", i, len(runs), run.point, run.seed, run.directory)
-        if not execute(run, sweep["base"], extra):
+        if not execute(run, base, extra):
             failed.append(run)
-    output.mkdir(parents=True, exist_ok=True)
     command = "python -m iprm.sweep " + shlex.join(sys.argv[1:] if argv is None else argv)
     rows = collect(runs, output, sweep, command)
     log.info("%d of %d runs finished; results in %s", len(rows), len(runs), output / "results.md")

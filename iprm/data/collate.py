@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from iprm.data.records import Record
+from iprm.data.records import Record, split_steps
 
 
 @dataclass
@@ -37,24 +37,6 @@ class Encoded:
     response_mask: list[bool]
     step_ends: list[int]
     num_steps: int = 0
-
-
-def split_steps(response: str, separator: str) -> list[tuple[int, int]]:
-    """Character spans (start, end) of the non-empty steps of `response`.
-
-    Separators and the whitespace around a step are left out, so a step ends at its last visible
-    character; empty or whitespace-only segments (e.g. from repeated separators) are not steps.
-    """
-    if not separator:
-        raise ValueError("the step separator must be a non-empty string")
-    spans, start = [], 0
-    for segment in response.split(separator):
-        text = segment.strip()
-        if text:
-            first = start + segment.index(text)
-            spans.append((first, first + len(text)))
-        start += len(segment) + len(separator)
-    return spans
 
 
 def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:

@@ -8,6 +8,10 @@ point pairs a prompt with another instruction's response. The training-set knobs
 
 and `summary` records the count after each. Where the files come from is not this module's business: a
 data source that supplies them (the controlled world: `iprm.tasks.WorldDataModule`) subclasses it.
+
+Every file is validated in `setup`, before any training or scoring: record by record (`iprm.data.records`)
+and as a set (`iprm.validate`: a separator that never occurs, one-class training data, best-of-N sets
+without answers or with ragged candidate counts).
 """
 
 import logging
@@ -35,17 +39,32 @@ from iprm.data.knobs import (
 from iprm.data.official import load_official_candidates, looks_official
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler
+from iprm.errors import ConfigError, RecordError
+from iprm.validate import (
+    check_candidate_set,
+    check_model_path,
+    check_prompts,
+    check_separator,
+    check_two_classes,
+)
 
 log = logging.getLogger(__name__)
 
 Balance = Literal["none", "dataset", "instruction"]
 
 
-def load_data(path: str | Path, source: str | None = None, require_label: bool = True) -> list[Record]:
-    """Load records from any supported file: the official JSON-list format or `load_records`' formats."""
+def load_data(
+    path: str | Path, source: str | None = None, require_label: bool = True, separator: str | None = None
+) -> list[Record]:
+    """Load records from any supported file: the official JSON-list format or `load_records`' formats
+    (with the step `separator`, step labels are checked against the steps). An empty file is an error."""
     if looks_official(path):
-        return load_official_candidates(path, source)
-    return load_records(path, source, require_label)
+        records = load_official_candidates(path, source)
+    else:
+        records = load_records(path, source, require_label, separator)
+    if not records:
+        raise RecordError(f"{path}: no records: the file is empty")
+    return records
 
 
 def eval_items(records: list[Record]) -> list[dict[str, Any]]:
@@ -101,6 +120,10 @@ class PRMDataModule(L.LightningDataModule):
             point).
         num_workers: DataLoader worker processes.
         seed: Seed of the knobs' subsampling and of the instruction order.
+        allow_one_class: Train even when every training response carries the same label (refused by
+            default: a reward model learns nothing from one class).
+        allow_no_separator: Accept files in which `step_separator` never occurs, every response then
+            being one step (refused by default: usually the separator does not match the data).
     """
 
     def __init__(
@@ -123,6 +146,8 @@ class PRMDataModule(L.LightningDataModule):
         mismatched_pairs: bool = False,
         num_workers: int = 0,
         seed: int = 0,
+        allow_one_class: bool = False,
+        allow_no_separator: bool = False,
     ):
         super().__init__()
         self.model_path = model_path
@@ -143,6 +168,8 @@ class PRMDataModule(L.LightningDataModule):
         self.mismatched_pairs = mismatched_pairs
         self.num_workers = num_workers
         self.seed = seed
+        self.allow_one_class = allow_one_class
+        self.allow_no_separator = allow_no_separator
         self.summary: dict[str, int] = {}
         self._tokenizer: PreTrainedTokenizerBase | None = None
         self._train: list[Record] | None = None
@@ -169,36 +196,57 @@ class PRMDataModule(L.LightningDataModule):
             problems.append(f"max_length must be at least 2 tokens, got {self.max_length}")
         if self.mismatched_pairs and self.instructions_per_batch < 2:
             problems.append("mismatched_pairs needs instructions_per_batch >= 2 (pairs cross instructions)")
+        if not self.step_separator:
+            problems.append("step_separator must be a non-empty string")
         if problems:
-            raise ValueError("; ".join(problems))
+            raise ConfigError("data: " + "; ".join(problems))
 
     # -- loading ------------------------------------------------------------------------------------------
 
     def setup(self, stage: str | None = None) -> None:
         if self._tokenizer is None:
             if self.model_path is None:
-                raise ValueError("data.model_path is required")
+                raise ConfigError("data.model_path is required")
+            check_model_path(self.model_path, "data.model_path")
             self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         if stage in (None, "fit") and self._train is None:
             self._train = self._load_train()
         if stage in (None, "fit", "validate") and self._eval is None:
-            self._eval = {name: load_data(path) for name, path in self.eval_paths.items()}
+            self._eval = self._load_sets(self.eval_paths)
         if stage in (None, "test") and self._test is None:
             same = self.test_paths == self.eval_paths and self._eval is not None
-            self._test = self._eval if same else {n: load_data(p) for n, p in self.test_paths.items()}
+            self._test = self._eval if same else self._load_sets(self.test_paths)
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
-            self._predict = load_data(self.predict_path, require_label=False)
+            self._predict = self._load(self.predict_path, require_label=False)
+
+    def _load(self, path: str, source: str | None = None, require_label: bool = True) -> list[Record]:
+        records = load_data(path, source, require_label, self.step_separator)
+        check_separator(records, path, self.step_separator, self.allow_no_separator)
+        return records
+
+    def _load_sets(self, paths: dict[str, str]) -> dict[str, list[Record]]:
+        """Best-of-N sets, each checked for what would make its numbers mislead (`iprm.validate`)."""
+        sets = {}
+        for name, path in paths.items():
+            sets[name] = self._load(path)
+            check_prompts(sets[name], path)
+            check_candidate_set(sets[name], f"best-of-N set {name!r} ({path})")
+        return sets
 
     def _load_train(self) -> list[Record]:
         if self.train_path is None:
-            raise ValueError("data.train_path is required to fit")
-        records = load_data(self.train_path)
+            raise ConfigError("data.train_path is required to fit")
+        records = self._load(self.train_path)
         for path in self.extra_train_paths:
-            records += load_data(path, source=Path(path).stem)
+            records += self._load(path, source=Path(path).stem)
+        check_prompts(records, self.train_path)
         self._sampled = (len(records), self._rollouts_needed(records))
         records = self._apply_knobs(records)
         if not records:
-            raise ValueError(f"the training set is empty after the data knobs: {self.summary}")
+            raise RecordError(
+                f"{self.train_path}: the training set is empty after the data knobs: {self.summary}"
+            )
+        check_two_classes(records, self.train_path, self.allow_one_class)
         return records
 
     def _knobs(self) -> list[tuple[str, Callable[[list[Record]], list[Record]] | None]]:

@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from iprm.data.records import Record, RecordError, parse_record
+from iprm.data.records import Record, RecordError, decode_line, parse_record
 
 # Official field → `Record` field.
 FIELDS = {
@@ -27,8 +27,8 @@ def looks_official(path: str | Path) -> bool:
     path = Path(path)
     if path.suffix != ".json" or not path.is_file():
         return False
-    with path.open(encoding="utf-8") as file:
-        head = file.read(4096).lstrip()
+    with path.open("rb") as file:
+        head = file.read(4096).decode("utf-8", errors="replace").removeprefix("\ufeff").lstrip()
     return head.startswith("[")
 
 
@@ -56,8 +56,9 @@ def load_official_candidates(path: str | Path, source: str | None = None) -> lis
         source: The `source` given to every record (default: "default").
     """
     path = Path(path)
+    text = decode_line(path.read_bytes(), str(path))
     try:
-        items = json.loads(path.read_text(encoding="utf-8"))
+        items = json.loads(text)
     except json.JSONDecodeError as error:
         raise RecordError(f"{path}:{error.lineno}: malformed JSON: {error.msg}") from None
     if not isinstance(items, list):

@@ -5,6 +5,10 @@ where known, the label of every step. Files in any supported format are validate
 input stops with a `RecordError` naming the file, the line (or row) and the field:
 
     rollouts.jsonl:17: field 'label': expected a boolean, got 'yes'
+
+A UTF-8 byte-order mark and CRLF line ends are read as if absent. Steps are what `split_steps` finds
+between the data's step separator; where a record has step labels and the separator is known, their counts
+must agree.
 """
 
 import json
@@ -16,15 +20,13 @@ from typing import Any
 
 import datasets
 
+from iprm.errors import MissingPathError, RecordError
 from iprm.io import atomic_write
 
 # Formats read through a `datasets` builder rather than line by line.
 DATASET_BUILDERS = {".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
 JSON_LINES = {".jsonl", ".json"}
-
-
-class RecordError(ValueError):
-    """A data file does not hold valid records; the message names the file, line (or row) and field."""
+REQUIRED = ("instruction_id", "prompt", "response", "label")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,24 @@ class Record:
     step_values: tuple[float, ...] | None = None
 
 
+def split_steps(response: str, separator: str) -> list[tuple[int, int]]:
+    """Character spans (start, end) of the non-empty steps of `response`.
+
+    Separators and the whitespace around a step are left out, so a step ends at its last visible
+    character; empty or whitespace-only segments (e.g. from repeated separators) are not steps.
+    """
+    if not separator:
+        raise ValueError("the step separator must be a non-empty string")
+    spans, start = [], 0
+    for segment in response.split(separator):
+        text = segment.strip()
+        if text:
+            first = start + segment.index(text)
+            spans.append((first, first + len(text)))
+        start += len(segment) + len(separator)
+    return spans
+
+
 class _FieldError(Exception):
     """A field-level problem; loaders add the location before it reaches the user."""
 
@@ -83,12 +103,25 @@ def _optional_list(data: Mapping[str, Any], field: str, kind: type, what: str) -
 
 
 def _check_required(data: Mapping[str, Any], require_label: bool) -> None:
-    for field in ("instruction_id", "prompt", "response", "label")[: 4 if require_label else 3]:
+    for field in REQUIRED[: 4 if require_label else 3]:
         if field not in data or data[field] is None:
             raise _FieldError(field, "missing required field")
 
 
-def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
+def _check_steps(
+    response: str, per_step: tuple | None, separator: str | None, field: str = "step_labels"
+) -> None:
+    if per_step is None or separator is None:
+        return
+    steps = len(split_steps(response, separator))
+    if steps != len(per_step):
+        raise _FieldError(
+            field,
+            f"{len(per_step)} labels for the {steps} steps of the response split on {separator!r}",
+        )
+
+
+def _parse(data: Any, source: str | None, require_label: bool = True, separator: str | None = None) -> Record:
     """Validate one mapping and build its `Record`; raises `_FieldError` without a location."""
     if not isinstance(data, Mapping):
         raise _FieldError(None, f"expected a JSON object, got {type(data).__name__}")
@@ -104,6 +137,8 @@ def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
     step_values = _optional_list(data, "step_values", int | float, "numbers")
     if step_values is not None and not all(0 <= v <= 1 and not isinstance(v, bool) for v in step_values):
         raise _FieldError("step_values", f"expected numbers in [0, 1], got {list(step_values)!r}")
+    _check_steps(response, step_labels, separator)
+    _check_steps(response, step_values, separator, "step_values")
     answer = data.get("answer")
     if answer is not None:
         answer = _expect(data, "answer", (str,), "a string or null")
@@ -124,70 +159,117 @@ def _parse(data: Any, source: str | None, require_label: bool = True) -> Record:
 
 
 def parse_record(
-    data: Mapping[str, Any], where: str = "<record>", source: str | None = None, require_label: bool = True
+    data: Mapping[str, Any],
+    where: str = "<record>",
+    source: str | None = None,
+    require_label: bool = True,
+    separator: str | None = None,
 ) -> Record:
     """Validate one mapping with the JSON field names of `Record`; errors are prefixed with `where`.
 
     `source` fills in records that do not name their own. `instruction_id` may be an integer. Without
-    `require_label` (records to score, not to train or evaluate on) a missing label stays None.
+    `require_label` (records to score, not to train or evaluate on) a missing label stays None. With the
+    step `separator`, step labels must be as many as the response's steps.
     """
     try:
-        return _parse(data, source, require_label)
+        return _parse(data, source, require_label, separator)
     except _FieldError as error:
         raise RecordError(f"{where}: {error}") from None
 
 
-def _load_json_lines(path: Path, source: str | None, require_label: bool) -> list[Record]:
+def decode_line(raw: bytes, where: str) -> str:
+    """UTF-8 bytes (a line, or a whole file) as text without a byte-order mark; a RecordError names the
+    first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise RecordError(
+            f"{where}: not UTF-8 (byte {raw[error.start]:#04x} at offset {error.start}); "
+            "re-encode the file as UTF-8"
+        ) from None
+
+
+def _malformed(path: Path, number: int, line: str, error: json.JSONDecodeError) -> RecordError:
+    hint = ""
+    if line.lstrip()[:1] == "[":
+        hint = " (a JSON array? records are one JSON object per line)"
+    elif number == 1 and line.strip() == "{":
+        hint = " (one JSON object spread over many lines? records are one JSON object per line)"
+    return RecordError(f"{path}:{number}: malformed JSON: {error.msg}{hint}")
+
+
+def _load_json_lines(
+    path: Path, source: str | None, require_label: bool, separator: str | None
+) -> list[Record]:
     records = []
-    with path.open(encoding="utf-8") as file:
-        for number, line in enumerate(file, start=1):
+    with path.open("rb") as file:
+        for number, raw in enumerate(file, start=1):
+            line = decode_line(raw, f"{path}:{number}")
             if not line.strip():
                 continue
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as error:
-                hint = (
-                    " (a JSON array? records are one JSON object per line)"
-                    if line.lstrip()[:1] == "["
-                    else ""
-                )
-                raise RecordError(f"{path}:{number}: malformed JSON: {error.msg}{hint}") from None
-            records.append(parse_record(data, f"{path}:{number}", source, require_label))
+                raise _malformed(path, number, line, error) from None
+            records.append(parse_record(data, f"{path}:{number}", source, require_label, separator))
     return records
 
 
 def records_from_dataset(
-    dataset: datasets.Dataset, name: str, source: str | None = None, require_label: bool = True
+    dataset: datasets.Dataset,
+    name: str,
+    source: str | None = None,
+    require_label: bool = True,
+    separator: str | None = None,
 ) -> list[Record]:
     """Validate every row of a `datasets.Dataset`; errors name `name` and the 1-based row."""
+    missing = [field for field in REQUIRED[: 4 if require_label else 3] if field not in dataset.column_names]
+    if missing:
+        raise RecordError(
+            f"{name}: missing column(s) {', '.join(missing)}; the file has {', '.join(dataset.column_names)}"
+        )
     return [
-        parse_record(row, f"{name}: row {number}", source, require_label)
+        parse_record(row, f"{name}: row {number}", source, require_label, separator)
         for number, row in enumerate(dataset, start=1)
     ]
 
 
-def _load_with_datasets(path: Path, source: str | None, require_label: bool) -> list[Record]:
-    builder = DATASET_BUILDERS.get(path.suffix.lower(), path.suffix.lower().lstrip("."))
+def _load_with_datasets(
+    path: Path, source: str | None, require_label: bool, separator: str | None
+) -> list[Record]:
+    builder = DATASET_BUILDERS[path.suffix.lower()]
     # A throwaway cache: loading must leave nothing behind (the default cache lives in the home directory).
     with tempfile.TemporaryDirectory() as cache_dir:
-        dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
-        return records_from_dataset(dataset, str(path), source, require_label)
+        try:
+            dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+        except Exception as error:  # pyarrow's and datasets' many kinds of unreadable file
+            raise RecordError(
+                f"{path}: cannot be read as {builder}: {type(error).__name__}: {error}"
+            ) from None
+        return records_from_dataset(dataset, str(path), source, require_label, separator)
 
 
-def load_records(path: str | Path, source: str | None = None, require_label: bool = True) -> list[Record]:
-    """Load and validate records from `.jsonl`/`.json` (JSON lines), `.parquet` or another `datasets` format.
+def load_records(
+    path: str | Path, source: str | None = None, require_label: bool = True, separator: str | None = None
+) -> list[Record]:
+    """Load and validate records from `.jsonl`/`.json` (JSON lines), `.parquet`, `.csv` or `.arrow`.
 
     Args:
         path: The file to read. Blank JSON lines are skipped.
         source: The `source` of records that do not name one (default: "default").
         require_label: Reject records without an outcome label (off for records that are only scored).
+        separator: The step separator; when given, step labels must be as many as the steps.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no records file at {path}")
-    if path.suffix.lower() in JSON_LINES:
-        return _load_json_lines(path, source, require_label)
-    return _load_with_datasets(path, source, require_label)
+        raise MissingPathError(f"no records file at {path}")
+    suffix = path.suffix.lower()
+    if suffix in JSON_LINES:
+        return _load_json_lines(path, source, require_label, separator)
+    if suffix not in DATASET_BUILDERS:
+        supported = ", ".join(sorted(JSON_LINES | set(DATASET_BUILDERS)))
+        raise RecordError(f"{path}: unsupported file type {suffix or '(no suffix)'}; supported: {supported}")
+    return _load_with_datasets(path, source, require_label, separator)
 
 
 def record_to_dict(record: Record) -> dict[str, Any]:

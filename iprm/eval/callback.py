@@ -26,6 +26,7 @@ from iprm.eval.process import processbench_f1, step_auroc, tune_threshold
 from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
 from iprm.eval.selection import DEFAULT_NS
 from iprm.eval.tables import step_table, table1
+from iprm.validate import candidate_counts, check_names, check_ns
 
 METHOD = "method"  # the alias of the model's `method_scorer` in logged metrics
 SPLITS = ("calibration", "evaluation")
@@ -66,6 +67,38 @@ class BestOfNEvaluation(Callback):
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.step_scorers: list[str] = []
         self.method_step_scorer = ""
+        self._checked: set[str] = set()
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.check_scorers(pl_module)
+        if trainer.datamodule is not None:
+            self.check_sets(trainer.datamodule, getattr(stage, "value", stage))
+
+    def check_scorers(self, pl_module: L.LightningModule) -> None:
+        """Refuse scorer names the reward model does not have (None takes the model's own); the reference-only
+        row is checked where the model has reference-only scorers (a baseline has none, and no such row)."""
+        names = pl_module.scorer_names()
+        requested = [
+            ("evaluation.figure_scorers", self.figure_scorers),
+            ("evaluation.table_scorers", self.table_scorers),
+        ]
+        if any(name.startswith("reference_") for name in names):
+            requested.append(("evaluation.reference_scorer", [self.reference_scorer]))
+        for setting, given in requested:
+            if given is not None:
+                check_names(given, names, setting)
+
+    def check_sets(self, datamodule, stage: str) -> None:
+        """Refuse `ns` that no best-of-N set of `stage` can supply (the data module's setup loaded them);
+        once per stage (the CLI checks before the trainer starts, the trainer again in `setup`)."""
+        sets = {"fit": "eval_records", "validate": "eval_records", "test": "test_records"}.get(stage)
+        if sets is None or stage in self._checked:
+            return
+        smallest = {
+            name: min(candidate_counts(rs).values()) for name, rs in getattr(datamodule, sets).items()
+        }
+        check_ns(self.ns, smallest)
+        self._checked.add(stage)
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
@@ -208,18 +241,5 @@ def _method_alias(values: dict[str, float], method_scorer: str) -> dict[str, flo
 
 
 def _available(names: list[str] | None, pl_module: L.LightningModule, option: str) -> list[str]:
-    """The requested scorers the model has (None: the model's defaults for the option); the others are
-    named in a warning."""
-    if names is None:
-        return list(getattr(pl_module, option))
-    known = set(pl_module.scorer_names())
-    missing = [name for name in names if name not in known]
-    if missing:
-        log.warning(
-            "evaluation.%s: %s has no scorer %s; its scorers are %s",
-            option,
-            type(pl_module).__name__,
-            ", ".join(missing),
-            ", ".join(pl_module.scorer_names()),
-        )
-    return [name for name in names if name in known]
+    """The requested scorers (checked in `setup`), or the model's own defaults for the option."""
+    return list(getattr(pl_module, option)) if names is None else list(names)

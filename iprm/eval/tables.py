@@ -1,7 +1,9 @@
 """The paper's Table 1 layout and the step-level table, from the flat metrics of every best-of-N set.
 
 Table 1: one row per method (reference-only, the implicit PRM's best-of-N, majority voting, weighted
-majority voting with the PRM, oracle), one column per generator × N, plus the average over columns.
+majority voting with the PRM, oracle), one column per generator × N, plus the average over columns. The
+columns are the N a set was really evaluated at: those of `TABLE1_NS` it has, and its largest N besides
+when that is not among them (a set of 8 candidates per problem gets @4 and @8, never an empty @64).
 Step table: one row per step scorer, per generator the ProcessBench F1 (at τ tuned on the calibration
 half), that τ, the step AUROC and the step AUROC restricted to steps where the misconception applies.
 """
@@ -20,6 +22,14 @@ PROCESS_COLUMNS = {
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if not math.isnan(v)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def evaluated_ns(metrics: dict[str, float]) -> list[int]:
+    """The Table 1 columns of one set: the N of `TABLE1_NS` its metrics have, then its largest N if that
+    is not among them."""
+    available = sorted({int(key.split("@")[1].split("/")[0]) for key in metrics if "@" in key})
+    ns = [n for n in TABLE1_NS if n in available]
+    return ns + available[-1:] if available and available[-1] not in ns else ns
 
 
 def table1(
@@ -41,7 +51,7 @@ def table1(
     for name, pattern in methods:
         row: dict = {"method": name}
         for generator, metrics in results.items():
-            for n in TABLE1_NS:
+            for n in evaluated_ns(metrics):
                 row[f"{generator}@{n}"] = float(metrics.get(pattern.format(n=n), math.nan))
         row["avg"] = _mean([v for k, v in row.items() if k != "method"])
         rows.append(row)

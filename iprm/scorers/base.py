@@ -26,9 +26,31 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import refcache, rewards
 from iprm.data.collate import select_rows
+from iprm.errors import ConfigError
 from iprm.results import record_scalars
+from iprm.validate import check_model_path
 
 log = logging.getLogger(__name__)
+
+
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def check_settings(hparams) -> None:
+    """Refuse a reward model's settings that could only fail later, or silently mislead (a negative β
+    flips every ranking)."""
+    problems = []
+    beta = hparams.get("inference_beta")
+    if beta is not None and beta <= 0:
+        problems.append(f"inference_beta must be positive, got {beta}")
+    if hparams.lr <= 0:
+        problems.append(f"lr must be positive, got {hparams.lr}")
+    if not 0 <= hparams.warmup_ratio < 1:
+        problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
+    if hparams.torch_dtype not in DTYPES:
+        problems.append(f"torch_dtype must be one of {', '.join(DTYPES)}, got {hparams.torch_dtype!r}")
+    if problems:
+        raise ConfigError("model: " + "; ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -87,6 +109,8 @@ class RewardModel(L.LightningModule):
     # --- models -----------------------------------------------------------------------------------
 
     def load_causal_lm(self, path: str) -> PreTrainedModel:
+        setting = "model.reference_path" if path == self.hparams.get("reference_path") else "data.model_path"
+        check_model_path(path, setting)
         dtype = self.hparams.torch_dtype
         return AutoModelForCausalLM.from_pretrained(
             path,

@@ -29,7 +29,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedModel
 
-from iprm.scorers.base import RewardModel, Scorer
+from iprm.errors import ConfigError
+from iprm.scorers.base import RewardModel, Scorer, check_settings
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_CONFIG = "value_head.safetensors", "value_head.json"
@@ -78,11 +79,14 @@ class ExplicitPRM(RewardModel):
     ):
         super().__init__()
         if target not in ("outcome", "steps") or head not in ("linear", "generative"):
-            raise ValueError(f"target must be 'outcome' or 'steps' and head 'linear' or 'generative', got "
-                             f"{target!r}, {head!r}")  # fmt: skip
+            raise ConfigError(
+                f"model: target must be 'outcome' or 'steps' and head 'linear' or 'generative', got "
+                f"{target!r}, {head!r}"
+            )
         if not name.isidentifier():
-            raise ValueError(f"name must be an identifier (it names metrics), got {name!r}")
+            raise ConfigError(f"model.name must be an identifier (it names metrics), got {name!r}")
         self.save_hyperparameters()
+        check_settings(self.hparams)
         self.model: PreTrainedModel | None = None
         self.value_head: nn.Linear | None = None
         self.head_tokens: tuple[int, int] | None = None

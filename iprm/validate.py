@@ -1,0 +1,140 @@
+"""Checks that run before any work: each refuses with an `IPRMError` that says what to change, or, where
+the input is legal but a number would mislead, warns visibly.
+
+Record-level problems (a field, a line) are `iprm.data.records`' business; here live the checks of a whole
+set or setting: a model path, scorer names, a separator that never occurs, a training set of one class,
+best-of-N sets without answers or with ragged candidate counts, and candidate counts N no set can supply.
+"""
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from iprm.errors import ConfigError, MissingPathError, RecordError
+
+if TYPE_CHECKING:  # iprm.data imports this module
+    from iprm.data.records import Record
+
+log = logging.getLogger(__name__)
+
+
+def looks_local(path: str) -> bool:
+    """Whether `path` can only be a local path, never a hub id (`name` or `org/name`)."""
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or (os.sep != "/" and os.sep in path)
+
+
+def check_model_path(path: str, setting: str) -> None:
+    """Refuse a checkpoint path that looks local and is not a directory, before the hub is ever asked."""
+    if Path(path).expanduser().is_dir():
+        return
+    if Path(path).expanduser().exists():
+        raise MissingPathError(f"{setting}: {path} is a file; a checkpoint is a directory (save_pretrained)")
+    if looks_local(path):
+        raise MissingPathError(f"{setting}: no such directory: {path}")
+
+
+def check_names(given: Iterable[str], valid: Iterable[str], setting: str) -> None:
+    """Refuse names that are not among `valid`, listing the valid ones."""
+    valid = list(valid)
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise ConfigError(f"{setting}: unknown {', '.join(map(repr, unknown))}; valid: {', '.join(valid)}")
+
+
+def check_separator(records: list["Record"], where: str, separator: str, allowed: bool) -> None:
+    """Refuse data in which the step separator never occurs: every response would silently be one step."""
+    if allowed or any(separator in record.response for record in records):
+        return
+    raise RecordError(
+        f"{where}: the step separator {separator!r} occurs in no response, so every response would be "
+        "one step; set data.step_separator to the data's, or data.allow_no_separator true to score whole "
+        "responses"
+    )
+
+
+def check_two_classes(records: list["Record"], where: str, allowed: bool) -> None:
+    """Refuse a training set whose responses all carry one label: a reward model learns nothing from it."""
+    counts = Counter(bool(record.label) for record in records)
+    if allowed or len(counts) == 2:
+        return
+    label = "correct" if counts[True] else "incorrect"
+    raise RecordError(
+        f"{where}: all {len(records)} training responses are labelled {label}; an outcome reward model "
+        "needs both correct and incorrect responses (set data.allow_one_class true to train anyway)"
+    )
+
+
+def check_prompts(records: list["Record"], where: str) -> None:
+    """Warn about records that share an instruction id but not a prompt: they are grouped (paired,
+    voted on) as one instruction all the same."""
+    prompts: dict[str, tuple[int, str]] = {}
+    differing = []
+    for index, record in enumerate(records, start=1):
+        first, prompt = prompts.setdefault(record.instruction_id, (index, record.prompt))
+        if prompt != record.prompt:
+            differing.append((record.instruction_id, first, index))
+    if differing:
+        instruction, first, index = differing[0]
+        log.warning(
+            "%s: %d records have the instruction_id of an earlier record but another prompt (first: "
+            "records %d and %d, instruction_id %r); they are grouped as one instruction",
+            where,
+            len(differing),
+            first,
+            index,
+            instruction,
+        )
+
+
+def candidate_counts(records: list["Record"]) -> Counter:
+    """Candidates per problem (`instruction_id`) of a best-of-N set."""
+    return Counter(record.instruction_id for record in records)
+
+
+def check_candidate_set(records: list["Record"], where: str) -> None:
+    """Warn where a best-of-N set's numbers would look valid and are not: no candidate has an answer
+    (majority voting is then meaningless), or problems have different candidate counts (every N beyond
+    the smallest is dropped)."""
+    if not any((record.answer or "").strip() for record in records):
+        log.warning(
+            "%s: no candidate has an 'answer': maj@N and wmaj@N are meaningless for this set (they count "
+            "votes for answers); add each candidate's final answer",
+            where,
+        )
+    counts = candidate_counts(records).values()
+    if min(counts) != max(counts):
+        log.warning(
+            "%s: problems have %d to %d candidates; best-of-N is reported for N <= %d only (every problem "
+            "must supply N)",
+            where,
+            min(counts),
+            max(counts),
+            min(counts),
+        )
+
+
+def check_ns(ns: Iterable[int], smallest: dict[str, int], setting: str = "evaluation.ns") -> None:
+    """Refuse candidate counts N no best-of-N set can supply (`smallest`: set → its smallest candidate
+    count); warn about those dropped for every set."""
+    ns = list(ns)
+    if not smallest:
+        return
+    if any(n < 1 for n in ns):
+        raise ConfigError(f"{setting}: every N must be at least 1, got {ns}")
+    largest = max(smallest.values())
+    if not any(n <= largest for n in ns):
+        raise ConfigError(
+            f"{setting}: {ns} exceed every set's candidates per problem ({smallest}): nothing would be "
+            "reported"
+        )
+    dropped = [n for n in ns if n > largest]
+    if dropped:
+        log.warning(
+            "%s: N = %s exceed every set's candidates per problem %s: not reported",
+            setting,
+            dropped,
+            smallest,
+        )
