@@ -76,9 +76,18 @@ class IPRMCLI(LightningCLI):
                     key,
                     saved[key],
                 )
-        kept = {key: v for key, v in saved.items() if key not in COMMAND_LINE_ONLY and key not in given}
+        # The model class is the configs' (never the checkpoint's); only its own arguments are filled.
+        model = self.config[subcommand]["model"]
+        init_args = model.get("init_args")
+        accepted = {key.split(".")[0] for key in init_args.keys()} if init_args is not None else set()  # noqa: SIM118
+        kept = {
+            key: v
+            for key, v in saved.items()
+            if key in accepted and key not in COMMAND_LINE_ONLY and key not in given
+        }
         if kept:
-            self.config = self.parser.parse_object({subcommand: {"model": kept}}, self.config)
+            update = {"model": {"class_path": model["class_path"], "init_args": kept}}
+            self.config = self.parser.parse_object({subcommand: update}, self.config)
 
     def _given_model_arguments(self, subcommand: str) -> set[str]:
         """The model arguments the configs and flags set (at their defaults or not)."""
@@ -91,7 +100,9 @@ class IPRMCLI(LightningCLI):
         model = explicit.get(f"{subcommand}.model")
         if not isinstance(model, Namespace):
             return set()
-        return {key.split(".")[0] for key in model.keys()}  # noqa: SIM118 (keys() flattens nested keys)
+        # keys() flattens nested keys: `init_args.objective.init_args.beta` → `objective`
+        keys = [key.removeprefix("init_args.") for key in model.keys() if key != "class_path"]  # noqa: SIM118
+        return {key.split(".")[0] for key in keys}
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
         kwargs = super()._prepare_subcommand_kwargs(subcommand)

@@ -228,6 +228,15 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
 
     orm = fit("orm")
     assert (tmp_path / "orm" / "export" / "value_head.safetensors").is_file()
+    # test from the checkpoint: the configs choose the class, the checkpoint fills in its own arguments
+    checkpoint = next((tmp_path / "orm").glob("smoke/version_*/checkpoints/*.ckpt"))
+    main([
+        "test", "--config", str(CONFIGS / "smoke.yaml"), "--config", str(CONFIGS / "baselines" / "orm.yaml"),
+        "--data.world.root", str(smoke_world_root), "--trainer.default_root_dir", str(tmp_path / "orm-test"),
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "orm-test"), "--ckpt_path", str(checkpoint),
+    ])  # fmt: skip
+    tested = json.loads(next((tmp_path / "orm-test").glob("smoke/version_*/test-metrics.json")).read_text())
+    assert "test/strong/bon@1/orm_step_last" in tested
     assert "val/strong/bon@1/orm_step_last" in orm and "val/strong/bon@1/method" in orm
     autopsv = fit("autopsv", "--data.step_labels.orm", str(tmp_path / "orm" / "export"))
     labelling = autopsv["flops"]["data_tokens"]["labelling"]
