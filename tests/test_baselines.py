@@ -183,7 +183,9 @@ def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir,
     groups = [tokens[i : i + 4] for i in range(0, len(tokens), 4)]
     assert cost["tokens"] == sum(tokens)
     assert cost["flops"] == pytest.approx(sum(forward.sampling(sum(g), 4) for g in groups), rel=1e-12)
-    assert cost["records"] == 3
+    assert cost["records"] == cost["distinct_records"] == 3
+    _, repeated = labeller.label([*records, records[0]], _context(tiny_model_dir, tmp_path))
+    assert repeated["records"] == 4 and repeated["flops"] == cost["flops"]  # a repeat is labelled once
 
 
 def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):

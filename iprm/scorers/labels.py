@@ -1,7 +1,8 @@
 """Step labels for the explicit-PRM baselines, derived the way each method derives them, cached and costed.
 
 Each labeller returns the training records with `step_values` (the target of each step's prefix in [0, 1])
-and without the world's true `step_labels` (a real study has none), and counts what the labelling cost:
+and without the world's true `step_labels` (a real study has none), and counts what the labelling cost
+(once per distinct response: rollouts repeat, and a repeated response needs no second labelling):
 
     Math-Shepherd (`MonteCarloLabels`)   for each step prefix y_{≤k} (k < S) of each response, K completions
         sampled from the reference; v_k = 1[any completion reaches the right answer] ("hard") or the
@@ -89,11 +90,14 @@ class StepLabeller:
             replace(r, step_values=tuple(e["values"]), step_labels=None, step_tags=None)
             for r, e in zip(records, entries, strict=True)
         ]
+        # A response sampled twice (rollouts repeat) is labelled once: the cost counts distinct responses.
+        distinct = {record_key(r): e for r, e in zip(records, entries, strict=True)}
         cost = {
             "method": self.method,
             "records": len(records),
-            "tokens": sum(e["tokens"] for e in entries),
-            "flops": sum(e["flops"] for e in entries) + self.fixed_flops(),
+            "distinct_records": len(distinct),
+            "tokens": sum(e["tokens"] for e in distinct.values()),
+            "flops": sum(e["flops"] for e in distinct.values()) + self.fixed_flops(),
         }
         return labelled, cost
 
