@@ -117,6 +117,7 @@ def test_data_tokens_from_records_count_only_the_rollouts_a_run_needed(tmp_path,
         train_path=str(tmp_path / "train.jsonl"),
         instruction_fraction=0.5,
         responses_per_instruction=1,
+        allow_one_class=True,  # the one response kept is correct: a cost count, not a training set
     )
     datamodule.setup("fit")
     (kept,) = datamodule._rollouts_needed(_records())
@@ -143,6 +144,7 @@ def test_data_tokens_from_a_world_manifest_scale_with_the_share_needed(tmp_path,
         model_path=tiny_model_dir,
         eval_paths={"rollouts": world.train_path},  # this world has no best-of-N sets
         responses_per_instruction=1,
+        allow_one_class=True,  # both responses kept are correct: a cost count, not a training set
     )
     datamodule.setup("fit")
     counts = datamodule.sampling_tokens()
