@@ -1,10 +1,11 @@
-"""Atomic writes: a file or a directory appears complete or not at all.
+"""Atomic writes: a file or a directory appears complete or not at all; an exclusive lock between processes.
 
 Everything is written under a temporary name beside its destination (the same file system, so the rename
 is atomic) and moved into place with `os.replace` only once complete: a reader, or a run that resumes
 after a crash, never finds half a table, a half-written shard or a world that looks built but is not.
 """
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -45,3 +46,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
     shutil.rmtree(path, ignore_errors=True)
     os.replace(scratch, path)
+
+
+@contextmanager
+def exclusive(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) while the block runs: a second process that
+    asks for the same lock waits until the first one leaves it. The operating system releases it however
+    the holder ends (a kill included); the lock file stays, harmless and empty."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from iprm.data.records import Record, write_records
-from iprm.io import atomic_dir
+from iprm.io import atomic_dir, exclusive
 from iprm.tasks.arithmetic import Problem, sample_problem, solve, verify
 from iprm.tasks.pretrain import build_model, encode_examples, pretrain
 from iprm.tasks.sampling import sample_responses
@@ -209,13 +210,26 @@ class World:
         if self.manifest_path.exists():
             log.info("reusing the world in %s", self.directory)
             return self.manifest()
-        if unpack_shipped(self.digest, self.directory):
-            return self.manifest()
-        # Build into a scratch directory and rename at the end: a killed build never looks finished.
-        with atomic_dir(self.directory) as scratch:
-            manifest = _Build(self, scratch, device).run()
-            (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        # One builder at a time: a second process waits, then finds the world the first one built.
+        with exclusive(self.lock_path):
+            if self.manifest_path.exists():
+                log.info("reusing the world in %s (built by another process meanwhile)", self.directory)
+                return self.manifest()
+            if unpack_shipped(self.digest, self.directory):
+                return self.manifest()
+            for stale in self.directory.parent.glob(f"{self.directory.name}.building-*"):
+                shutil.rmtree(stale, ignore_errors=True)  # a killed build's scratch: no one holds it now
+            log.info("building the world in %s", self.directory)
+            # Build into a scratch directory and rename at the end: a killed build never looks finished.
+            with atomic_dir(self.directory) as scratch:
+                manifest = _Build(self, scratch, device).run()
+                (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         return manifest
+
+    @property
+    def lock_path(self) -> Path:
+        """The lock that builders of this world (and of its extra families) hold."""
+        return Path(self.root) / f".world-{self.digest}.lock"
 
     def build_extra(self, family: str, device: str = "cpu") -> str:
         """Sample the reference's rollouts on `train_instructions` new problems of `family` (as many per
@@ -224,6 +238,12 @@ class World:
         if path.exists():
             return str(path)
         self.build(device)
+        with exclusive(self.lock_path):
+            if not path.exists():
+                self._sample_extra(family, path, device)
+        return str(path)
+
+    def _sample_extra(self, family: str, path: Path, device: str) -> None:
         build = _Build(self, self.directory, device)
         seen = build.held_out_and_rollout_problems()[1]
         seen |= {p.prompt for p in build.pretraining_problems("reference", seen)}
@@ -232,7 +252,6 @@ class World:
         model = AutoModelForCausalLM.from_pretrained(self.model_path).to(device).eval()
         records = build.rollouts(model, problems, f"extra/{family}", f"extra-{family}")
         write_records(records, path)  # atomic
-        return str(path)
 
 
 def _problems(world: World, rng: random.Random, count: int, exclude: set[str], **kwargs) -> list[Problem]:
