@@ -15,6 +15,7 @@ Runs from before the `method` alias fall back to the implicit PRM's headline sco
 import argparse
 import math
 import statistics
+import sys
 from pathlib import Path
 
 from iprm.eval.figures import read_results, sets
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> str:
             row | {"point": f"{prefix}/{row['point']}"}
             for row in read_results(Path(directory) / "results.csv")
         ]
-    command = "python -m iprm.eval.compare " + " ".join(argv if argv is not None else [])
+    command = "python -m iprm.eval.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n".join([
         f"`{command.strip()}`; mean ± std over seeds.\n",
         "## Best-of-N and weighted majority (each method's own score)\n",
