@@ -19,6 +19,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 HEADLINE_SCORER = "prm_accumulative_min"  # the PRM scorer of results.md's first best-of-N column
 COST = ("flops/train", "flops/data")  # Figure 1's x: the compute to collect the data plus to train
@@ -144,6 +145,7 @@ def accuracy_vs_flops_figure(
             ax.errorbar(x.mean, y.mean, xerr=x.std, yerr=y.std, marker="o", capsize=3, label=point)
         _baseline(ax, rows, name, n)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # within one decade, minor labels overprint
         ax.set_xlabel("FLOPs (data + training)")
         ax.set_title(name)
         ax.grid(alpha=0.3)
