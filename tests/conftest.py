@@ -1,5 +1,6 @@
 """Shared fixtures: a character tokenizer and tiny Llama models built in code (no network, fixed seeds)."""
 
+import json
 from pathlib import Path
 
 import nbformat
@@ -121,3 +122,19 @@ def assert_notebook_draws(name: str) -> None:
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
     assert not [o for o in outputs if o.get("output_type") == "error"]
     assert any("image/png" in o.get("data", {}) for o in outputs), "the notebook drew no figure"
+
+
+def write_own_records(tmp: Path) -> Path:
+    """A user's own JSONL rollouts (no world): 4 problems × 4 candidates, every other one correct."""
+    rows = []
+    for problem in range(4):
+        for candidate in range(4):
+            correct = candidate % 2 == 0
+            answer = str(problem + 2) if correct else str(problem + 3)
+            rows.append({
+                "instruction_id": f"p{problem}", "prompt": f"Q:{problem}+2\n",
+                "response": f"{problem}+2={answer}\nA:{answer}", "label": correct, "answer": answer,
+            })  # fmt: skip
+    path = tmp / "mine.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path

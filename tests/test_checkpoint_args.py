@@ -8,26 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import write_own_records
 from safetensors.torch import load_file
 
 from iprm.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _records(tmp: Path) -> Path:
-    rows = []
-    for problem in range(4):
-        for candidate in range(4):
-            correct = candidate % 2 == 0
-            answer = str(problem + 2) if correct else str(problem + 3)
-            rows.append({
-                "instruction_id": f"p{problem}", "prompt": f"Q:{problem}+2\n",
-                "response": f"{problem}+2={answer}\nA:{answer}", "label": correct, "answer": answer,
-            })  # fmt: skip
-    path = tmp / "mine.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
 
 
 def _args(tmp: Path, model_dir: str, data: Path) -> list[str]:
@@ -44,7 +30,7 @@ def _args(tmp: Path, model_dir: str, data: Path) -> list[str]:
 def fitted(tmp_path_factory, tiny_model_dir) -> tuple[Path, list[str]]:
     """A checkpoint of one tiny CE fit (β 0.5), and the arguments that made it."""
     tmp = tmp_path_factory.mktemp("fit")
-    args = _args(tmp, tiny_model_dir, _records(tmp))
+    args = _args(tmp, tiny_model_dir, write_own_records(tmp))
     main(["fit", *args])
     return next((tmp / "runs").rglob("*.ckpt")), args
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_own_records
 from transformers import AutoModelForCausalLM
 
 from iprm.cli import main
@@ -190,17 +191,7 @@ def test_help_documents_the_arguments():
 @pytest.mark.integration
 def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path, tiny_model_dir):
     """No world: a user's JSONL rollouts, a best-of-N file and a local checkpoint directory."""
-    rows = []
-    for problem in range(4):
-        for candidate in range(4):
-            correct = candidate % 2 == 0
-            answer = str(problem + 2) if correct else str(problem + 3)
-            rows.append({
-                "instruction_id": f"p{problem}", "prompt": f"Q:{problem}+2\n",
-                "response": f"{problem}+2={answer}\nA:{answer}", "label": correct, "answer": answer,
-            })  # fmt: skip
-    data = tmp_path / "mine.jsonl"
-    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = write_own_records(tmp_path)
     main([
         "fit", "--config", str(CONFIGS / "smoke.yaml"), "--data", "iprm.data.PRMDataModule",
         "--data.model_path", tiny_model_dir, "--data.train_path", str(data),
