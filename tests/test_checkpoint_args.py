@@ -108,7 +108,7 @@ def test_a_second_fit_into_one_checkpoint_directory_leaves_last_ckpt_at_the_expo
     callbacks = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())["trainer"]["callbacks"]
     callbacks[0]["init_args"]["dirpath"] = str(tmp_path / "checkpoints")
     args = [
-        *_args(tmp_path, tiny_model_dir, _records(tmp_path)),
+        *_args(tmp_path, tiny_model_dir, write_own_records(tmp_path)),
         "--trainer.callbacks",
         json.dumps(callbacks),
     ]
