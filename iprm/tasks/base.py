@@ -1,0 +1,91 @@
+"""The task protocol: what generation, grading and training need to know about a family of problems.
+
+A task knows its problems, how a problem becomes a prompt (through the tokenizer's chat template for instruct
+models), how a response is split into steps and joined again, and how an answer is extracted and graded.
+`python -m iprm generate` samples and grades through it; the data path only needs `format_prompt` (the same
+prompt at training, evaluation and prediction as at generation) and the step separator.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from transformers import PreTrainedTokenizerBase
+
+from iprm.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem: its id (the records' `instruction_id`), its text, and its reference answer."""
+
+    id: str
+    text: str
+    reference: str
+
+
+def format_prompt(
+    tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool, system: str | None = None
+) -> str:
+    """`text` as the model reads it: through the tokenizer's chat template (a user turn, then the assistant's
+    header) when `chat_template` is set, else unchanged.
+
+    The templated prompt already holds the beginning-of-sequence token when the template writes one; the
+    collator and generation then add no second one.
+    """
+    if not chat_template:
+        return text
+    if not getattr(tokenizer, "chat_template", None):
+        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+        raise ConfigError(
+            f"{name}: the tokenizer has no chat template, but chat_template is true; set chat_template "
+            "false for a base model, or use an instruct model's tokenizer"
+        )
+    messages = [{"role": "user", "content": text}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+class Task(ABC):
+    """A family of problems with checkable answers.
+
+    Args:
+        separator: The string between consecutive steps of a response.
+    """
+
+    def __init__(self, separator: str):
+        if not separator:
+            raise ConfigError("task: the step separator must be a non-empty string")
+        self.separator = separator
+
+    @abstractmethod
+    def problems(self) -> list[Problem]:
+        """The task's problems, in a fixed order."""
+
+    @abstractmethod
+    def instruction(self, problem: Problem) -> str:
+        """The problem as the user's message (before any chat template)."""
+
+    def prompt(self, problem: Problem, tokenizer: PreTrainedTokenizerBase, chat_template: bool) -> str:
+        """The prompt a model is given for `problem` (`format_prompt` of its instruction)."""
+        return format_prompt(tokenizer, self.instruction(problem), chat_template)
+
+    def split_steps(self, response: str) -> list[str]:
+        """The response's non-empty steps, stripped."""
+        return [step.strip() for step in response.split(self.separator) if step.strip()]
+
+    def join_steps(self, steps: list[str]) -> str:
+        """Steps joined into one response with the separator."""
+        return self.separator.join(steps)
+
+    @abstractmethod
+    def extract_answer(self, response: str) -> str | None:
+        """The final answer a response states, or None when it states none."""
+
+    @abstractmethod
+    def grade(self, answers: list[str | None], problems: list[Problem]) -> list[bool]:
+        """Whether each answer is right for its problem (a missing answer is wrong)."""
+
+    def step_labels(self, problem: Problem, response: str) -> list[bool] | None:
+        """Each step's true label where the task can check steps (the arithmetic world can), else None."""
+        return None
