@@ -146,6 +146,10 @@ def test_official_errors_name_file_index_and_field(tmp_path, item, message):
         ("\\boxed{x^2+1}", "1+x^2", True),
         ("", "2", False),
         ("garbage ((", "2", False),
+        ("The answer is 3", "3", True),  # a sentence: math-verify extracts its last answer
+        ("The answer is 4", "3", False),
+        ("6-5i", "6 - 5i", True),  # a bare answer is read as LaTeX, not searched for its last number
+        ("32348", "\\$32,\\!348", True),  # an escaped dollar sign is not math mode
     ],
 )
 def test_grade(answer, reference, expected):

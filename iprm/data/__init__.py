@@ -3,6 +3,13 @@
 (`official`), and the DataModule (`PRMDataModule`). Nothing here imports `iprm.tasks`: a task supplies
 its data by subclassing the DataModule (`iprm.tasks.WorldDataModule`)."""
 
-from iprm.data.datamodule import PRMDataModule
-
 __all__ = ["PRMDataModule"]
+
+
+def __getattr__(name: str):
+    # Imported on first use: grading workers and light tools import submodules without torch and Lightning.
+    if name == "PRMDataModule":
+        from iprm.data.datamodule import PRMDataModule
+
+        return PRMDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -6,6 +6,7 @@ onto `Record` as instruction_id = str(idx), label = correctness, answer = extrac
 """
 
 import json
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -66,13 +67,23 @@ def load_official_candidates(path: str | Path, source: str | None = None) -> lis
     return [_official_record(item, f"{path}[{index}]", source) for index, item in enumerate(items)]
 
 
+_MATH_MODE = re.compile(r"(?<!\\)\$")  # a "$" that opens or closes math, not an escaped dollar sign
+_SENTENCE = re.compile(r"(?<!\\)\b[A-Za-z]{2,} [A-Za-z]{2,}\b")
+
+
 def _as_latex(text: str) -> str:
-    # math-verify extracts answers from LaTeX environments; a bare answer must be wrapped to be found.
-    return text if "\\boxed" in text or "$" in text else f"\\boxed{{{text}}}"
+    # A bare reference (MATH's `answer` field, e.g. "\\frac{1}{2}") must be wrapped to be parsed as LaTeX.
+    return text if "\\boxed" in text or _MATH_MODE.search(text) else f"\\boxed{{{text}}}"
 
 
 def grade(answer: str, reference: str) -> bool:
-    """Whether `answer` is mathematically equivalent to `reference`; unparsable text grades False."""
+    """Whether `answer` is mathematically equivalent to `reference`; unparsable text grades False.
+
+    `answer` may be a bare expression ("1/2"), LaTeX ("\\frac{1}{2}", "$x=3$", "\\boxed{3}") or a sentence
+    ("The answer is 3"): a bare answer is read inside `\\boxed{}`, a sentence as text, from which
+    math-verify extracts the last answer. For a time limit that a stuck parse cannot outlast, grade in
+    worker processes (`iprm.tasks.grading.GradingPool`).
+    """
     # Imported here: math-verify pulls in sympy, which only grading needs.
     from math_verify import parse, verify
 
@@ -80,7 +91,11 @@ def grade(answer: str, reference: str) -> bool:
     timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:
         gold = parse(_as_latex(reference), parsing_timeout=timeout)
-        predicted = parse(_as_latex(answer), parsing_timeout=timeout)
+        # A bare answer (a \\boxed{} content: "6 - 5i", "\\frac12") is read as LaTeX; a sentence as text.
+        first, second = (
+            (answer, _as_latex(answer)) if _SENTENCE.search(answer) else (_as_latex(answer), answer)
+        )
+        predicted = parse(first, parsing_timeout=timeout) or parse(second, parsing_timeout=timeout)
         return bool(gold and predicted and verify(gold, predicted, timeout_seconds=timeout))
     except Exception:  # grading must never stop an evaluation over odd text
         return False

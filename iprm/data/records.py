@@ -16,9 +16,10 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
+if TYPE_CHECKING:
+    import datasets
 
 from iprm.errors import MissingPathError, RecordError
 from iprm.io import atomic_write
@@ -216,7 +217,7 @@ def _load_json_lines(
 
 
 def records_from_dataset(
-    dataset: datasets.Dataset,
+    dataset: "datasets.Dataset",
     name: str,
     source: str | None = None,
     require_label: bool = True,
@@ -241,6 +242,8 @@ def _load_with_datasets(
     # A throwaway cache: loading must leave nothing behind (the default cache lives in the home directory).
     with tempfile.TemporaryDirectory() as cache_dir:
         try:
+            import datasets  # here: grading workers import this module and need no `datasets`
+
             dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
         except Exception as error:  # pyarrow's and datasets' many kinds of unreadable file
             raise RecordError(

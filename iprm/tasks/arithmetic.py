@@ -13,6 +13,10 @@ import random
 import re
 from dataclasses import dataclass
 
+from iprm.data.records import load_records
+from iprm.tasks.base import Problem as TaskProblem
+from iprm.tasks.base import Task
+
 OPERATORS = ("+", "-", "*")
 STEP_PATTERN = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 ANSWER_PATTERN = re.compile(r"^A:(\d+)$")
@@ -169,3 +173,59 @@ def verify(problem: Problem, response: str) -> Verdict:
 def grade(prompt: str, response: str) -> bool:
     """The outcome label of a response to an arithmetic prompt (`verify(…).label`)."""
     return verify(parse_problem(prompt), response).label
+
+
+class ArithmeticTask(Task):
+    """The controlled world's arithmetic as a `Task`: problems from a records file (its distinct prompts,
+    e.g. a world's best-of-N set) or freshly drawn, graded by the exact verifier, with true step labels.
+
+    Args:
+        path: A records file whose distinct prompts are the problems (instruction ids kept); or None to draw
+            `count` problems with `seed`.
+        count: Problems to draw when `path` is None.
+        seed: Seed of the drawn problems.
+        min_steps: Fewest operations of a drawn problem.
+        max_steps: Most operations of a drawn problem.
+        max_value: Largest running value of a drawn problem.
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        count: int = 100,
+        seed: int = 0,
+        min_steps: int = 2,
+        max_steps: int = 4,
+        max_value: int = 200,
+    ):
+        super().__init__(separator="\n")
+        self.path = path
+        self.count = count
+        self.seed = seed
+        self.bounds = (min_steps, max_steps, max_value)
+
+    def problems(self) -> list[TaskProblem]:
+        if self.path is None:
+            rng = random.Random(self.seed)
+            drawn = {sample_problem(rng, *self.bounds).prompt: None for _ in range(self.count)}
+            return [self._problem(prompt.strip(), prompt) for prompt in drawn]
+        distinct = {r.instruction_id: r.prompt for r in load_records(self.path, require_label=False)}
+        return [self._problem(id, prompt) for id, prompt in distinct.items()]
+
+    @staticmethod
+    def _problem(id: str, prompt: str) -> TaskProblem:
+        return TaskProblem(id, prompt, str(parse_problem(prompt).answer))
+
+    def instruction(self, problem: TaskProblem) -> str:
+        return problem.text
+
+    def extract_answer(self, response: str) -> str | None:
+        lines = [line.strip() for line in response.split("\n") if line.strip()]
+        match = ANSWER_PATTERN.match(lines[-1]) if lines else None
+        return match.group(1) if match else None
+
+    def grade(self, answers: list[str | None], problems: list[TaskProblem]) -> list[bool]:
+        return [a is not None and int(a) == int(p.reference) for a, p in zip(answers, problems, strict=True)]
+
+    def step_labels(self, problem: TaskProblem, response: str) -> list[bool]:
+        return list(verify(parse_problem(problem.text), response).step_labels)
