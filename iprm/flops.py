@@ -30,12 +30,14 @@ module reports the tokens of the rollouts the run needed (`sampling_tokens()`).
 record's reference forward the first time the run trains on it (cached afterwards; counted even when a
 cache an earlier run left on disk served it, so a run's cost does not depend on what ran before it), and
 KTO's mismatched pairs. It logs `train/flops` (cumulative) while training, and `flops/{train,data,total}`
-and `<log_dir>/flops.json` at the end of training.
+and `<log_dir>/flops.json` at the end of training, with the training loop's wall time (`train_seconds`)
+and the achieved `train_flops_per_second` (divide by a device's peak for its model-FLOPs utilisation).
 """
 
 import json
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -131,6 +133,7 @@ class FlopsCounter(Callback):
         self.costs: dict[str, ForwardCost] = {}
         self.data: dict = {"flops": math.nan}
         self._log_dir: Path | None = None
+        self._started = math.nan
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "reference_counted": sorted(self.reference_counted)}
@@ -155,6 +158,9 @@ class FlopsCounter(Callback):
             self.data = {**self.data, "rollout_flops": self.data["flops"], "labelling": labelling}
             self.data["flops"] = self.data["rollout_flops"] + labelling["flops"]
         record_scalars(trainer, {"flops/data": self.data["flops"]}, step=0)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.count_batch(pl_module, batch)
@@ -183,6 +189,10 @@ class FlopsCounter(Callback):
             reduced = trainer.strategy.reduce(values, reduce_op="sum").tolist()
             summed = dict(zip(summed, reduced, strict=True))
         cost = totals(summed, self.data)
+        # Wall time of this process's training loop (validation inside it included; a resumed run counts
+        # from its resume): achieved FLOP/s, and MFU against a device's peak.
+        cost["train_seconds"] = time.perf_counter() - self._started
+        cost["train_flops_per_second"] = cost["train"] / cost["train_seconds"]
         names = ("train", "data", "total")
         record_scalars(trainer, {f"flops/{name}": cost[name] for name in names}, trainer.global_step)
         if not trainer.is_global_zero:

@@ -87,8 +87,10 @@ def build(
     batch_size: int = 16,
     lr: float = 3e-3,
     seed: int = 0,
+    device: str = "cpu",
 ) -> Path:
-    """Train the tokenizer and the model on the first `problems` GSM8K rows of `data`; save to `output`."""
+    """Train the tokenizer and the model on the first `problems` GSM8K rows of `data` (`steps` optimiser
+    steps on `device`, rounded to whole epochs; 0 keeps the random weights); save to `output`."""
     rows = [json.loads(line) for line in Path(data).read_text().splitlines() if line.strip()][:problems]
     pairs = [(INSTRUCTION.replace("{problem}", row["question"]), gsm8k_steps(row["answer"])) for row in rows]
     tokenizer = train_tokenizer([text for pair in pairs for text in pair], vocab_size)
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--vocab-size", type=int, default=2048)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="where to train (cuda on a GPU)")
     args = parser.parse_args(argv)
     path = build(
         args.output,
@@ -144,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         args.layers,
         args.vocab_size,
         seed=args.seed,
+        device=args.device,
     )
     print(f"saved the toy model and tokenizer to {path}")
 
