@@ -101,18 +101,19 @@ def build(
         examples.append((prompt + answer + [tokenizer.eos_token_id], len(prompt)))
     longest = max(len(ids) for ids, _ in examples)
     torch.manual_seed(seed)
-    model = build_model(tokenizer, hidden_size, num_layers, max(1, hidden_size // 32), max_length=2 * longest)
-    epochs = max(1, round(steps * batch_size / len(examples)))
-    pretrain(
-        model,
-        examples,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        pad_id=tokenizer.pad_token_id,
-        desc="toy model: learning the step format",
-    )
+    model = build_model(tokenizer, hidden_size, num_layers, max(1, hidden_size // 64), max_length=2 * longest)
+    if steps > 0:
+        pretrain(
+            model,
+            examples,
+            epochs=max(1, round(steps * batch_size / len(examples))),
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            pad_id=tokenizer.pad_token_id,
+            device=device,
+            desc="toy model: learning the step format",
+        )
     model.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
