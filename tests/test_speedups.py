@@ -134,7 +134,11 @@ def test_fingerprint_follows_the_weights_and_the_dtype(tmp_path, tiny_model_dir)
     before = refcache.fingerprint(str(copy), "float32")
     assert refcache.fingerprint(str(copy), "bfloat16") != before
     weights = copy / "model.safetensors"
-    weights.write_bytes(weights.read_bytes())  # rewritten: new modification time
+    weights.write_bytes(weights.read_bytes())  # rewritten with the same bytes: the same weights
+    assert refcache.fingerprint(str(copy), "float32") == before
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of the last weight
+    weights.write_bytes(bytes(data))
     assert refcache.fingerprint(str(copy), "float32") != before
 
 

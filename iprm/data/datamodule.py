@@ -36,7 +36,12 @@ from iprm.data.knobs import (
     first_per_instruction,
     subsample_instructions,
 )
-from iprm.data.official import load_official_candidates, looks_official
+from iprm.data.official import (
+    check_official_split,
+    load_official_candidates,
+    looks_official,
+    resplit_records,
+)
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler
 from iprm.errors import ConfigError, RecordError
@@ -115,6 +120,10 @@ class PRMDataModule(L.LightningDataModule):
             in characters), so batches waste little on padding; the batches' order stays shuffled.
         eval_batch_size: Responses per evaluation and prediction batch.
         step_separator: The string between consecutive steps of a response.
+        official_steps: Re-split the responses of best-of-N and prediction files as the official
+            implicit-PRM evaluation does (`iprm.data.official.official_steps`: on "Step <n>:" markers,
+            joined by a blank line) and refuse a `step_separator` that does not recover those steps;
+            training files are read as written, as the official training reads them.
         max_length: Truncate sequences to this many tokens, dropping steps that no longer fit.
         mismatched_pairs: Also collate each prompt with another instruction's response (KTO's reference
             point).
@@ -142,6 +151,7 @@ class PRMDataModule(L.LightningDataModule):
         group_by_length: bool = False,
         eval_batch_size: int = 64,
         step_separator: str = "\n",
+        official_steps: bool = False,
         max_length: int | None = None,
         mismatched_pairs: bool = False,
         num_workers: int = 0,
@@ -164,6 +174,7 @@ class PRMDataModule(L.LightningDataModule):
         self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size
         self.step_separator = step_separator
+        self.official_steps = official_steps
         self.max_length = max_length
         self.mismatched_pairs = mismatched_pairs
         self.num_workers = num_workers
@@ -217,10 +228,16 @@ class PRMDataModule(L.LightningDataModule):
             same = self.test_paths == self.eval_paths and self._eval is not None
             self._test = self._eval if same else self._load_sets(self.test_paths)
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
-            self._predict = self._load(self.predict_path, require_label=False)
+            self._predict = self._load(self.predict_path, require_label=False, scored=True)
 
-    def _load(self, path: str, source: str | None = None, require_label: bool = True) -> list[Record]:
+    def _load(
+        self, path: str, source: str | None = None, require_label: bool = True, scored: bool = False
+    ) -> list[Record]:
+        """Records of one file; `scored` files (best-of-N sets, prediction inputs) follow `official_steps`."""
         records = load_data(path, source, require_label, self.step_separator)
+        if scored and self.official_steps:
+            records = resplit_records(records, path)
+            check_official_split(records, self.step_separator, path)
         check_separator(records, path, self.step_separator, self.allow_no_separator)
         return records
 
@@ -228,7 +245,7 @@ class PRMDataModule(L.LightningDataModule):
         """Best-of-N sets, each checked for what would make its numbers mislead (`iprm.validate`)."""
         sets = {}
         for name, path in paths.items():
-            sets[name] = self._load(path)
+            sets[name] = self._load(path, scored=True)
             check_prompts(sets[name], path)
             check_candidate_set(sets[name], f"best-of-N set {name!r} ({path})")
         return sets

@@ -21,10 +21,11 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from iprm.errors import ConfigError
 from iprm.eval.metrics import ProcessMetrics, SelectionMetrics
 from iprm.eval.process import processbench_f1, step_auroc, tune_threshold
 from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
-from iprm.eval.selection import DEFAULT_NS
+from iprm.eval.selection import DEFAULT_NS, MISSING_ANSWERS, MissingAnswers
 from iprm.eval.tables import step_table, table1
 from iprm.validate import candidate_counts, check_names, check_ns
 
@@ -46,6 +47,9 @@ class BestOfNEvaluation(Callback):
             gives the model's `table_scorers` rows.
         reference_scorer: the reference-only scorer given a row in the Table 1 layout (none where the
             model has no such scorer).
+        missing_answers: how majority and weighted-majority votes treat a candidate without an answer:
+            "abstain" (it does not vote) or "pool" (all such candidates vote together for "no answer",
+            which is wrong if it wins: the official implicit-PRM code's treatment).
     """
 
     def __init__(
@@ -55,12 +59,18 @@ class BestOfNEvaluation(Callback):
         heatmap_candidates: int = 8,
         table_scorers: list[str] | None = None,
         reference_scorer: str = "reference_accumulative_last",
+        missing_answers: MissingAnswers = "abstain",
     ):
         self.ns = tuple(ns)
         self.figure_scorers = figure_scorers
         self.heatmap_candidates = heatmap_candidates
         self.table_scorers = table_scorers
         self.reference_scorer = reference_scorer
+        if missing_answers not in MISSING_ANSWERS:
+            raise ConfigError(
+                f"evaluation.missing_answers must be one of {MISSING_ANSWERS}, got {missing_answers!r}"
+            )
+        self.missing_answers = missing_answers
         self.metrics: list[SelectionMetrics] = []
         self.process: list[dict[tuple[str, str], ProcessMetrics]] = []
         self.names: list[str] = []
@@ -107,7 +117,9 @@ class BestOfNEvaluation(Callback):
         self.step_scorers = pl_module.step_scorer_names()
         method, mode = pl_module.method()
         self.method_step_scorer = f"{method.name}_{mode}"
-        self.metrics = [SelectionMetrics(scorers, self.ns).to(pl_module.device) for _ in self.names]
+        self.metrics = [
+            SelectionMetrics(scorers, self.ns, self.missing_answers).to(pl_module.device) for _ in self.names
+        ]
         self.process = [
             {
                 (scorer, split): ProcessMetrics().to(pl_module.device)

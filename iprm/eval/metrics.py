@@ -14,7 +14,7 @@ from torchmetrics import Metric
 from torchmetrics.utilities.data import dim_zero_cat
 
 from iprm.eval.process import first_error, processbench_f1, step_auroc, tune_threshold
-from iprm.eval.selection import DEFAULT_NS, available_ns, selection_metrics
+from iprm.eval.selection import DEFAULT_NS, MissingAnswers, available_ns, selection_metrics
 
 
 def _cat(state: list[Tensor] | Tensor) -> Tensor | None:
@@ -44,12 +44,20 @@ class SelectionMetrics(Metric):
     is_differentiable = False
     higher_is_better = True
 
-    def __init__(self, scorers: list[str], ns: tuple[int, ...] = DEFAULT_NS, **kwargs) -> None:
+    def __init__(
+        self,
+        scorers: list[str],
+        ns: tuple[int, ...] = DEFAULT_NS,
+        missing_answers: MissingAnswers = "abstain",
+        **kwargs,
+    ) -> None:
         """`scorers` names the K columns of `scores`; `ns` are the candidate counts to report (those larger
-        than the smallest per-problem candidate count are dropped at compute time)."""
+        than the smallest per-problem candidate count are dropped at compute time); `missing_answers` how
+        votes treat candidates without an answer (`iprm.eval.selection.weighted_majority`)."""
         super().__init__(**kwargs)
         self.scorers = list(scorers)
         self.ns = tuple(ns)
+        self.missing_answers = missing_answers
         for name in ("problem", "candidate", "answer", "label", "scores"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
@@ -79,7 +87,9 @@ class SelectionMetrics(Metric):
         )
         by_scorer = {name: scores[:, k] for k, name in enumerate(self.scorers)}
         ns = available_ns(problem, self.ns)
-        values = selection_metrics(problem, candidate, answer, label.bool(), by_scorer, ns)
+        values = selection_metrics(
+            problem, candidate, answer, label.bool(), by_scorer, ns, self.missing_answers
+        )
         # A scorer that scored nothing (e.g. reference-only without a reference) selected nothing either.
         unscored = [name for name, score in by_scorer.items() if score.isnan().all()]
         for key in [k for k in values if k.partition("/")[2] in unscored]:

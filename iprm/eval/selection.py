@@ -8,16 +8,24 @@ arrive in any order; every function sorts by (problem, candidate) and lays the s
     bon@n   = mean_p label[argmax_{j<n} score_pj]                   (ties → earliest, NaN never wins)
     wmaj@n  = mean_p label[first candidate of argmax_a Σ_{j<n, a_j=a} σ(score_pj)]
     pass@k  = mean_p 1 − C(n_p − c_p, k) / C(n_p, k)                (Chen et al. 2021, all n_p candidates)
+
+A candidate without an answer (−1) either abstains from a vote (`missing_answers="abstain"`, the default)
+or votes for "no answer" together with every other such candidate (`"pool"`): a "no answer" that wins
+counts as wrong. "pool" is the official implicit-PRM code's treatment (`eval/bon_eval.py: compute_metrics`
+turns a missing `extracted_output` into the string "None", one more answer to vote for).
 """
 
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 DEFAULT_NS = (1, 2, 4, 8, 16, 32, 64)
+MissingAnswers = Literal["abstain", "pool"]
+MISSING_ANSWERS = ("abstain", "pool")
 
 
 @dataclass(frozen=True)
@@ -73,11 +81,22 @@ def _best_of_n(grid: _Grid, label: Tensor, score: Tensor, n: int) -> float:
     return label[rows.gather(1, pick[:, None])].float().mean().item()
 
 
-def _vote(grid: _Grid, answer: Tensor, label: Tensor, weight: Tensor, n: int) -> float:
+def _check_missing(missing_answers: str) -> None:
+    if missing_answers not in MISSING_ANSWERS:
+        raise ValueError(f"missing_answers must be one of {MISSING_ANSWERS}, got {missing_answers!r}")
+
+
+def _vote(
+    grid: _Grid, answer: Tensor, label: Tensor, weight: Tensor, n: int, missing_answers: str = "abstain"
+) -> float:
     """Accuracy of choosing, per problem, the answer with the largest total weight among the first n."""
+    _check_missing(missing_answers)
     rows, valid = _first_n(grid, n)
     answers = answer[rows]
-    votes = valid & (answers >= 0)
+    pooled = missing_answers == "pool"
+    if pooled:  # one more answer id, "no answer", beyond every real one
+        answers = torch.where(answers < 0, int(answer.max().clamp(min=0)) + 1, answers)
+    votes = valid & ((answers >= 0) | pooled)
     problem_index = torch.arange(len(rows), device=rows.device)[:, None].expand_as(rows)
     # One group per distinct (problem, answer): answer ids need only be consistent within a problem.
     pairs = torch.stack([problem_index[votes], answers[votes]], dim=1)
@@ -89,7 +108,8 @@ def _vote(grid: _Grid, answer: Tensor, label: Tensor, weight: Tensor, n: int) ->
     # Every slot of an answer carries the same total, so the first slot at the maximum is the first
     # candidate of the earliest-appearing winning answer: ties go to the answer that appeared first.
     pick = _first_true(votes & (tally == tally.max(dim=1, keepdim=True).values))
-    correct = label[rows.gather(1, pick.clamp(min=0)[:, None])].squeeze(1).bool() & (pick >= 0)
+    chosen = rows.gather(1, pick.clamp(min=0)[:, None]).squeeze(1)
+    correct = label[chosen].bool() & (pick >= 0) & (answer[chosen] >= 0)  # "no answer" is never right
     return correct.float().mean().item()
 
 
@@ -121,20 +141,35 @@ def best_of_n(problem: Tensor, candidate: Tensor, label: Tensor, score: Tensor, 
 
 
 def weighted_majority(
-    problem: Tensor, candidate: Tensor, answer: Tensor, label: Tensor, score: Tensor, n: int
+    problem: Tensor,
+    candidate: Tensor,
+    answer: Tensor,
+    label: Tensor,
+    score: Tensor,
+    n: int,
+    missing_answers: MissingAnswers = "abstain",
 ) -> float:
     """Accuracy of voting among the first n candidates with weight σ(score) per candidate.
 
-    Answer −1 does not vote, a NaN score weighs 0, ties go to the answer that appeared first, and the chosen
-    answer is judged by the label of its first candidate. A problem with no voting candidate counts as wrong.
+    Answer −1 does not vote ("abstain"), or all −1 vote together for "no answer", wrong if it wins ("pool");
+    a NaN score weighs 0, ties go to the answer that appeared first, and the chosen answer is judged by the
+    label of its first candidate. A problem with no voting candidate counts as wrong.
     """
     weight = torch.sigmoid(score.double()).nan_to_num(0.0)
-    return _vote(_grid(problem, candidate), answer, label, weight, n)
+    return _vote(_grid(problem, candidate), answer, label, weight, n, missing_answers)
 
 
-def majority(problem: Tensor, candidate: Tensor, answer: Tensor, label: Tensor, n: int) -> float:
+def majority(
+    problem: Tensor,
+    candidate: Tensor,
+    answer: Tensor,
+    label: Tensor,
+    n: int,
+    missing_answers: MissingAnswers = "abstain",
+) -> float:
     """Accuracy of plain majority voting (weight 1 per vote) among the first n; see `weighted_majority`."""
-    return _vote(_grid(problem, candidate), answer, label, torch.ones_like(answer, dtype=torch.float64), n)
+    ones = torch.ones_like(answer, dtype=torch.float64)
+    return _vote(_grid(problem, candidate), answer, label, ones, n, missing_answers)
 
 
 def oracle(problem: Tensor, candidate: Tensor, label: Tensor, n: int) -> float:
@@ -162,11 +197,14 @@ def selection_metrics(
     label: Tensor,
     scores: dict[str, Tensor],
     ns: Iterable[int],
+    missing_answers: MissingAnswers = "abstain",
 ) -> dict[str, float]:
     """Every selection metric for every n in `ns` (each ≤ the smallest candidate count; see `available_ns`).
 
-    Keys: `pass@{n}`, `oracle@{n}`, `maj@{n}`, and for every scorer s: `bon@{n}/{s}`, `wmaj@{n}/{s}`.
+    Keys: `pass@{n}`, `oracle@{n}`, `maj@{n}`, and for every scorer s: `bon@{n}/{s}`, `wmaj@{n}/{s}`;
+    `missing_answers` says how both votes treat candidates without an answer (see `weighted_majority`).
     """
+    _check_missing(missing_answers)
     grid = _grid(problem, candidate)
     rows, valid = _first_n(grid, grid.rows.shape[1])
     correct = (label[rows].bool() & valid).sum(dim=1)
@@ -176,8 +214,8 @@ def selection_metrics(
     for n in ns:
         metrics[f"pass@{n}"] = _pass_at_k(grid.counts, correct, n)
         metrics[f"oracle@{n}"] = _oracle(grid, label, n)
-        metrics[f"maj@{n}"] = _vote(grid, answer, label, ones, n)
+        metrics[f"maj@{n}"] = _vote(grid, answer, label, ones, n, missing_answers)
         for name, score in scores.items():
             metrics[f"bon@{n}/{name}"] = _best_of_n(grid, label, score, n)
-            metrics[f"wmaj@{n}/{name}"] = _vote(grid, answer, label, weights[name], n)
+            metrics[f"wmaj@{n}/{name}"] = _vote(grid, answer, label, weights[name], n, missing_answers)
     return metrics

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import refcache, rewards
@@ -51,6 +51,25 @@ def check_settings(hparams) -> None:
         problems.append(f"torch_dtype must be one of {', '.join(DTYPES)}, got {hparams.torch_dtype!r}")
     if problems:
         raise ConfigError("model: " + "; ".join(problems))
+
+
+def disable_dropout(model: nn.Module) -> nn.Module:
+    """Switch off every dropout of `model`, in place, and return it.
+
+    As TRL does by default (`disable_dropout_in_model`): in training mode dropout would make the policy's
+    log-probs, hence the log-ratio, noisy where the reference's (in eval mode, or cached) are not, and a
+    log-ratio of 0 at the start would not be 0. TRL zeroes `nn.Dropout` modules only; attention dropout in
+    most `transformers` decoders (Llama, Qwen2, Mistral, ...) is a float attribute handed to the attention
+    kernel, so float attributes named `*dropout*` are zeroed too. The config is left as it was, so an
+    exported checkpoint keeps its own settings.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float) and value > 0:
+                setattr(module, name, 0.0)
+    return model
 
 
 @dataclass(frozen=True)
@@ -109,15 +128,17 @@ class RewardModel(L.LightningModule):
     # --- models -----------------------------------------------------------------------------------
 
     def load_causal_lm(self, path: str) -> PreTrainedModel:
+        """A checkpoint as policy, reference or backbone, with every dropout off (`disable_dropout`)."""
         setting = "model.reference_path" if path == self.hparams.get("reference_path") else "data.model_path"
         check_model_path(path, setting)
         dtype = self.hparams.torch_dtype
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             path,
             dtype=dtype if dtype == "auto" else getattr(torch, dtype),
             attn_implementation=self.hparams.attn_implementation,
             trust_remote_code=self.hparams.trust_remote_code,
         )
+        return disable_dropout(model)
 
     def on_fit_start(self) -> None:
         datamodule = self.trainer.datamodule
