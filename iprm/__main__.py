@@ -1,4 +1,4 @@
-"""`python -m iprm {fit,validate,test,predict} --config …`.
+"""`python -m iprm {fit,validate,test,predict} --config …`, and `python -m iprm generate …`.
 
 A user error (`iprm.errors.IPRMError`: bad data, a missing path, an impossible setting) is printed as one
 line without a traceback, exit status 2; set `IPRM_TRACEBACK=1` to see the traceback.
@@ -7,12 +7,24 @@ line without a traceback, exit status 2; set `IPRM_TRACEBACK=1` to see the trace
 import os
 import sys
 
-from iprm.cli import main
 from iprm.errors import IPRMError
+
+
+def run(argv: list[str]) -> None:
+    """`generate` is a command of its own (`iprm.generation.command`); the rest are the LightningCLI's."""
+    if argv[:1] == ["generate"]:
+        from iprm.generation.command import main as generate
+
+        generate(argv[1:])
+    else:
+        from iprm.cli import main
+
+        main()
+
 
 if __name__ == "__main__":
     try:
-        main()
+        run(sys.argv[1:])
     except IPRMError as error:
         if os.environ.get("IPRM_TRACEBACK") == "1":
             raise

@@ -45,6 +45,7 @@ from iprm.data.official import (
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler
 from iprm.errors import ConfigError, RecordError
+from iprm.generation.manifest import read_manifest
 from iprm.validate import (
     check_candidate_set,
     check_model_path,
@@ -292,11 +293,16 @@ class PRMDataModule(L.LightningDataModule):
 
     def sampling_tokens(self) -> dict[str, float | str]:
         """Prompt and generated tokens of sampling the rollouts this run trains on (for data FLOPs), and
-        where the counts come from: estimated from the needed records (`_rollouts_needed`) with the
-        tokenizer, the prompt with its special tokens and each response with the <eos> that ended it."""
+        where the counts come from: when `python -m iprm generate` wrote the training file (and it is the
+        only one), its manifest's exact counts, scaled by the share of its responses the run needed; else
+        estimated from the needed records (`_rollouts_needed`) with the tokenizer, the prompt with its
+        special tokens and each response with the <eos> that ended it."""
         if self._sampled is None:
             raise RuntimeError("call setup('fit') first: the training records are loaded there")
-        needed = self._sampled[1]
+        loaded, needed = self._sampled
+        manifest = None if self.extra_train_paths else read_manifest(self.train_path)
+        if manifest is not None and manifest["responses"] == loaded:
+            return self.needed_share(manifest, "generate manifest")
         prompts = self.tokenizer([r.prompt for r in needed])["input_ids"]
         responses = self.tokenizer([r.response for r in needed], add_special_tokens=False)["input_ids"]
         return {
@@ -304,6 +310,17 @@ class PRMDataModule(L.LightningDataModule):
             "sampled_tokens": sum(len(ids) + 1 for ids in responses),
             "records": len(needed),
             "source": "records",
+        }
+
+    def needed_share(self, counts: dict, source: str) -> dict[str, float | str]:
+        """Exact `counts` of sampling every loaded rollout, scaled by the share of them the run needed."""
+        loaded, needed = self._sampled
+        share = len(needed) / loaded
+        return {
+            "prompt_tokens": counts["prompt_tokens"] * share,
+            "sampled_tokens": counts["sampled_tokens"] * share,
+            "records": len(needed),
+            "source": source,
         }
 
     def _apply_knobs(self, records: list[Record]) -> list[Record]:

@@ -67,17 +67,10 @@ class WorldDataModule(PRMDataModule):
     def sampling_tokens(self) -> dict[str, float | str]:
         """The world's sampling counts (exact, measured while sampling) scaled by the share of its rollouts
         the run needed, when the run trains on exactly the world's rollouts; else estimated from records."""
-        loaded, needed = self._sampled or (0, [])
         counts = self.world.manifest()["stats"]["train"] if self._trains_on_the_world_only() else {}
         if "sampled_tokens" not in counts:  # other data, or a world built before the count was recorded
             return super().sampling_tokens()
-        share = len(needed) / loaded
-        return {
-            "prompt_tokens": counts["prompt_tokens"] * share,
-            "sampled_tokens": counts["sampled_tokens"] * share,
-            "records": len(needed),
-            "source": "world manifest",
-        }
+        return self.needed_share(counts, "world manifest")
 
     def _trains_on_the_world_only(self) -> bool:
         return self.train_path == self.world.train_path and not self.extra_train_paths
