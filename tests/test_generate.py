@@ -34,14 +34,15 @@ class SumTask(Task):
 
     Args:
         count: Problems.
+        reference: The characters that count as a right answer.
     """
 
-    def __init__(self, count: int = 5):
+    def __init__(self, count: int = 5, reference: str = "0123456789"):
         super().__init__(separator="\n")
-        self.count = count
+        self.count, self.reference = count, reference
 
     def problems(self) -> list[Problem]:
-        return [Problem(id=f"p{i}", text=f"{i}+1", reference="0123456789") for i in range(self.count)]
+        return [Problem(id=f"p{i}", text=f"{i}+1", reference=self.reference) for i in range(self.count)]
 
     def instruction(self, problem: Problem) -> str:
         return f"Q:{problem.text}\n"
@@ -184,6 +185,8 @@ def test_mismatched_settings_are_refused(tiny_model_dir, tmp_path, monkeypatch):
     kill_after_the_first_shard(monkeypatch, tiny_model_dir, output)
     with pytest.raises(ConfigError, match=r"shard-00000.json was made with other settings \(n: 3 → 2\)"):
         run(tiny_model_dir, output, n=2)
+    with pytest.raises(ConfigError, match="shard-00000.json holds other problems than shard 0"):
+        run(tiny_model_dir, output, task=SumTask(reference="13579"))
     first = run(tiny_model_dir, output)
     # Finished: the same settings return the manifest without loading the model; others are refused.
     monkeypatch.setattr(command, "_backend", lambda *args: pytest.fail("the model was loaded"))

@@ -105,11 +105,12 @@ def generate(
         make_backend = partial(
             _backend, backend, model_path, tokenizer, batch_size, device, dtype, trust_remote_code
         )
-        rows = run.all_shards(problems, Shards(parts_path(output_path), settings), make_backend)
+        shards = Shards(parts_path(output_path), settings)
+        rows = run.all_shards(problems, shards, make_backend)
         write_output(rows, output_path, format, written["source"])
         manifest = {"settings": written, **counts(rows, len(problems))}
         write_manifest(output_path, manifest)
-        Shards(parts_path(output_path), settings).remove()
+        shards.remove()
     log.info("generate: %d responses to %d problems written to %s", len(rows), len(problems), output_path)
     return manifest
 
@@ -178,7 +179,8 @@ class _Run:
         backend, rows = None, []
         with tqdm(total=len(problems) * self.n, desc="generate", unit="response") as progress:
             for index, chunk in enumerate(chunks):
-                ids = [problem.id for problem in chunk]
+                # What a shard must have been made for: the problems, as this task now states them.
+                ids = [[problem.id, self.task.instruction(problem), problem.reference] for problem in chunk]
                 shard = shards.load(index, ids)
                 if shard is None:
                     backend = backend or make_backend()

@@ -2,9 +2,9 @@
 
 The problems are cut into consecutive shards of `problems_per_shard`; shard i holds every graded response to
 its problems and is written atomically to `<parts>/shard-<i>.json` once complete, with the settings that
-made it. A rerun takes each finished shard as it is, after checking that it was made with the same settings
-and for the same problems; a shard's samples depend only on the settings and its index (`shard_seed`), so a
-resumed run writes what an uninterrupted one would have.
+made it and its problems (id, instruction, reference). A rerun takes each finished shard as it is, after
+checking that it was made with the same settings and for the same problems; a shard's samples depend only
+on the settings and its index (`shard_seed`), so a resumed run writes what an uninterrupted one would have.
 """
 
 import json
@@ -38,7 +38,7 @@ class Shards:
     def path(self, index: int) -> Path:
         return self.directory / f"shard-{index:05d}.json"
 
-    def load(self, index: int, problem_ids: list[str]) -> list[dict] | None:
+    def load(self, index: int, problems: list) -> list[dict] | None:
         """Shard `index`'s rows if it is finished, else None; refused when it was made otherwise."""
         path = self.path(index)
         if not path.is_file():
@@ -49,15 +49,15 @@ class Shards:
                 f"{path} was made with other settings ({differences(shard['settings'], self.settings)}); "
                 f"rerun with those settings to resume, or remove {self.directory} to start over"
             )
-        if shard["problems"] != problem_ids:
+        if shard["problems"] != problems:
             raise ConfigError(
                 f"{path} holds other problems than shard {index} of this task; the task's problems changed: "
                 f"remove {self.directory} to start over"
             )
         return shard["rows"]
 
-    def write(self, index: int, problem_ids: list[str], rows: list[dict]) -> None:
-        shard = {"settings": self.settings, "problems": problem_ids, "rows": rows}
+    def write(self, index: int, problems: list, rows: list[dict]) -> None:
+        shard = {"settings": self.settings, "problems": problems, "rows": rows}
         with atomic_write(self.path(index), encoding="utf-8") as file:
             json.dump(shard, file, ensure_ascii=False)
 
