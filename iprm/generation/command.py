@@ -1,7 +1,7 @@
 """`python -m iprm generate`: N sampled responses per problem of a task, graded by the task, as training or
 best-of-N data.
 
-    python -m iprm generate --task iprm.tasks.math.MathTask --task.path math500.jsonl \
+    python -m iprm generate --task iprm.tasks.maths.MathTask --task.path data/math500.jsonl \
         --model_path DIR --n 4 --output runs/gen.jsonl [--format official] [--chat_template true] ...
 
 Each problem's prompt is `task.prompt(problem, tokenizer, chat_template)`; each response is graded by
