@@ -10,6 +10,9 @@ contents; a hub id by the commit the local Hugging Face cache resolves it to) an
 New entries are appended as shard files, written to a temporary name and renamed (a killed run never
 leaves half a shard), and read back with `torch.load(weights_only=True)`. A shard that cannot be read is
 skipped with a warning: its entries are simply recomputed.
+
+Keys also hash the step convention's version (`iprm.data.collate.STEP_CONVENTION`): nothing cached under an
+earlier convention is read back, even where a new convention leaves some records' tokens as they were.
 """
 
 import hashlib
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from iprm.data.collate import select_rows
+from iprm.data.collate import STEP_CONVENTION, select_rows
 from iprm.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -32,14 +35,15 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 def record_keys(batch: dict[str, Tensor]) -> list[str]:
-    """One digest per row of a right-padded batch: its real tokens, response mask and step ends."""
+    """One digest per row of a right-padded batch: the step convention, its real tokens, response mask and
+    step ends."""
     input_ids = batch["input_ids"].cpu()
     lengths = batch["attention_mask"].sum(-1).tolist()
     response_mask = batch["response_mask"].cpu().bool()
     step_ends = batch["step_ends"].cpu()
     keys = []
     for row, length in enumerate(lengths):
-        digest = hashlib.blake2b(digest_size=16)
+        digest = hashlib.blake2b(f"step-convention={STEP_CONVENTION}\n".encode(), digest_size=16)
         digest.update(input_ids[row, :length].numpy().tobytes())
         digest.update(response_mask[row, :length].numpy().tobytes())
         ends = step_ends[row]

@@ -1,7 +1,8 @@
-"""Data: the record schema and loaders (`records`), collation into token tensors with step ends
-(`collate`), the training-set knobs (`knobs`), the official candidate format and math-verify grading
-(`official`), and the DataModule (`PRMDataModule`). Nothing here imports `iprm.tasks`: a task supplies
-its data by subclassing the DataModule (`iprm.tasks.WorldDataModule`)."""
+"""Data: the record schema and loaders (`records`), the prompt through the chat template (`prompts`),
+collation into token tensors with step ends (`collate`), the training-set knobs (`knobs`), the official
+candidate format and math-verify grading (`official`), and the DataModule (`PRMDataModule`). Nothing here
+imports `iprm.tasks`: a task supplies its data by subclassing the DataModule
+(`iprm.tasks.WorldDataModule`)."""
 
 __all__ = ["PRMDataModule"]
 

@@ -1,25 +1,47 @@
 """Tokenisation and collation: one tokenisation with character offsets → token tensors and step ends.
 
-`prompt + response` is tokenised once, exactly as the model reads it, and step boundaries are found
-through the tokens' character offsets, never by tokenising steps separately (which would change the tokens
-at every boundary for BPE tokenizers). With offsets (s_t, e_t) of token t and the prompt's length P:
+`prompt + response` is tokenised once, exactly as the model reads it, and the end-of-sequence token is
+appended (unless the tokenizer has none or added it itself). Step boundaries are found through the tokens'
+character offsets, never by tokenising steps separately (which would change the tokens at every boundary for
+BPE tokenizers). With offsets (s_t, e_t) of token t, the prompt's length P, c_k the first character of step
+k's text in the response, and K steps:
 
-    token t is a response token   ⇔  t ≥ 1 and e_t > P       (special tokens have (0, 0) and never are)
-    step k ends at token          max { t response token : s_t < end character of step k }
+    token t is a response token   ⇔  t ≥ 1 and e_t > P           (the appended <eos> has s_t = e_t = |text|)
+    step k < K ends at token      max { t response token : ē_{t−1} < P + c_{k+1} }
+    step K ends at token          the last response token (the <eos>)
 
-so q_k, the sum of token log-ratios up to step k's end, covers every character of steps 1..k.
+where ē_{t−1} = max_{u < t} e_u is where the text before token t ends: token t's first character when the
+offsets are contiguous, and still so when a tokenizer trims the spaces off its offsets.
+
+The step convention, the same for every tokenizer and for training, evaluation and prediction: step k owns
+the characters from the start of its text up to the start of step k + 1's text, so the separator (and any
+whitespace) belongs to the step it closes, and a token belongs to the step its first character lies in,
+whether or not the tokenizer merges the separator with its neighbours (a byte-level BPE may make ".\\n\\n" one
+token and "7\\n\\n" two). Step 1 also owns what precedes its text (leading whitespace, a token straddling the
+prompt's end). The <eos> is a response token and closes the last step, so q_K, the sum of token log-ratios
+up to step K's end, is the response's log-ratio sum exactly (r = q_K), and q_k covers every character of
+steps 1..k and the separators after them.
+
+A prompt that already starts with the tokenizer's BOS string (a chat template writes it) is tokenised
+without the tokenizer's own special tokens, so no sequence starts with two BOS tokens.
 """
 
 import math
 from bisect import bisect_left
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
+from iprm.data.prompts import format_prompt
 from iprm.data.records import Record, split_steps
+
+# The version of the convention above. The reference cache hashes it into its keys, so log-probs cached
+# under an earlier convention (no <eos>, separators in the next step) are never reused.
+STEP_CONVENTION = 2
 
 
 @dataclass
@@ -27,8 +49,9 @@ class Encoded:
     """One tokenised (prompt, response) pair.
 
     Args:
-        input_ids: Token ids of `prompt + response`, special tokens included.
-        response_mask: Whether each token belongs to the response (its log-probability counts).
+        input_ids: Token ids of `prompt + response`, special tokens included, and the <eos>.
+        response_mask: Whether each token belongs to the response (its log-probability counts); the
+            <eos> does.
         step_ends: Index of the last token of each (kept) step.
         num_steps: Steps in the whole response, before truncation dropped any.
     """
@@ -49,29 +72,45 @@ def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def _tokenize(
     tokenizer: PreTrainedTokenizerBase, prompt: str, response: str
-) -> tuple[list[int], list, list[bool]]:
-    """Token ids, character offsets and response mask of `prompt + response`."""
+) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+    """Token ids, character offsets and response mask of `prompt + response` and the <eos>."""
     if not tokenizer.is_fast:
         raise TypeError(
             f"{type(tokenizer).__name__} is not a fast tokenizer; step ends need character offsets"
         )
-    encoding = tokenizer(prompt + response, return_offsets_mapping=True, add_special_tokens=True)
-    offsets = encoding["offset_mapping"]
+    text = prompt + response
+    bos = tokenizer.bos_token
+    add_special_tokens = not (bos and text.startswith(bos))  # never a second BOS after a template's
+    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+    input_ids = list(encoding["input_ids"])
+    offsets = [tuple(offset) for offset in encoding["offset_mapping"]]
+    eos = tokenizer.eos_token_id
+    if eos is not None and input_ids[-1] != eos:
+        input_ids.append(eos)
+        offsets.append((len(text), len(text)))
+    elif eos is not None and offsets[-1] == (0, 0):  # the tokenizer's own <eos>: after the text, too
+        offsets[-1] = (len(text), len(text))
     # Token 0 has no log-probability (nothing predicts it), so it never counts as a response token.
     mask = [index >= 1 and end > len(prompt) for index, (_, end) in enumerate(offsets)]
-    return encoding["input_ids"], offsets, mask
+    return input_ids, offsets, mask
 
 
-def _step_ends(offsets: list, mask: list[bool], spans: list[tuple[int, int]], shift: int) -> list[int]:
+def _step_ends(
+    offsets: list[tuple[int, int]], mask: list[bool], spans: list[tuple[int, int]], shift: int
+) -> list[int]:
+    """Each step's last token (the module docstring's rule); `shift` is the prompt's length."""
     tokens = [index for index, is_response in enumerate(mask) if is_response]
-    starts = [offsets[index][0] for index in tokens]
+    if not tokens:
+        raise ValueError("the response has no tokens")
+    covered = list(accumulate((end for _, end in offsets), max))  # text covered by tokens 0..t
+    starts = [covered[index - 1] for index in tokens]
     ends = []
-    for _, end in spans:
-        position = bisect_left(starts, end + shift) - 1
+    for next_start, _ in spans[1:]:
+        position = bisect_left(starts, next_start + shift) - 1
         if position < 0:
-            raise ValueError(f"no response token covers the step ending at character {end}")
+            raise ValueError(f"no response token starts before the step at character {next_start}")
         ends.append(tokens[position])
-    return ends
+    return [*ends, tokens[-1]]
 
 
 def encode(
@@ -81,7 +120,8 @@ def encode(
     separator: str,
     max_length: int | None = None,
 ) -> Encoded:
-    """Tokenise `prompt + response` once and locate the last token of every step.
+    """Tokenise `prompt + response` once, with the <eos>, and locate the last token of every step (the
+    module docstring's convention).
 
     Truncation to `max_length` tokens drops the steps whose last token is cut off; at least the first step
     must fit, otherwise a ValueError says how many tokens it needs.
@@ -176,6 +216,9 @@ class Collator:
         tokenizer: A fast tokenizer (character offsets are needed to find step ends).
         separator: The string between consecutive steps of a response.
         max_length: Truncate each sequence to this many tokens, dropping steps that no longer fit.
+        chat_template: Format each record's prompt with the tokenizer's chat template (a user turn, then the
+            assistant's header: `iprm.data.prompts.format_prompt`) before tokenising; a tokenizer without a
+            template is a ConfigError.
         mismatched_pairs: Also return `kl_input_ids`, `kl_attention_mask`, `kl_response_mask`: each item's
             prompt with the response of an item from a different instruction (KTO's reference point).
     """
@@ -186,17 +229,26 @@ class Collator:
         separator: str = "\n",
         max_length: int | None = None,
         mismatched_pairs: bool = False,
+        chat_template: bool = False,
     ):
+        if chat_template:
+            format_prompt(tokenizer, "", True)  # no template: a ConfigError now, not at the first batch
         self.tokenizer = tokenizer
         self.separator = separator
         self.max_length = max_length
         self.mismatched_pairs = mismatched_pairs
+        self.chat_template = chat_template
         self.pad_id = pad_token_id(tokenizer)
+
+    def prompt(self, record: Record) -> str:
+        """The record's prompt as the model reads it (through the chat template when it is set)."""
+        return format_prompt(self.tokenizer, record.prompt, self.chat_template)
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, Tensor]:
         records: list[Record] = [item["record"] for item in items]
         encoded = [
-            encode(self.tokenizer, r.prompt, r.response, self.separator, self.max_length) for r in records
+            encode(self.tokenizer, self.prompt(r), r.response, self.separator, self.max_length)
+            for r in records
         ]
         batch = self._sequences([e.input_ids for e in encoded], [e.response_mask for e in encoded])
         batch["step_ends"] = pad([e.step_ends for e in encoded], -1, torch.long)
@@ -232,7 +284,7 @@ class Collator:
     def _mismatched(self, records: list[Record], groups: list[int]) -> dict[str, Tensor]:
         ids, masks = [], []
         for record, partner in zip(records, mismatched_partners(groups), strict=True):
-            input_ids, _, mask = _tokenize(self.tokenizer, record.prompt, records[partner].response)
+            input_ids, _, mask = _tokenize(self.tokenizer, self.prompt(record), records[partner].response)
             ids.append(input_ids[: self.max_length])
             masks.append(mask[: self.max_length])
         return self._sequences(ids, masks, prefix="kl_")

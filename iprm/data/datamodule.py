@@ -126,6 +126,10 @@ class PRMDataModule(L.LightningDataModule):
             joined by a blank line) and refuse a `step_separator` that does not recover those steps;
             training files are read as written, as the official training reads them.
         max_length: Truncate sequences to this many tokens, dropping steps that no longer fit.
+        chat_template: Format every prompt with the tokenizer's chat template (a user turn, then the
+            assistant's header) before tokenising, as an instruct model was prompted when it generated the
+            responses; a tokenizer without a template is a ConfigError. Leave false for base models and for
+            files whose prompts are already formatted.
         mismatched_pairs: Also collate each prompt with another instruction's response (KTO's reference
             point).
         num_workers: DataLoader worker processes.
@@ -154,6 +158,7 @@ class PRMDataModule(L.LightningDataModule):
         step_separator: str = "\n",
         official_steps: bool = False,
         max_length: int | None = None,
+        chat_template: bool = False,
         mismatched_pairs: bool = False,
         num_workers: int = 0,
         seed: int = 0,
@@ -177,6 +182,7 @@ class PRMDataModule(L.LightningDataModule):
         self.step_separator = step_separator
         self.official_steps = official_steps
         self.max_length = max_length
+        self.chat_template = chat_template
         self.mismatched_pairs = mismatched_pairs
         self.num_workers = num_workers
         self.seed = seed
@@ -386,7 +392,9 @@ class PRMDataModule(L.LightningDataModule):
     # -- dataloaders --------------------------------------------------------------------------------------
 
     def _collator(self, mismatched_pairs: bool = False) -> Collator:
-        return Collator(self.tokenizer, self.step_separator, self.max_length, mismatched_pairs)
+        return Collator(
+            self.tokenizer, self.step_separator, self.max_length, mismatched_pairs, self.chat_template
+        )
 
     def _ranks(self) -> tuple[int, int]:
         # Lightning leaves our batch sampler alone (use_distributed_sampler=False), so it shards itself.

@@ -3,7 +3,8 @@
 A task knows its problems, how a problem becomes a prompt (through the tokenizer's chat template for instruct
 models), how a response is split into steps and joined again, and how an answer is extracted and graded.
 `python -m iprm generate` samples and grades through it; the data path only needs `format_prompt` (the same
-prompt at training, evaluation and prediction as at generation) and the step separator.
+prompt at training, evaluation and prediction as at generation: it lives in `iprm.data.prompts`, below the
+tasks, and is importable from here too) and the step separator.
 """
 
 from abc import ABC, abstractmethod
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from transformers import PreTrainedTokenizerBase
 
+from iprm.data.prompts import format_prompt
 from iprm.errors import ConfigError
 
 
@@ -21,29 +23,6 @@ class Problem:
     id: str
     text: str
     reference: str
-
-
-def format_prompt(
-    tokenizer: PreTrainedTokenizerBase, text: str, chat_template: bool, system: str | None = None
-) -> str:
-    """`text` as the model reads it: through the tokenizer's chat template (a user turn, then the assistant's
-    header) when `chat_template` is set, else unchanged.
-
-    The templated prompt already holds the beginning-of-sequence token when the template writes one; the
-    collator and generation then add no second one.
-    """
-    if not chat_template:
-        return text
-    if not getattr(tokenizer, "chat_template", None):
-        name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
-        raise ConfigError(
-            f"{name}: the tokenizer has no chat template, but chat_template is true; set chat_template "
-            "false for a base model, or use an instruct model's tokenizer"
-        )
-    messages = [{"role": "user", "content": text}]
-    if system is not None:
-        messages.insert(0, {"role": "system", "content": system})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 class Task(ABC):
