@@ -1,4 +1,5 @@
-"""Step ends from one tokenisation with offsets, for a character and a BPE tokenizer; padding and masks."""
+"""Step ends from one tokenisation with offsets, for a character and a BPE tokenizer; padding and masks.
+The step convention itself, on byte-level BPEs that merge separators, is tested in test_step_convention."""
 
 import string
 from types import SimpleNamespace
@@ -70,14 +71,19 @@ def test_split_steps_skips_empty_segments_and_surrounding_whitespace():
 @pytest.mark.parametrize("name", TOKENIZERS)
 @pytest.mark.parametrize(("prompt", "response", "separator"), TEXTS)
 def test_decoding_up_to_each_step_end_reproduces_the_text(name, prompt, response, separator):
+    """Up to step k's end: the text up to step k + 1's first character (the separator closes step k); up to
+    the last step's end: the whole text, then the <eos>."""
     tokenizer = TOKENIZERS[name]
     encoded = encode(tokenizer, prompt, response, separator)
     spans = split_steps(response, separator)
     assert len(encoded.step_ends) == encoded.num_steps == len(spans)
     assert encoded.step_ends == sorted(set(encoded.step_ends))
-    for end_token, (_, end_char) in zip(encoded.step_ends, spans, strict=True):
+    next_starts = [start for start, _ in spans[1:]] + [len(response)]
+    for end_token, next_start in zip(encoded.step_ends, next_starts, strict=True):
         assert encoded.response_mask[end_token]
-        assert decode(tokenizer, encoded.input_ids[: end_token + 1]) == prompt + response[:end_char]
+        assert decode(tokenizer, encoded.input_ids[: end_token + 1]) == prompt + response[:next_start]
+    assert encoded.step_ends[-1] == len(encoded.input_ids) - 1
+    assert encoded.input_ids[-1] == tokenizer.eos_token_id
 
 
 @pytest.mark.parametrize("name", TOKENIZERS)
@@ -94,14 +100,15 @@ def test_response_mask_covers_exactly_the_response(name, prompt, response, separ
 
 
 def test_truncation_drops_steps_that_no_longer_fit(char_tokenizer):
-    # <bos> + 6 prompt characters = tokens 0..6; "1+2=3" ends at token 11, "A:3" at token 15.
+    # <bos> + 6 prompt characters = tokens 0..6; "1+2=3" is 7..11 and its "\n" 12, where step 1 ends;
+    # "A:3" is 13..15 and the <eos> 16, where step 2 ends.
     prompt, response = "Q:1+2\n", "1+2=3\nA:3"
-    assert encode(char_tokenizer, prompt, response, "\n").step_ends == [11, 15]
-    truncated = encode(char_tokenizer, prompt, response, "\n", max_length=14)
-    assert (len(truncated.input_ids), truncated.step_ends, truncated.num_steps) == (14, [11], 2)
-    assert encode(char_tokenizer, prompt, response, "\n", max_length=12).step_ends == [11]
-    with pytest.raises(ValueError, match="first step need 12 tokens"):
-        encode(char_tokenizer, prompt, response, "\n", max_length=11)
+    assert encode(char_tokenizer, prompt, response, "\n").step_ends == [12, 16]
+    truncated = encode(char_tokenizer, prompt, response, "\n", max_length=16)
+    assert (len(truncated.input_ids), truncated.step_ends, truncated.num_steps) == (16, [12], 2)
+    assert encode(char_tokenizer, prompt, response, "\n", max_length=13).step_ends == [12]
+    with pytest.raises(ValueError, match="first step need 13 tokens"):
+        encode(char_tokenizer, prompt, response, "\n", max_length=12)
 
 
 def item(index, group, prompt, response, label, step_labels=None, **extra):
@@ -117,14 +124,18 @@ ITEMS = [
 
 
 def test_collator_pads_right_and_masks(char_tokenizer):
+    """<bos>, the prompt, the response and <eos>. Row 0: prompt tokens 1..6, "1+2=3" 7..11, "\n" 12, "A:3"
+    13..15, <eos> 16. Row 1 the same up to "A:4" 13..15, then its trailing "\n" 16 (the last step's) and
+    <eos> 17. Row 2: prompt 1..9, "10-3=7" 10..15, "\n" 16, "7*2=14" 17..22, "\n" 23, "A:14" 24..27,
+    <eos> 28."""
     batch = Collator(char_tokenizer)(ITEMS)
-    lengths = [1 + len(i["record"].prompt) + len(i["record"].response) for i in ITEMS]
+    lengths = [1 + len(i["record"].prompt) + len(i["record"].response) + 1 for i in ITEMS]
     assert batch["input_ids"].shape == (3, max(lengths))
     assert batch["attention_mask"].sum(1).tolist() == lengths
     assert batch["input_ids"][0, lengths[0] :].eq(char_tokenizer.pad_token_id).all()
-    assert batch["response_mask"].sum(1).tolist() == [len(i["record"].response) for i in ITEMS]
+    assert batch["response_mask"].sum(1).tolist() == [len(i["record"].response) + 1 for i in ITEMS]
     assert not (batch["response_mask"] & ~batch["attention_mask"].bool()).any()
-    assert batch["step_ends"].tolist() == [[11, 15, -1], [11, 15, -1], [15, 22, 27]]
+    assert batch["step_ends"].tolist() == [[12, 16, -1], [12, 17, -1], [16, 23, 28]]
     assert batch["step_labels"].tolist() == [[1, 1, -1], [-1, -1, -1], [1, 1, 1]]
     assert batch["labels"].tolist() == [1.0, 0.0, 1.0] and batch["labels"].dtype == torch.float32
     assert batch["groups"].tolist() == [0, 0, 1] and batch["index"].tolist() == [0, 1, 2]
