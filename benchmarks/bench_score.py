@@ -7,8 +7,8 @@ Both compute the implicit PRM's step scores for best-of-N candidates of the arit
 and must agree to `--atol`, else the script exits non-zero. Variants:
 
     baseline    what evaluation code usually does (the paper's): every step's end found by tokenising
-                `prompt + steps[:k+1]` again; a full forward of policy and reference; a float32 log-softmax
-                over the whole vocabulary at every position.
+                `prompt + steps[:k+1]` (and the separator after it) again; a full forward of policy and
+                reference; a float32 log-softmax over the whole vocabulary at every position.
     iprm_cold_every_row  iprm's evaluation path (PRMDataModule dataloader → collation → `validation_step`)
                 with an empty reference cache, so the reference runs too, and every row forwarded even when
                 candidates repeat (`benchmarks.variants.EveryRowScored`): the fair one-shot comparison for
@@ -123,23 +123,26 @@ def build_setup(options: dict, workdir: str) -> dict:
 
 
 def baseline_step_ends(tokenizer, prompt: str, response: str) -> tuple[list[int], int, list[int]]:
-    """Token ids of `prompt + response`, the index of its first response token, and each step's last token.
+    """Token ids of `prompt + response` and <eos>, the index of its first response token, and each step's
+    last token.
 
     As the paper's evaluation code does it: the prompt, and the prompt followed by steps 1..k for each k,
     are tokenised separately; step k ends at the prefix's length − 1. Every tokenisation adds the special
-    tokens (the char tokenizer prepends <bos>), so the indices line up with the full sequence. The steps are
-    joined without a trailing separator, so a step ends at its own last character: iprm's convention too
-    (`iprm.data.collate` leaves separators out of steps). A plain split is enough here: these responses
-    have no empty or space-padded steps, which iprm would drop or trim. With a BPE tokenizer, prefixes can
-    tokenise differently from the full text at a boundary; iprm uses character offsets for that reason.
+    tokens (the char tokenizer prepends <bos>), so the indices line up with the full sequence. iprm's step
+    convention (`iprm.data.collate`) is followed: each prefix but the last ends with the separator that
+    closes its step, and the <eos> appended to the sequence closes the last step. A plain split is enough
+    here: these responses have no empty or space-padded steps, which iprm would drop or give to the step
+    before. With a BPE tokenizer, prefixes can tokenise differently from the full text at a boundary; iprm
+    uses character offsets for that reason.
     """
-    input_ids = tokenizer(prompt + response)["input_ids"]
+    input_ids = tokenizer(prompt + response)["input_ids"] + [tokenizer.eos_token_id]
     response_start = len(tokenizer(prompt)["input_ids"])
     steps = response.split(SEPARATOR)
     ends = [
-        len(tokenizer(prompt + SEPARATOR.join(steps[: k + 1]))["input_ids"]) - 1 for k in range(len(steps))
+        len(tokenizer(prompt + SEPARATOR.join(steps[: k + 1]) + SEPARATOR)["input_ids"]) - 1
+        for k in range(len(steps) - 1)
     ]
-    return input_ids, response_start, ends
+    return input_ids, response_start, [*ends, len(input_ids) - 1]
 
 
 def baseline_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

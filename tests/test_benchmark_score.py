@@ -25,11 +25,12 @@ def bench():
 
 def test_baseline_step_ends_match_collate_by_hand(bench, char_tokenizer):
     """<bos> is token 0 and the prompt "Q:12-5+3\\n" tokens 1..9, so the response starts at 10:
-    "12-5=7" is 10..15, "\\n" 16, "7+3=10" 17..22, "\\n" 23, "A:10" 24..27; steps end at 15, 22, 27."""
+    "12-5=7" is 10..15, "\\n" 16, "7+3=10" 17..22, "\\n" 23, "A:10" 24..27, <eos> 28; steps end at their
+    separators and the last at <eos>: 16, 23, 28."""
     prompt, response = "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10"
     input_ids, response_start, ends = bench.baseline_step_ends(char_tokenizer, prompt, response)
     encoded = encode(char_tokenizer, prompt, response, "\n")
-    assert ends == encoded.step_ends == [15, 22, 27]
+    assert ends == encoded.step_ends == [16, 23, 28]
     assert input_ids == encoded.input_ids
     assert response_start == encoded.response_mask.index(True) == 10
     assert all(encoded.response_mask[response_start:])
