@@ -203,7 +203,8 @@ EVAL_KEYS = {"problem": "problem", "candidate": "candidate", "answer_id": "answe
 
 
 class Collator:
-    """Turns a list of dataset items into right-padded tensors.
+    """Turns a list of dataset items into right-padded tensors, each `prompt + response` tokenised once with
+    its <eos> and its step ends found by the module docstring's convention (`encode`).
 
     Items are dicts with `record` (a `Record`), `index` and `group` (integer instruction id), and for
     evaluation sets also `problem`, `candidate` and `answer_id`. The batch holds `input_ids`,
