@@ -64,8 +64,9 @@ class Record:
 def split_steps(response: str, separator: str) -> list[tuple[int, int]]:
     """Character spans (start, end) of the non-empty steps of `response`.
 
-    Separators and the whitespace around a step are left out, so a step ends at its last visible
-    character; empty or whitespace-only segments (e.g. from repeated separators) are not steps.
+    Separators and the whitespace around a step are left out, so a span is the step's visible text; empty or
+    whitespace-only segments (e.g. from repeated separators) are not steps. Which tokens a step owns (its
+    text and the separator after it) is `iprm.data.collate`'s convention.
     """
     if not separator:
         raise ValueError("the step separator must be a non-empty string")
