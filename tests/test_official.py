@@ -115,16 +115,19 @@ def test_a_blank_line_inside_an_official_step_refuses_the_blank_line_separator(t
     assert [r.response for r in plain.eval_records["official"]] == [c["response"] for c in CANDIDATES]
 
 
-def test_step_ends_fall_at_the_end_of_each_official_step():
-    """With the separator "\\n\\nStep ", the tokens up to step k's end decode to the prompt and official
-    steps 1..k, blank lines inside a step notwithstanding."""
+def test_step_ends_fall_after_each_official_step_and_the_separator_closing_it():
+    """With the separator "\\n\\nStep ", the tokens up to step k's end decode to the prompt, official steps
+    1..k and, as iprm's convention gives a separator to the step it closes, "\\n\\nStep " (officially
+    step k ends at the "\\n\\n": docs/official_eval.md); the last step ends at the <eos>. Blank lines
+    inside a step notwithstanding."""
     tokenizer = build_char_tokenizer(string.printable)
     prompt, steps = "Problem 0\n", official_steps(CANDIDATES[2]["response"])
     encoded = encode(tokenizer, prompt, RESPLIT[2], OFFICIAL_SEPARATOR)
     assert len(encoded.step_ends) == len(steps) == 3
     for k, end in enumerate(encoded.step_ends, start=1):
         text = tokenizer.decode(encoded.input_ids[: end + 1], skip_special_tokens=True)
-        assert text == prompt + "\n\n".join(steps[:k])
+        assert text == prompt + "\n\n".join(steps[:k]) + (OFFICIAL_SEPARATOR if k < 3 else "")
+    assert encoded.input_ids[encoded.step_ends[-1]] == tokenizer.eos_token_id
 
 
 # Scores chosen so that σ is easy: σ(ln 4) = 0.8 for the first candidate, σ(0) = 0.5 for every other.
