@@ -33,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from iprm.data.collate import Collator, split_steps
+from iprm.data.collate import STEP_CONVENTION, Collator, split_steps
 from iprm.data.records import Record
 from iprm.flops import ForwardCost
 from iprm.io import atomic_write
@@ -244,7 +244,12 @@ class AutoPSVLabels(StepLabeller):
         self.orm, self.threshold, self.batch_size = orm, threshold, batch_size
 
     def settings(self) -> dict:
-        return {"orm": fingerprint(self.orm, "float32"), "threshold": self.threshold}
+        # The ORM is read at the step ends, so labels cached under another step convention are not reused.
+        return {
+            "orm": fingerprint(self.orm, "float32"),
+            "threshold": self.threshold,
+            "step_convention": STEP_CONVENTION,
+        }
 
     def fixed_flops(self) -> float:
         flops = Path(self.orm) / "flops.json"
