@@ -18,7 +18,7 @@ from iprm import refcache, rewards
 from iprm.errors import ConfigError
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
-from iprm.scorers.base import RewardModel, Scorer, check_settings
+from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
 
 log = logging.getLogger(__name__)
 
@@ -161,8 +161,9 @@ class ImplicitPRM(RewardModel):
         stats = self.objective.dataset_statistics(labels, groups)
         record_scalars(self.trainer, {f"data/{key}": float(value) for key, value in stats.items()}, step=0)
 
-    def export(self, directory: Path) -> None:
-        self.policy.save_pretrained(directory)
+    def export(self, directory: Path, state: dict[str, torch.Tensor] | None = None) -> None:
+        state = self.state_dict() if state is None else state
+        self.policy.save_pretrained(directory, state_dict=submodule_state(state, "policy."))
 
     # --- log-probabilities ---------------------------------------------------------------------------
 

@@ -36,6 +36,11 @@ log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
 
+def submodule_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    """The entries of a module's state dict under `prefix` ("policy."), the prefix removed."""
+    return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+
+
 def check_settings(hparams) -> None:
     """Refuse a reward model's settings that could only fail later, or silently mislead (a negative β
     flips every ranking)."""
@@ -148,14 +153,25 @@ class RewardModel(L.LightningModule):
         # the process group is gone).
         self.export_path = Path(self.hparams.export_dir or Path(self.trainer.log_dir or ".") / "policy")
 
+    def on_train_end(self) -> None:
+        # Every rank takes part: under FSDP each holds a shard, and the full weights are gathered (onto rank
+        # 0's CPU) by a collective; elsewhere this is the module's own state dict, no copy.
+        self._trained_state = self.trainer.strategy.lightning_module_state_dict()
+
     def on_fit_end(self) -> None:
         if self.trainer.is_global_zero:
-            self.export(self.export_path)
+            self.export(self.export_path, self._trained_state)
             self.trainer.datamodule.tokenizer.save_pretrained(self.export_path)
             log.info("trained model written to %s", self.export_path)
 
-    def export(self, directory: Path) -> None:
-        """Write the trained model so that `from_pretrained` (and `load_exported`) read it back."""
+    def export(self, directory: Path, state: dict[str, Tensor] | None = None) -> None:
+        """Write the trained model so that `from_pretrained` (and `load_exported`) read it back.
+
+        Args:
+            directory: Where to write it.
+            state: The module's full state dict (as gathered at the end of training, also from FSDP
+                shards); None takes the module's own.
+        """
         raise NotImplementedError
 
     def configure_optimizers(self):

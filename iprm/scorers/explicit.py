@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedModel
 
 from iprm.errors import ConfigError
-from iprm.scorers.base import RewardModel, Scorer, check_settings
+from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_CONFIG = "value_head.safetensors", "value_head.json"
@@ -132,12 +132,12 @@ class ExplicitPRM(RewardModel):
                 self.trainer.datamodule.tokenizer, self.hparams.positive_token, self.hparams.negative_token
             )
 
-    def export(self, directory: Path) -> None:
-        self.model.save_pretrained(directory)
+    def export(self, directory: Path, state: dict[str, Tensor] | None = None) -> None:
+        state = self.state_dict() if state is None else state
+        self.model.save_pretrained(directory, state_dict=submodule_state(state, "model."))
         if self.value_head is not None:
-            save_file(
-                {k: v.contiguous() for k, v in self.value_head.state_dict().items()}, directory / HEAD_FILE
-            )
+            head = submodule_state(state, "value_head.")
+            save_file({k: v.contiguous() for k, v in head.items()}, directory / HEAD_FILE)
         config = {key: value for key, value in self.hparams.items() if key in _ARGUMENTS}
         (directory / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
 
