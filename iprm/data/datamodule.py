@@ -38,7 +38,7 @@ from iprm.data.knobs import (
 )
 from iprm.data.official import load_official_candidates, looks_official
 from iprm.data.records import Record, load_records
-from iprm.data.sampler import InstructionBatchSampler
+from iprm.data.sampler import InstructionBatchSampler, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
 from iprm.validate import (
     check_candidate_set,
@@ -110,10 +110,12 @@ class PRMDataModule(L.LightningDataModule):
             min(#correct, #incorrect) of each label per instruction, dropping one-label instructions.
         deduplicate: Drop responses identical to an earlier response to the same instruction.
         instructions_per_batch: Instructions per training batch on each device; a batch holds all of their
-            responses.
+            responses. Several devices train on global batches of this many times their number
+            (`iprm.distributed`).
         group_by_length: Batch instructions of similar length together (their longest prompt + response,
             in characters), so batches waste little on padding; the batches' order stays shuffled.
-        eval_batch_size: Responses per evaluation and prediction batch.
+        eval_batch_size: Responses per evaluation and prediction batch (the batches are shared among
+            devices).
         step_separator: The string between consecutive steps of a response.
         max_length: Truncate sequences to this many tokens, dropping steps that no longer fit.
         mismatched_pairs: Also collate each prompt with another instruction's response (KTO's reference
@@ -386,9 +388,11 @@ class PRMDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     def _sequential(self, records: list[Record]) -> DataLoader:
-        collator = self._collator()
+        """A set in file order, in batches of `eval_batch_size`, each rank scoring its share of them."""
+        num_replicas, rank = self._ranks()
+        sampler = ShardedBatchSampler(len(records), self.eval_batch_size, num_replicas, rank)
         return DataLoader(
-            eval_items(records), batch_size=self.eval_batch_size, collate_fn=collator, **self._workers()
+            eval_items(records), batch_sampler=sampler, collate_fn=self._collator(), **self._workers()
         )
 
     def val_dataloader(self) -> list[DataLoader]:
