@@ -379,6 +379,7 @@ class PRMDataModule(L.LightningDataModule):
             num_replicas,
             rank,
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
+            min_instructions=2 if self.mismatched_pairs else 1,
         )
         return DataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()

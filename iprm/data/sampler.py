@@ -46,9 +46,10 @@ class InstructionBatchSampler(Sampler[list[int]]):
     contiguous part, so R ranks train on the global batches of one process with R times the instructions
     per batch (the length windows and the batch order too), and the parts, concatenated in rank order, are
     that process's batch (`iprm.distributed`). Every rank gets one part of every global batch, hence the same
-    number of batches (DDP hangs otherwise). A last global batch too small to give every rank
-    min(2, `instructions_per_batch`) instructions joins the previous one: in one process, a lone
-    instruction, so that every batch offers other instructions' responses for mismatched pairs.
+    number of batches (DDP hangs otherwise). A lone instruction left over at the end of an epoch joins the
+    previous batch, so that every batch offers other instructions' responses for mismatched pairs; so does
+    a last global batch too small to give every rank `min_instructions` (the one case where R ranks and
+    one process batch differently: R·`min_instructions` > 2 and fewer are left over).
 
     Args:
         groups: Item indices of each instruction.
@@ -61,6 +62,8 @@ class InstructionBatchSampler(Sampler[list[int]]):
             epoch's order is cut into windows of `LENGTH_WINDOW` global batches, each window is sorted by
             this length (one number per instruction, e.g. its longest response), batched, and the batches
             of the epoch are shuffled (seeded). None: batches follow the shuffled order as is.
+        min_instructions: The fewest instructions of a rank's batch: 2 where mismatched pairs cross
+            instructions, else 1.
     """
 
     def __init__(
@@ -72,13 +75,17 @@ class InstructionBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         lengths: list[int] | None = None,
+        min_instructions: int = 1,
     ):
         if not groups or not all(groups):
             raise ValueError("every instruction group must hold at least one item, and there must be one")
         if instructions_per_batch < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad sampler settings: {instructions_per_batch=}, {rank=}, {num_replicas=}")
-        if len(groups) < num_replicas:
-            raise ValueError(f"{len(groups)} instructions cannot be shared by {num_replicas} ranks")
+        if len(groups) < num_replicas * min_instructions:
+            raise ValueError(
+                f"{len(groups)} instructions cannot be shared by {num_replicas} ranks, "
+                f"{min_instructions} or more each"
+            )
         self.groups = groups
         self.instructions_per_batch = instructions_per_batch
         self.num_replicas = num_replicas
@@ -86,6 +93,7 @@ class InstructionBatchSampler(Sampler[list[int]]):
         if lengths is not None and len(lengths) != len(groups):
             raise ValueError(f"{len(lengths)} lengths for {len(groups)} instruction groups")
         self.lengths = lengths
+        self.min_instructions = min_instructions
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
         self.sampler = InstructionSampler(len(groups), shuffle, seed)
 
@@ -94,8 +102,9 @@ class InstructionBatchSampler(Sampler[list[int]]):
 
     @property
     def _smallest_last(self) -> int:
-        """The fewest instructions a last global batch may keep rather than join the previous one."""
-        return self.num_replicas * min(2, self.instructions_per_batch)
+        """The fewest instructions a last global batch may hold rather than join the previous one."""
+        lone = 2 if self.instructions_per_batch * self.num_replicas > 1 else 1
+        return max(lone, self.num_replicas * self.min_instructions)
 
     def _global_batches(self) -> list[list[int]]:
         order, size = list(self.sampler), self.instructions_per_batch * self.num_replicas
