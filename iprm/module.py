@@ -5,7 +5,8 @@ evaluation and prediction read step scores off the same log-ratio (`iprm.rewards
 The reference's log-probabilities depend on nothing that trains, so they are computed once per record
 (cumulative values at every step end, plus the response total) and reused in every later epoch, in memory
 or on disk across runs (`iprm.refcache`). What a run costs is counted beside it, by a callback
-(`iprm.flops.FlopsCounter`).
+(`iprm.flops.FlopsCounter`). Under DDP the objective sees the whole global batch, so R ranks train as one
+process with R times the instructions per batch does (`iprm.distributed`).
 """
 
 import logging
@@ -15,6 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from iprm import refcache, rewards
+from iprm.distributed import gather_rows, world
 from iprm.errors import ConfigError
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
@@ -223,17 +225,23 @@ class ImplicitPRM(RewardModel):
     # --- training ----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        """The objective on the global batch: this rank's responses and, under DDP, every other rank's
+        (`gather_rows`); the loss returned for backward is R·L (see `iprm.distributed`)."""
         policy_logps = self._logprobs(self.policy, batch)
         reference = None
         if not self.hparams.reference_free:
             reference = self._reference_cumulative(batch)
         logratio = rewards.logratio(policy_logps.sum(-1), None if reference is None else reference[:, -1])
         kl_logratio = self._mismatched_logratio(batch) if self.objective.requires_kl else None
-        loss, metrics = self.objective(logratio, batch["labels"], batch["groups"], kl_logratio=kl_logratio)
+        labels, groups = gather_rows(batch["labels"]), gather_rows(batch["groups"])
+        kl_logratio = None if kl_logratio is None else gather_rows(kl_logratio)
+        loss, metrics = self.objective(gather_rows(logratio), labels, groups, kl_logratio=kl_logratio)
         if self.hparams.step_label_weight > 0:
             cumulative = rewards.cumulative_at(policy_logps, batch["step_ends"])
             cumulative = rewards.logratio(cumulative, None if reference is None else reference[:, :-1])
-            step_loss = step_label_loss(self.objective.beta * cumulative, batch["step_targets"])
+            q, targets = self.objective.beta * cumulative, batch["step_targets"]
+            known = ~targets.isnan() & ~q.isnan()  # the labelled steps, flat: S differs between ranks
+            step_loss = step_label_loss(gather_rows(q[known]), gather_rows(targets[known]))
             loss = loss + self.hparams.step_label_weight * step_loss
             metrics["step_label_loss"] = step_loss.detach()
         if not torch.isfinite(loss):
@@ -242,7 +250,7 @@ class ImplicitPRM(RewardModel):
                 f"batch {batch_idx}; "
                 "lower model.lr, check the data, or use a float32 dtype"
             )
-        size = len(batch["labels"])
+        size = len(labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         for name, value in metrics.items():
             summed = name in self.objective.summed_metrics
@@ -254,7 +262,7 @@ class ImplicitPRM(RewardModel):
                 on_step=not summed,
                 on_epoch=summed,
             )
-        return loss
+        return loss * world()[0]  # DDP averages the ranks' gradients, each of which is its rows' share of ∇L
 
     @torch.no_grad()
     def _mismatched_logratio(self, batch: dict) -> torch.Tensor:

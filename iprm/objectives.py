@@ -16,7 +16,6 @@ of detached scalar tensors to log (`reward/chosen`, `reward/rejected`, `accuracy
 import logging
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -204,8 +203,8 @@ class KTO(Objective):
     """Kahneman–Tversky optimisation: each response judged alone against the reference point z0.
 
     z0 = max(0, β·mean of `kl_logratio`), the log-ratios of mismatched (prompt, other instruction's
-    response) pairs, detached and averaged across ranks. Correct responses lose 1 − σ(r − z0), incorrect
-    ones 1 − σ(z0 − r); the loss is the mean over responses of the weighted terms.
+    response) pairs, detached (under DDP, every rank's: the module gathers them). Correct responses lose
+    1 − σ(r − z0), incorrect ones 1 − σ(z0 − r); the loss is the mean over responses of the weighted terms.
 
     Args:
         beta: scale of the implicit reward r = β·log π_θ/π_ref.
@@ -241,12 +240,8 @@ class KTO(Objective):
         return losses.mean(), {**_pointwise_metrics(r, labels), "kl": z0}
 
     def _reference_point(self, kl_logratio: Tensor) -> Tensor:
-        # Detached: z0 is a baseline, not something to optimise; averaged so every rank uses the same one.
-        z0 = self.beta * kl_logratio.detach().mean()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(z0, op=dist.ReduceOp.SUM)  # SUM then divide: gloo has no AVG
-            z0 = z0 / dist.get_world_size()
-        return z0.clamp(min=0)
+        # Detached: z0 is a baseline, not something to optimise.
+        return (self.beta * kl_logratio.detach().mean()).clamp(min=0)
 
 
 def step_label_loss(q: Tensor, step_targets: Tensor) -> Tensor:

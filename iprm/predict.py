@@ -2,9 +2,10 @@
 
 Each output line is the input record plus `step_scores` (the step scores of the model's method scorer, one
 list per step reading, one value per step: `single` and `accumulative` for the implicit PRM, `step` for an
-explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`). The
-file is written to a temporary name and renamed at the end, so a killed run never leaves a file that looks
-complete.
+explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`), in the
+input file's order. Under DDP each rank scores its share of the file (`iprm.distributed`); the scored rows
+are gathered on every rank, a row two ranks scored kept once, and rank 0 writes. The file is written to a
+temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
 """
 
 import dataclasses
@@ -16,6 +17,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from iprm.distributed import gather_objects
 from iprm.io import atomic_write
 from iprm.scorers.base import Scorer
 
@@ -24,13 +26,12 @@ def _finite(values: torch.Tensor) -> list[float]:
     return [float(v) for v in values if not math.isnan(float(v))]
 
 
-def _scored(record, batch: dict, row: int, names: list[str], method: Scorer) -> dict:
-    line = dataclasses.asdict(record)
-    line["step_scores"] = {
-        mode: _finite(batch["steps"][f"{method.name}_{mode}"][row]) for mode in method.modes
+def _scores(batch: dict, row: int, names: list[str], method: Scorer) -> dict:
+    """What a prediction adds to its record: `step_scores` and `scores`."""
+    return {
+        "step_scores": {mode: _finite(batch["steps"][f"{method.name}_{mode}"][row]) for mode in method.modes},
+        "scores": {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)},
     }
-    line["scores"] = {name: float(v) for name, v in zip(names, batch["scores"][row], strict=True)}
-    return line
 
 
 class PredictionWriter(BasePredictionWriter):
@@ -45,14 +46,21 @@ class PredictionWriter(BasePredictionWriter):
         self.output_path = output_path
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
-        if trainer.world_size > 1:
-            raise NotImplementedError("predict on one device: the writer does not gather across ranks yet")
-        records = trainer.datamodule.predict_records
+        # Asked on every rank: `trainer.log_dir` is a collective under DDP.
         path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
         names = pl_module.scorer_names()
         method, _ = pl_module.method()
+        scored = {
+            index: _scores(batch, row, names, method)
+            for batch in predictions
+            for row, index in enumerate(batch["index"].tolist())
+        }
+        for part in gather_objects(scored):  # every rank's rows; one a rank repeated is the same row
+            scored.update(part)
+        if not trainer.is_global_zero:
+            return
+        records = trainer.datamodule.predict_records
         with atomic_write(path) as handle:
-            for batch in predictions:
-                for row, index in enumerate(batch["index"].tolist()):
-                    line = _scored(records[index], batch, row, names, method)
-                    handle.write(json.dumps(line) + "\n")
+            for index in sorted(scored):
+                line = {**dataclasses.asdict(records[index]), **scored[index]}
+                handle.write(json.dumps(line) + "\n")

@@ -10,7 +10,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
-from iprm.data.sampler import InstructionBatchSampler
+from iprm.data.sampler import InstructionBatchSampler, ShardedBatchSampler
 from iprm.tasks import WorldDataModule
 
 # Labels of the responses to each instruction, in file order; "dup" repeats the instruction's first response.
@@ -172,13 +172,65 @@ def test_two_ranks_get_disjoint_equal_batches(tiny_model_dir, train_path):
     assert not indices[0] & indices[1] and indices[0] | indices[1] == set(range(TOTAL))
 
 
-def test_sampler_sharding_wraps_around_and_is_disjoint_when_even():
-    groups = [[2 * i, 2 * i + 1] for i in range(8)]
-    shards = [list(InstructionBatchSampler(groups, 2, seed=1, num_replicas=2, rank=r)) for r in range(2)]
-    assert len(shards[0]) == len(shards[1]) == 2
-    assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
-    shards = [list(InstructionBatchSampler(groups[:6], 1, num_replicas=4, rank=r)) for r in range(4)]
-    assert {len(shard) for shard in shards} == {2}
+def test_two_ranks_share_a_predict_file_by_batch(tiny_model_dir, train_path):
+    dm = datamodule(tiny_model_dir, train_path, "predict", predict_path=train_path, eval_batch_size=5)
+    per_rank = []
+    for rank in range(2):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        per_rank.append([batch["index"].tolist() for batch in dm.predict_dataloader()])
+    assert per_rank[0][0] == [0, 1, 2, 3, 4] and per_rank[1][0] == [5, 6, 7, 8, 9]
+    assert len(per_rank[0]) == len(per_rank[1])
+    assert {i for batches in per_rank for batch in batches for i in batch} == set(range(TOTAL))
+
+
+@pytest.mark.parametrize(
+    ("count", "per_rank", "ranks", "by_length"),
+    [(16, 2, 2, False), (17, 2, 2, False), (19, 2, 2, False), (9, 1, 4, False), (300, 2, 3, True)],
+)
+def test_ranks_train_on_the_global_batches_of_one_process(count, per_rank, ranks, by_length):
+    """R ranks × k instructions per batch: at every step the ranks' parts, in rank order, are the batch of
+    one process with R·k instructions per batch (length windows and batch order included), and every rank
+    has as many batches."""
+    groups = [[2 * i, 2 * i + 1] for i in range(count)]
+    lengths = [(7 * i) % 97 for i in range(count)] if by_length else None
+    one = list(InstructionBatchSampler(groups, per_rank * ranks, seed=1, lengths=lengths))
+    shards = [
+        InstructionBatchSampler(groups, per_rank, seed=1, num_replicas=ranks, rank=r, lengths=lengths)
+        for r in range(ranks)
+    ]
+    steps = [list(shard) for shard in shards]
+    assert {len(s) for s in steps} == {len(shard) for shard in shards} == {len(one)}
+    assert all(sum((s[j] for s in steps), []) == one[j] for j in range(len(one)))
+
+
+def test_a_last_batch_too_small_for_every_rank_joins_the_previous_one():
+    """6 instructions, 4 ranks × 1: the global batches would be 4 + 2, and two ranks would get none (one
+    process with 4 per batch keeps the 2); with mismatched pairs every rank needs 2: 9 = 8 + 1 → 9."""
+    groups = [[i] for i in range(9)]
+
+    def shards(count, per_rank, **settings):
+        return [
+            list(InstructionBatchSampler(groups[:count], per_rank, False, num_replicas=4, rank=r, **settings))
+            for r in range(4)
+        ]
+
+    assert shards(6, 1) == [[[0]], [[1, 2]], [[3]], [[4, 5]]]
+    assert shards(9, 2, min_instructions=2) == [[[0, 1]], [[2, 3]], [[4, 5]], [[6, 7, 8]]]
+    with pytest.raises(ValueError, match="cannot be shared by 4 ranks"):
+        InstructionBatchSampler(groups[:3], 1, num_replicas=4)
+
+
+@pytest.mark.parametrize(("size", "ranks"), [(48, 2), (50, 2), (32, 3), (5, 4)])
+def test_sequential_sets_are_shared_by_batch_and_every_rank_runs_as_many_steps(size, ranks):
+    """Batch j of one process (rows 10j … 10j + 9) goes to rank j mod R; a rank short of one repeats an
+    early batch, the only rows scored twice."""
+    one = list(ShardedBatchSampler(size, 10))
+    shards = [list(ShardedBatchSampler(size, 10, ranks, r)) for r in range(ranks)]
+    assert len({len(shard) for shard in shards}) == 1 and all(shard for shard in shards)
+    assert all(shards[j % ranks][j // ranks] == batch for j, batch in enumerate(one))
+    rows = [i for shard in shards for batch in shard for i in batch]
+    assert sorted(set(rows)) == list(range(size))
+    assert len(rows) == size or len(one) % ranks  # rows scored twice only where ranks repeat a batch
 
 
 def test_lone_last_instruction_joins_the_previous_batch():

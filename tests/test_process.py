@@ -170,3 +170,18 @@ def test_f1_with_an_error_at_the_very_first_step():
     result = processbench_f1(scores, labels, 0.5)
     assert (result["acc_erroneous"], result["acc_correct"]) == (0.5, 1.0)
     assert result["f1"] == pytest.approx(2 / 3)
+
+
+def test_process_metric_counts_a_sample_added_twice_once():
+    """Ranks repeat a batch to run as many steps: the hand samples added with their row indices, then rows
+    1 and 3 again (as another rank would), give the hand samples' tensors; without indices, 7 rows."""
+    scores, labels = hand_samples()
+    metric = ProcessMetrics()
+    metric.update(scores, labels, index=torch.arange(5))
+    metric.update(scores[[1, 3]], labels[[1, 3]], index=torch.tensor([1, 3]))
+    kept, kept_labels, _ = metric.step_tensors()
+    assert torch.equal(kept_labels, labels) and torch.allclose(kept, scores, equal_nan=True)
+    unnamed = ProcessMetrics()
+    unnamed.update(scores, labels)
+    unnamed.update(scores[[1, 3]], labels[[1, 3]])
+    assert len(unnamed.step_tensors()[0]) == 7

@@ -43,7 +43,7 @@ from iprm.data.official import (
     resplit_records,
 )
 from iprm.data.records import Record, load_records
-from iprm.data.sampler import InstructionBatchSampler
+from iprm.data.sampler import InstructionBatchSampler, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
 from iprm.generation.manifest import read_manifest
 from iprm.validate import (
@@ -116,10 +116,12 @@ class PRMDataModule(L.LightningDataModule):
             min(#correct, #incorrect) of each label per instruction, dropping one-label instructions.
         deduplicate: Drop responses identical to an earlier response to the same instruction.
         instructions_per_batch: Instructions per training batch on each device; a batch holds all of their
-            responses.
+            responses. Several devices train on global batches of this many times their number
+            (`iprm.distributed`).
         group_by_length: Batch instructions of similar length together (their longest prompt + response,
             in characters), so batches waste little on padding; the batches' order stays shuffled.
-        eval_batch_size: Responses per evaluation and prediction batch.
+        eval_batch_size: Responses per evaluation and prediction batch (the batches are shared among
+            devices).
         step_separator: The string between consecutive steps of a response.
         official_steps: Re-split the responses of best-of-N and prediction files as the official
             implicit-PRM evaluation does (`iprm.data.official.official_steps`: on "Step <n>:" markers,
@@ -419,6 +421,7 @@ class PRMDataModule(L.LightningDataModule):
             num_replicas,
             rank,
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
+            min_instructions=2 if self.mismatched_pairs else 1,
         )
         return DataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
@@ -428,9 +431,11 @@ class PRMDataModule(L.LightningDataModule):
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}
 
     def _sequential(self, records: list[Record]) -> DataLoader:
-        collator = self._collator()
+        """A set in file order, in batches of `eval_batch_size`, each rank scoring its share of them."""
+        num_replicas, rank = self._ranks()
+        sampler = ShardedBatchSampler(len(records), self.eval_batch_size, num_replicas, rank)
         return DataLoader(
-            eval_items(records), batch_size=self.eval_batch_size, collate_fn=collator, **self._workers()
+            eval_items(records), batch_sampler=sampler, collate_fn=self._collator(), **self._workers()
         )
 
     def val_dataloader(self) -> list[DataLoader]:

@@ -1,7 +1,9 @@
-"""Samplers: the instruction order of each epoch, then batches of whole instruction groups across ranks.
+"""Samplers: the instruction order of each epoch, then batches of whole instruction groups across ranks;
+and consecutive batches of a sequential set (evaluation, prediction) across ranks.
 
 Whole groups, because the pairwise objectives pair responses *within* an instruction and KTO's reference
-point pairs a prompt with another instruction's response.
+point pairs a prompt with another instruction's response. How ranks share the work and put it back
+together: `iprm.distributed`.
 """
 
 import math
@@ -40,10 +42,14 @@ class InstructionSampler(Sampler[int]):
 class InstructionBatchSampler(Sampler[list[int]]):
     """Batches of whole instruction groups, sharded across ranks.
 
-    Each batch holds every item of `instructions_per_batch` instructions; a lone instruction left over at
-    the end of an epoch joins the previous batch, so that every batch offers other instructions' responses
-    for mismatched pairs. Batch j of the epoch goes to rank j mod num_replicas; the list wraps around so
-    every rank gets the same number of batches (DDP hangs otherwise).
+    A global batch holds `instructions_per_batch` × `num_replicas` instructions and rank r gets its r-th
+    contiguous part, so R ranks train on the global batches of one process with R times the instructions
+    per batch (the length windows and the batch order too), and the parts, concatenated in rank order, are
+    that process's batch (`iprm.distributed`). Every rank gets one part of every global batch, hence the same
+    number of batches (DDP hangs otherwise). A lone instruction left over at the end of an epoch joins the
+    previous batch, so that every batch offers other instructions' responses for mismatched pairs; so does
+    a last global batch too small to give every rank `min_instructions` (the one case where R ranks and
+    one process batch differently: R·`min_instructions` > 2 and fewer are left over).
 
     Args:
         groups: Item indices of each instruction.
@@ -53,9 +59,11 @@ class InstructionBatchSampler(Sampler[list[int]]):
         num_replicas: Number of ranks sharing the data.
         rank: This rank, in [0, num_replicas).
         lengths: With it, group instructions of similar length to waste little compute on padding: the
-            epoch's order is cut into windows of `LENGTH_WINDOW` batches, each window is sorted by this
-            length (one number per instruction, e.g. its longest response), batched, and the batches of
-            the epoch are shuffled (seeded). None: batches follow the shuffled order as is.
+            epoch's order is cut into windows of `LENGTH_WINDOW` global batches, each window is sorted by
+            this length (one number per instruction, e.g. its longest response), batched, and the batches
+            of the epoch are shuffled (seeded). None: batches follow the shuffled order as is.
+        min_instructions: The fewest instructions of a rank's batch: 2 where mismatched pairs cross
+            instructions, else 1.
     """
 
     def __init__(
@@ -67,11 +75,17 @@ class InstructionBatchSampler(Sampler[list[int]]):
         num_replicas: int = 1,
         rank: int = 0,
         lengths: list[int] | None = None,
+        min_instructions: int = 1,
     ):
         if not groups or not all(groups):
             raise ValueError("every instruction group must hold at least one item, and there must be one")
         if instructions_per_batch < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"bad sampler settings: {instructions_per_batch=}, {rank=}, {num_replicas=}")
+        if len(groups) < num_replicas * min_instructions:
+            raise ValueError(
+                f"{len(groups)} instructions cannot be shared by {num_replicas} ranks, "
+                f"{min_instructions} or more each"
+            )
         self.groups = groups
         self.instructions_per_batch = instructions_per_batch
         self.num_replicas = num_replicas
@@ -79,14 +93,21 @@ class InstructionBatchSampler(Sampler[list[int]]):
         if lengths is not None and len(lengths) != len(groups):
             raise ValueError(f"{len(lengths)} lengths for {len(groups)} instruction groups")
         self.lengths = lengths
+        self.min_instructions = min_instructions
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
         self.sampler = InstructionSampler(len(groups), shuffle, seed)
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def _instruction_batches(self) -> list[list[int]]:
-        order, size = list(self.sampler), self.instructions_per_batch
+    @property
+    def _smallest_last(self) -> int:
+        """The fewest instructions a last global batch may hold rather than join the previous one."""
+        lone = 2 if self.instructions_per_batch * self.num_replicas > 1 else 1
+        return max(lone, self.num_replicas * self.min_instructions)
+
+    def _global_batches(self) -> list[list[int]]:
+        order, size = list(self.sampler), self.instructions_per_batch * self.num_replicas
         if self.lengths is not None:
             window = size * LENGTH_WINDOW
             order = [
@@ -95,21 +116,54 @@ class InstructionBatchSampler(Sampler[list[int]]):
                 for instruction in sorted(order[start : start + window], key=self.lengths.__getitem__)
             ]
         batches = [order[start : start + size] for start in range(0, len(order), size)]
-        if size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
-            lone = batches.pop()
-            batches[-1] = batches[-1] + lone
+        if len(batches) > 1 and len(batches[-1]) < self._smallest_last:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
         if self.lengths is not None and self.sampler.shuffle:
             generator = torch.Generator().manual_seed(self.sampler.seed + self.sampler.epoch)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self._instruction_batches()
-        wrapped = [batches[j % len(batches)] for j in range(len(self) * self.num_replicas)]
-        for instructions in wrapped[self.rank :: self.num_replicas]:
-            yield [item for instruction in instructions for item in self.groups[instruction]]
+        for instructions in self._global_batches():
+            count, ranks = len(instructions), self.num_replicas
+            part = instructions[count * self.rank // ranks : count * (self.rank + 1) // ranks]
+            yield [item for instruction in part for item in self.groups[instruction]]
 
     def __len__(self) -> int:
-        count, size = len(self.groups), self.instructions_per_batch
-        batches = math.ceil(count / size) - (size > 1 and count > size and count % size == 1)
-        return math.ceil(batches / self.num_replicas)
+        count, size = len(self.groups), self.instructions_per_batch * self.num_replicas
+        batches = math.ceil(count / size)
+        return batches - (batches > 1 and count - (batches - 1) * size < self._smallest_last)
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Consecutive batches of a sequential set (a best-of-N set, a predict file), sharded across ranks.
+
+    The set is cut into the batches one process forms, rows [j·b, (j + 1)·b); batch j goes to rank
+    j mod `num_replicas`. The list wraps around so every rank gets the same number of batches: a rank short
+    of one repeats an early batch, whose rows whoever gathers the results drops by row index
+    (`iprm.distributed`).
+
+    Args:
+        size: Rows in the set.
+        batch_size: Rows per batch.
+        num_replicas: Number of ranks sharing the set.
+        rank: This rank, in [0, num_replicas).
+    """
+
+    def __init__(self, size: int, batch_size: int, num_replicas: int = 1, rank: int = 0):
+        if size < 1 or batch_size < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"bad sampler settings: {size=}, {batch_size=}, {rank=}, {num_replicas=}")
+        self.size = size
+        self.batch_size = batch_size
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[list[int]]:
+        starts = range(0, self.size, self.batch_size)
+        wrapped = [starts[j % len(starts)] for j in range(len(self) * self.num_replicas)]
+        for start in wrapped[self.rank :: self.num_replicas]:
+            yield list(range(start, min(start + self.batch_size, self.size)))
+
+    def __len__(self) -> int:
+        return math.ceil(math.ceil(self.size / self.batch_size) / self.num_replicas)

@@ -2,12 +2,14 @@
 
 The reward model scores every candidate of every best-of-N set through its scorers
 (`iprm.scorers.base.RewardModel.score`: step scores by `<scorer>_<mode>`, response scores in the order of
-its `scorer_names()`); this callback gathers those scores across batches and ranks (`SelectionMetrics`,
-`ProcessMetrics`), logs `val/<set>/bon@16/<scorer>`-style scalars (and the model's `method_scorer` again
-as `…/method`, so that runs of different reward models compare under one name), a best-of-N curve and a
-step-score heat map to TensorBoard, and writes markdown and CSV tables beside the logs
-(`<log_dir>/evaluation/`): one per set with every scorer and N, the paper's Table 1 layout over all sets
-(`<stage>-table1`), and the step-level table (`<stage>-steps`).
+its `scorer_names()`); under DDP each rank scores its share of every set (`iprm.distributed`). This
+callback gathers those scores across batches and ranks (`SelectionMetrics`, `ProcessMetrics`: once synced,
+every rank holds every row, each once), logs `val/<set>/bon@16/<scorer>`-style scalars (and the model's
+`method_scorer` again as `…/method`, so that runs of different reward models compare under one name), a
+best-of-N curve and a step-score heat map (from rank 0's first batch, the one process's first batch) to
+TensorBoard, and writes markdown and CSV tables beside the logs (`<log_dir>/evaluation/`; rank 0): one per
+set with every scorer and N, the paper's Table 1 layout over all sets (`<stage>-table1`), and the
+step-level table (`<stage>-steps`).
 
 Step-level metrics need step labels. ProcessBench F1 needs a threshold τ: it is tuned on the
 calibration half of each set (even problem indices) and the F1 and AUROCs are reported on the other half
@@ -134,15 +136,19 @@ class BestOfNEvaluation(Callback):
         self.metrics[dataloader_idx].update(
             batch["problem"], batch["candidate"], batch["answer"], batch["labels"].bool(), outputs["scores"]
         )
-        if (batch["step_labels"] >= 0).any():
-            calibration = batch["problem"] % 2 == 0
-            for split, rows in zip(SPLITS, (calibration, ~calibration), strict=True):
-                if not rows.any():
-                    continue
-                for scorer in self.step_scorers:
-                    self.process[dataloader_idx][(scorer, split)].update(
-                        outputs["steps"][scorer][rows], batch["step_labels"][rows], batch["step_tagged"][rows]
-                    )
+        # Every metric is updated on every batch, if with no rows: a rank's states must never be empty
+        # where another's are not (they are gathered, and an empty one has no dtype to gather with).
+        labelled = (batch["step_labels"] >= 0).any()
+        calibration = batch["problem"] % 2 == 0
+        for split, rows in zip(SPLITS, (calibration, ~calibration), strict=True):
+            rows = rows & labelled
+            for scorer in self.step_scorers:
+                self.process[dataloader_idx][(scorer, split)].update(
+                    outputs["steps"][scorer][rows],
+                    batch["step_labels"][rows],
+                    batch["step_tagged"][rows],
+                    batch["index"][rows],
+                )
         if dataloader_idx not in self.heatmaps and self.heatmap_candidates > 0:
             # The first problem of the batch whose candidates disagree shows a correct and a wrong
             # solution side by side; fall back to the first problem.
@@ -160,10 +166,11 @@ class BestOfNEvaluation(Callback):
         out = {}
         for scorer in self.step_scorers:
             calibration, evaluation = (self.process[k][(scorer, split)] for split in SPLITS)
-            if not calibration.update_called or not evaluation.update_called:
-                continue
-            scores, labels, _ = calibration.step_tensors()
-            test_scores, test_labels, tagged = evaluation.step_tensors()
+            with calibration.sync_context(), evaluation.sync_context():  # every rank's rows, on every rank
+                if not calibration.has_samples() or not evaluation.has_samples():
+                    continue
+                scores, labels, _ = calibration.step_tensors()
+                test_scores, test_labels, tagged = evaluation.step_tensors()
             try:
                 tau = tune_threshold(scores, labels)
                 f1 = processbench_f1(test_scores, test_labels, tau)["f1"]

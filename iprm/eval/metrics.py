@@ -3,7 +3,8 @@
 `SelectionMetrics` gathers candidate rows and computes `iprm.eval.selection.selection_metrics`;
 `ProcessMetrics` gathers per-step scores and labels and computes step AUROC and ProcessBench F1
 (`iprm.eval.process`). Both keep list states reduced by concatenation, so the metrics are computed once on
-the whole evaluation set rather than averaged over batches.
+the whole evaluation set rather than averaged over batches; a row that several ranks scored (ranks repeat
+a batch so that all run the same number of steps: `iprm.data.sampler.ShardedBatchSampler`) counts once.
 """
 
 import math
@@ -24,15 +25,15 @@ def _cat(state: list[Tensor] | Tensor) -> Tensor | None:
     return dim_zero_cat(state)
 
 
-def _first_occurrences(problem: Tensor, candidate: Tensor) -> Tensor:
-    """Row indices keeping the first copy of each (problem, candidate).
+def _first_occurrences(*keys: Tensor) -> Tensor:
+    """Row indices keeping the first copy of each key (one value per row from each tensor of `keys`).
 
-    A DistributedSampler pads every rank to the same length by repeating samples, so gathered rows can
-    hold the same candidate twice; counting it twice would bias every metric.
+    Ranks pad their share of a set by repeating batches, so gathered rows can hold the same candidate
+    twice; counting it twice would bias every metric.
     """
-    _, inverse = torch.unique(torch.stack([problem, candidate], dim=1), dim=0, return_inverse=True)
-    rows = torch.arange(len(problem), device=problem.device)
-    first = torch.full((int(inverse.max()) + 1,), len(problem), device=problem.device)
+    _, inverse = torch.unique(torch.stack(keys, dim=1), dim=0, return_inverse=True)
+    rows = torch.arange(len(inverse), device=inverse.device)
+    first = torch.full((int(inverse.max()) + 1,), len(inverse), device=inverse.device)
     first.scatter_reduce_(0, inverse, rows, reduce="amin")
     return first.sort().values
 
@@ -112,23 +113,35 @@ class ProcessMetrics(Metric):
         super().__init__(**kwargs)
         # Rows are stored flattened with their lengths: S differs between batches and ranks, and
         # concatenation (the only reduction of list states across ranks) needs a common trailing shape.
-        for name in ("step_scores", "step_labels", "mask", "row_length"):
+        for name in ("step_scores", "step_labels", "mask", "row_length", "index"):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
-    def update(self, step_scores: Tensor, step_labels: Tensor, mask: Tensor | None = None) -> None:
-        """Add B samples: `step_scores` [B, S] NaN-padded, `step_labels` [B, S] −1-padded, optional `mask`."""
+    def update(
+        self,
+        step_scores: Tensor,
+        step_labels: Tensor,
+        mask: Tensor | None = None,
+        index: Tensor | None = None,
+    ) -> None:
+        """Add B samples: `step_scores` [B, S] NaN-padded, `step_labels` [B, S] −1-padded, optional `mask`;
+        `index` [B] names each sample (its row in the set): a sample added again (on any rank) counts once.
+        Without it (or where it is −1) every sample is distinct."""
         if mask is None:
             mask = torch.ones_like(step_labels, dtype=torch.bool)
         batch, steps = step_scores.shape
+        if index is None:
+            index = torch.full((batch,), -1, device=step_scores.device)
+        self.index.append(index.long())
         self.step_scores.append(step_scores.float().flatten())
         self.step_labels.append(step_labels.long().flatten())
         self.mask.append(mask.long().flatten())  # long, not bool, for the same gathering reason as labels
         self.row_length.append(torch.full((batch,), steps, dtype=torch.long, device=step_scores.device))
 
     def step_tensors(self) -> tuple[Tensor, Tensor, Tensor]:
-        """All samples so far, padded: step_scores [M, S] (NaN), step_labels [M, S] (−1), mask (False)."""
+        """All samples so far, each once, padded: step_scores [M, S] (NaN), step_labels [M, S] (−1), mask
+        (False)."""
         lengths = _cat(self.row_length)
-        if lengths is None:
+        if lengths is None or lengths.numel() == 0:
             raise RuntimeError("ProcessMetrics has no samples; call update first")
         row = torch.repeat_interleave(torch.arange(len(lengths), device=lengths.device), lengths)
         column = torch.arange(len(row), device=lengths.device) - (lengths.cumsum(0) - lengths)[row]
@@ -139,7 +152,17 @@ class ProcessMetrics(Metric):
         scores[row, column] = _cat(self.step_scores)
         labels[row, column] = _cat(self.step_labels)
         mask[row, column] = _cat(self.mask).bool()
-        return scores, labels, mask
+        index = _cat(self.index)
+        keep = index < 0
+        named = (~keep).nonzero().flatten()
+        if named.numel():
+            keep[named[_first_occurrences(index[named])]] = True
+        return scores[keep], labels[keep], mask[keep]
+
+    def has_samples(self) -> bool:
+        """Whether any sample was added (after a sync: on any rank)."""
+        lengths = _cat(self.row_length)
+        return lengths is not None and lengths.numel() > 0
 
     def compute(self) -> dict[str, Tensor]:
         """`step_auroc`, `step_auroc_masked`, and `f1`, `acc_erroneous`, `acc_correct` at the tuned `tau`."""

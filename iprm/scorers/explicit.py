@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import AutoTokenizer, PreTrainedModel
 
+from iprm.distributed import gather_rows, world
 from iprm.errors import ConfigError
 from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
 
@@ -168,11 +169,15 @@ class ExplicitPRM(RewardModel):
     # --- training ----------------------------------------------------------------------------------
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        # The loss of the global batch: every rank's rows (`iprm.distributed`), flat where S differs.
         logits = self.step_logits(batch)
         if self.hparams.target == "outcome":
-            loss, accuracy = outcome_loss(logits, batch["labels"])
+            last = gather_rows(last_step(logits))[:, None]
+            loss, accuracy = outcome_loss(last, gather_rows(batch["labels"]))
         else:
-            loss, accuracy = step_target_loss(logits, batch["step_targets"])
+            known = ~batch["step_targets"].isnan() & ~logits.isnan()
+            targets = gather_rows(batch["step_targets"][known])
+            loss, accuracy = step_target_loss(gather_rows(logits[known]), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite training loss ({loss.item()}) at global step {self.global_step}; "
@@ -181,7 +186,7 @@ class ExplicitPRM(RewardModel):
         size = len(batch["labels"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log("train/accuracy", accuracy, batch_size=size)
-        return loss
+        return loss * world()[0]  # DDP averages the ranks' gradients, each of which is its rows' share of ∇L
 
 
 _ARGUMENTS = set(inspect.signature(ExplicitPRM.__init__).parameters) - {"self"}
