@@ -1,6 +1,7 @@
 """Shared fixtures: a character tokenizer and tiny Llama models built in code (no network, fixed seeds)."""
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -14,7 +15,11 @@ from iprm.data.records import Record
 from iprm.module import ImplicitPRM
 from iprm.tasks.tokenizer import build_char_tokenizer
 
+# One thread per test process: the suite runs in two pytest-xdist workers (pyproject's addopts) on two
+# cores, and CLI tests' subprocesses inherit the setting.
 torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -204,6 +204,8 @@ def test_ddp_fit_trains_as_one_process_with_the_same_global_batch(runs):
     # Measured 9e-8 here; averaging each rank's own DPO loss instead moves them by 4e-5.
     assert max((weights[k] - ddp_weights[k]).abs().max().item() for k in weights) < 1e-6
     flops, ddp_flops = (json.loads((run / "flops.json").read_text()) for run in (one, two))
+    for timing in ("train_seconds", "train_flops_per_second"):  # wall time: the one thing that may differ
+        assert flops.pop(timing) > 0 and ddp_flops.pop(timing) > 0
     assert flops == ddp_flops
     metrics, ddp_metrics = _metrics(one / "fit-metrics.json"), _metrics(two / "fit-metrics.json")
     assert metrics.keys() == ddp_metrics.keys() and ddp_metrics.pop("commit") == metrics.pop("commit")
