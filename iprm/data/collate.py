@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 from transformers import PreTrainedTokenizerBase
 
-from iprm.data.prompts import format_prompt
+from iprm.data.prompts import adds_special_tokens, format_prompt
 from iprm.data.records import Record, split_steps
 
 # The version of the convention above. The reference cache hashes it into its keys, so log-probs cached
@@ -79,9 +79,9 @@ def _tokenize(
             f"{type(tokenizer).__name__} is not a fast tokenizer; step ends need character offsets"
         )
     text = prompt + response
-    bos = tokenizer.bos_token
-    add_special_tokens = not (bos and text.startswith(bos))  # never a second BOS after a template's
-    encoding = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+    encoding = tokenizer(
+        text, return_offsets_mapping=True, add_special_tokens=adds_special_tokens(tokenizer, text)
+    )
     input_ids = list(encoding["input_ids"])
     offsets = [tuple(offset) for offset in encoding["offset_mapping"]]
     eos = tokenizer.eos_token_id

@@ -42,6 +42,7 @@ from iprm.data.official import (
     looks_official,
     resplit_records,
 )
+from iprm.data.prompts import adds_special_tokens, format_prompt
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
@@ -303,15 +304,19 @@ class PRMDataModule(L.LightningDataModule):
         """Prompt and generated tokens of sampling the rollouts this run trains on (for data FLOPs), and
         where the counts come from: when `python -m iprm generate` wrote the training file (and it is the
         only one), its manifest's exact counts, scaled by the share of its responses the run needed; else
-        estimated from the needed records (`_rollouts_needed`) with the tokenizer, the prompt with its
-        special tokens and each response with the <eos> that ended it."""
+        estimated from the needed records (`_rollouts_needed`) with the tokenizer, the prompt as the model
+        read it (its chat template, its special tokens) and each response with the <eos> that ended it."""
         if self._sampled is None:
             raise RuntimeError("call setup('fit') first: the training records are loaded there")
         loaded, needed = self._sampled
         manifest = None if self.extra_train_paths else read_manifest(self.train_path)
         if manifest is not None and manifest["responses"] == loaded:
             return self.needed_share(manifest, "generate manifest")
-        prompts = self.tokenizer([r.prompt for r in needed])["input_ids"]
+        texts = [format_prompt(self.tokenizer, r.prompt, self.chat_template) for r in needed]
+        prompts = [
+            self.tokenizer(t, add_special_tokens=adds_special_tokens(self.tokenizer, t))["input_ids"]
+            for t in texts
+        ]
         responses = self.tokenizer([r.response for r in needed], add_special_tokens=False)["input_ids"]
         return {
             "prompt_tokens": sum(map(len, prompts)),

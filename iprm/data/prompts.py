@@ -31,3 +31,10 @@ def format_prompt(
     if system is not None:
         messages.insert(0, {"role": "system", "content": system})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def adds_special_tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> bool:
+    """Whether to let the tokenizer add its special tokens to `text`: not when `text` already begins with the
+    beginning-of-sequence token (a chat template wrote it), which would otherwise appear twice."""
+    bos = tokenizer.bos_token
+    return not (bos and text.startswith(bos))

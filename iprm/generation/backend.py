@@ -12,6 +12,7 @@ from typing import Protocol
 
 from transformers import PreTrainedTokenizerBase
 
+from iprm.data.prompts import adds_special_tokens
 from iprm.errors import ConfigError
 
 
@@ -71,8 +72,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> li
     """Token ids of each prompt as the model reads it: the tokenizer's special tokens are added, except to a
     prompt that already begins with the beginning-of-sequence token (a chat template wrote it), which would
     otherwise get a second one."""
-    bos = tokenizer.bos_token
-    templated = [bool(bos) and prompt.startswith(bos) for prompt in prompts]
+    templated = [not adds_special_tokens(tokenizer, prompt) for prompt in prompts]
     # One call per kind keeps the fast tokenizer's batching.
     encoded: list[list[int]] = [[] for _ in prompts]
     for kind in (False, True):
