@@ -34,6 +34,9 @@ def check_model_path(path: str, setting: str) -> None:
         raise MissingPathError(f"{setting}: {path} is a file; a checkpoint is a directory (save_pretrained)")
     if looks_local(path):
         raise MissingPathError(f"{setting}: no such directory: {path}")
+    head, _, _ = path.partition("/")
+    if head and Path(head).is_dir():  # "runs/model": read as a hub id, but its first part is a directory here
+        raise MissingPathError(f"{setting}: no such directory: {path} (there is a directory {head}/ here)")
 
 
 def check_names(given: Iterable[str], valid: Iterable[str], setting: str) -> None:

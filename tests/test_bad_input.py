@@ -333,6 +333,13 @@ def test_a_model_path_that_is_a_file_or_a_hub_id(tmp_path):
     check_model_path("org/name", "data.model_path")  # a hub id: left to the hub
 
 
+def test_an_org_slash_name_path_whose_first_part_is_a_local_directory_is_local(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(MissingPathError, match="no such directory: runs/model .there is a directory runs/"):
+        check_model_path("runs/model", "--model_path")
+
+
 def test_a_yaml_error_names_the_config_file_line_and_column(tmp_path):
     config = tmp_path / "broken.yaml"
     config.write_text("model:\n  lr: [1, 2\n")
