@@ -19,6 +19,8 @@ def run(argv: list[str]) -> None:
     else:
         from iprm.cli import main
 
+        if argv[:1] in (["-h"], ["--help"]):  # the LightningCLI's help lists its own subcommands only
+            print("python -m iprm generate --help: sample N responses per problem and grade them\n")
         main()
 
 
