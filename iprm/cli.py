@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import Namespace
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import LightningCLI
 
 from iprm.data import PRMDataModule
@@ -129,7 +130,11 @@ class IPRMCLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         resolved = self._parser(self.subcommand).dump(config, skip_none=False)  # as config.yaml holds it
         digest = hashlib.sha256(resolved.encode()).hexdigest()
-        self.trainer.callbacks.extend([FlopsCounter(), MetricsFile(config_digest=digest)])
+        # Before the checkpoint callbacks, as Lightning orders its own: a checkpoint written after a
+        # training step holds the FLOPs of that step.
+        callbacks = self.trainer.callbacks
+        first = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
+        callbacks[first:first] = [FlopsCounter(), MetricsFile(config_digest=digest)]
 
     def _check_inputs(self, stage: str) -> None:
         """Load and check the data before the trainer starts: Lightning creates the log directory before

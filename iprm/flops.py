@@ -32,6 +32,9 @@ cache an earlier run left on disk served it, so a run's cost does not depend on 
 KTO's mismatched pairs. It logs `train/flops` (cumulative) while training, and `flops/{train,data,total}`
 and `<log_dir>/flops.json` at the end of training, with the training loop's wall time (`train_seconds`)
 and the achieved `train_flops_per_second` (divide by a device's peak for its model-FLOPs utilisation).
+The counts are checkpointed, so a run resumed after a kill reports the whole run's FLOPs, each counted
+once; `train_seconds` is this process's training loop only (from its resume), and
+`train_flops_per_second` divides the FLOPs this process spent by it.
 """
 
 import json
@@ -134,6 +137,7 @@ class FlopsCounter(Callback):
         self.data: dict = {"flops": math.nan}
         self._log_dir: Path | None = None
         self._started = math.nan
+        self._spent_before = 0.0
 
     def state_dict(self) -> dict:
         return {"counts": dict(self.counts), "reference_counted": sorted(self.reference_counted)}
@@ -160,7 +164,9 @@ class FlopsCounter(Callback):
         record_scalars(trainer, {"flops/data": self.data["flops"]}, step=0)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After the checkpoint's counts are restored: what this process spends is counted from here.
         self._started = time.perf_counter()
+        self._spent_before = self.counts["policy_flops"] + self.counts["reference_flops"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.count_batch(pl_module, batch)
@@ -184,15 +190,18 @@ class FlopsCounter(Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Summed over ranks here, not in on_fit_end: the strategy has torn down its process group by then.
         summed = dict(self.counts)
+        summed["spent_here"] = summed["policy_flops"] + summed["reference_flops"] - self._spent_before
         if trainer.world_size > 1:
             values = torch.tensor(list(summed.values()), dtype=torch.float64, device=pl_module.device)
             reduced = trainer.strategy.reduce(values, reduce_op="sum").tolist()
             summed = dict(zip(summed, reduced, strict=True))
+        spent_here = summed.pop("spent_here")
         cost = totals(summed, self.data)
         # Wall time of this process's training loop (validation inside it included; a resumed run counts
-        # from its resume): achieved FLOP/s, and MFU against a device's peak.
+        # from its resume, and divides only the FLOPs spent since): achieved FLOP/s, and MFU against a
+        # device's peak.
         cost["train_seconds"] = time.perf_counter() - self._started
-        cost["train_flops_per_second"] = cost["train"] / cost["train_seconds"]
+        cost["train_flops_per_second"] = spent_here / cost["train_seconds"]
         names = ("train", "data", "total")
         record_scalars(trainer, {f"flops/{name}": cost[name] for name in names}, trainer.global_step)
         if not trainer.is_global_zero:

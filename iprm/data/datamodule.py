@@ -44,7 +44,7 @@ from iprm.data.official import (
 )
 from iprm.data.prompts import adds_special_tokens, format_prompt
 from iprm.data.records import Record, load_records
-from iprm.data.sampler import InstructionBatchSampler, ShardedBatchSampler
+from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
 from iprm.generation.manifest import read_manifest
 from iprm.validate import (
@@ -198,6 +198,7 @@ class PRMDataModule(L.LightningDataModule):
         self._test: dict[str, list[Record]] | None = None
         self._sampled: tuple[int, list[Record]] | None = None  # records loaded, and those needed sampled
         self._predict: list[Record] | None = None
+        self._train_loader: ResumableDataLoader | None = None
         self._check_settings()
 
     def _check_settings(self) -> None:
@@ -428,9 +429,21 @@ class PRMDataModule(L.LightningDataModule):
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
             min_instructions=2 if self.mismatched_pairs else 1,
         )
-        return DataLoader(
+        if self.trainer is not None:
+            # Lightning draws the first batch before it sets the epoch (`FitLoop.setup_data`), and after a
+            # resume from an epoch's end it keeps that iterator: start at the epoch Lightning will set.
+            sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed)
+        self._train_loader = ResumableDataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
         )
+        return self._train_loader
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # Called for each batch the fit loop takes to train on, not for the one it fetched ahead: the
+        # training loader's count of batches trained on, which a mid-epoch checkpoint saves.
+        if self.trainer is not None and self.trainer.training and self._train_loader is not None:
+            self._train_loader.taken()
+        return batch
 
     def _workers(self) -> dict[str, Any]:
         return {"num_workers": self.num_workers, "persistent_workers": self.num_workers > 0}

@@ -1,5 +1,6 @@
 """Samplers: the instruction order of each epoch, then batches of whole instruction groups across ranks;
-and consecutive batches of a sequential set (evaluation, prediction) across ranks.
+the training DataLoader that resumes mid-epoch where it stopped; and consecutive batches of a sequential
+set (evaluation, prediction) across ranks.
 
 Whole groups, because the pairwise objectives pair responses *within* an instruction and KTO's reference
 point pairs a prompt with another instruction's response. How ranks share the work and put it back
@@ -10,7 +11,7 @@ import math
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 # Length grouping sorts instructions within windows of this many batches: long enough to find similar
 # lengths, short enough that the epoch's order stays random at larger scales.
@@ -96,9 +97,14 @@ class InstructionBatchSampler(Sampler[list[int]]):
         self.min_instructions = min_instructions
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
         self.sampler = InstructionSampler(len(groups), shuffle, seed)
+        self.start = 0  # batches of the epoch the next iteration skips (a resumed epoch); then 0 again
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
 
     @property
     def _smallest_last(self) -> int:
@@ -125,7 +131,11 @@ class InstructionBatchSampler(Sampler[list[int]]):
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        for instructions in self._global_batches():
+        start, self.start = self.start, 0
+        return self._parts(start)
+
+    def _parts(self, start: int) -> Iterator[list[int]]:
+        for instructions in self._global_batches()[start:]:
             count, ranks = len(instructions), self.num_replicas
             part = instructions[count * self.rank // ranks : count * (self.rank + 1) // ranks]
             yield [item for instruction in part for item in self.groups[instruction]]
@@ -134,6 +144,40 @@ class InstructionBatchSampler(Sampler[list[int]]):
         count, size = len(self.groups), self.instructions_per_batch * self.num_replicas
         batches = math.ceil(count / size)
         return batches - (batches > 1 and count - (batches - 1) * size < self._smallest_last)
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an `InstructionBatchSampler` that resumes mid-epoch: a killed run resumed from a
+    checkpoint trains on the rest of the interrupted epoch, in the same order, and on nothing twice.
+
+    Its state is the epoch and how many of the epoch's batches training has taken. Lightning's fit loop saves
+    the state of any training loader with `state_dict` / `load_state_dict` in its checkpoints and hands it
+    back to the new loader when it resumes mid-epoch; the batch sampler then skips that many batches of the
+    epoch's order, which depends on the seed and the epoch only. The loader cannot count what it yields,
+    because Lightning fetches a batch ahead of the one it trains on (and workers further ahead): training
+    calls `taken()` for each batch it takes (`PRMDataModule.on_before_batch_transfer`).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.batch_sampler, InstructionBatchSampler):
+            raise TypeError("ResumableDataLoader needs an InstructionBatchSampler as its batch_sampler")
+        self.batches_taken = 0
+
+    def __iter__(self):
+        self.batches_taken = self.batch_sampler.start  # the skipped batches were taken before the kill
+        return super().__iter__()
+
+    def taken(self) -> None:
+        """Training took one more batch of this epoch."""
+        self.batches_taken += 1
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.batch_sampler.epoch, "batches_taken": self.batches_taken}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        self.batch_sampler.set_epoch(state_dict["epoch"])
+        self.batch_sampler.start = state_dict["batches_taken"]
 
 
 class ShardedBatchSampler(Sampler[list[int]]):

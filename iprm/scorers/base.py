@@ -180,7 +180,13 @@ class RewardModel(L.LightningModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )
+        fit_loop, loaded = self.trainer.fit_loop, self.trainer.fit_loop._combined_loader is not None
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if not loaded:
+            # Counting the steps built the fit loop's training loader and drew its first batch, before a
+            # resumed run restores its loops; Lightning would then never restore the loader's position
+            # (lightning#20550). Dropped, the fit loop builds it afresh after the restore.
+            fit_loop._combined_loader = None
         warmup = int(self.hparams.warmup_ratio * total)
 
         def factor(step: int) -> float:
