@@ -20,3 +20,15 @@ class PauseAtStep(Callback):
         if trainer.global_step == self.step:
             self.marker.write_text(str(os.getpid()))
             time.sleep(600)
+
+
+class PoisonAtStep(Callback):
+    """Before training batch `step` + 1, make every policy weight NaN (a diverged run, on purpose)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            for parameter in pl_module.trained_model.parameters():
+                parameter.data.fill_(float("nan"))

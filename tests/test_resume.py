@@ -55,8 +55,12 @@ def test_a_resumed_loader_yields_the_rest_of_the_epoch_in_its_order():
     assert len([batch for batch in resumed]) == len(resumed)  # the next epoch is whole again
 
 
-def _fit(tmp: Path, world: Path, name: str, *extra: str, pause: int | None = None) -> subprocess.Popen:
+def _fit(
+    tmp: Path, world: Path, name: str, *extra: str, pause: int | None = None, poison: int | None = None
+) -> subprocess.Popen:
     callbacks = list(CHECKPOINTS)
+    if poison is not None:
+        callbacks.append({"class_path": "pause.PoisonAtStep", "init_args": {"step": poison}})
     if pause is not None:
         callbacks.append({"class_path": "pause.PauseAtStep",
                           "init_args": {"step": pause, "marker": str(tmp / f"{name}.paused")}})  # fmt: skip
@@ -114,3 +118,15 @@ def test_a_fit_killed_mid_epoch_resumes_to_the_same_run(tmp_path, smoke_world_ro
     for key, value in metrics.items():
         if key.startswith(("val/", "train/", "flops/")) and key != "flops/train_seconds":
             assert resumed_metrics[key] == pytest.approx(value, rel=1e-6, nan_ok=True), key
+
+
+@pytest.mark.integration
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, smoke_world_root):
+    run = _fit(tmp_path, smoke_world_root, "diverged", poison=3)
+    assert run.wait() != 0
+    log = (tmp_path / "diverged.log").read_text()
+    assert "non-finite training loss" in log and "at global step 3" in log
+    (ckpt,) = (tmp_path / "diverged").rglob("last.ckpt")
+    saved = torch.load(ckpt, weights_only=True)
+    assert saved["global_step"] == 3  # the state after the last finite step, not the poisoned one
+    assert all(torch.isfinite(value).all() for value in saved["state_dict"].values())
