@@ -15,7 +15,7 @@ Generation's tokens/s counts sampled tokens (the manifest's exact count); predic
 scored (prompt + response, policy and reference each once). Labels of a toy model are nearly all wrong, so
 the run allows one-class training data: this measures speed and that the path runs, not accuracy.
 
-    python benchmarks/gpu_smoke.py --output runs/gpu_smoke [--hidden-size 2048 --layers 16 --problems 128]
+    python -m benchmarks.gpu_smoke --output runs/gpu_smoke [--hidden-size 2048 --layers 16 --problems 128]
 """
 
 import argparse
