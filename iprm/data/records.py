@@ -13,7 +13,7 @@ must agree.
 
 import json
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -200,21 +200,27 @@ def _malformed(path: Path, number: int, line: str, error: json.JSONDecodeError) 
     return RecordError(f"{path}:{number}: malformed JSON: {error.msg}{hint}")
 
 
-def _load_json_lines(
-    path: Path, source: str | None, require_label: bool, separator: str | None
-) -> list[Record]:
-    records = []
+def read_json_lines(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) of each non-blank line of a JSON-lines file; a RecordError names the file
+    and line of text that is not UTF-8 or not JSON."""
     with path.open("rb") as file:
         for number, raw in enumerate(file, start=1):
             line = decode_line(raw, f"{path}:{number}")
             if not line.strip():
                 continue
             try:
-                data = json.loads(line)
+                yield number, json.loads(line)
             except json.JSONDecodeError as error:
                 raise _malformed(path, number, line, error) from None
-            records.append(parse_record(data, f"{path}:{number}", source, require_label, separator))
-    return records
+
+
+def _load_json_lines(
+    path: Path, source: str | None, require_label: bool, separator: str | None
+) -> list[Record]:
+    return [
+        parse_record(data, f"{path}:{number}", source, require_label, separator)
+        for number, data in read_json_lines(path)
+    ]
 
 
 def records_from_dataset(

@@ -7,12 +7,11 @@ paragraphs joined by a blank line, with the final answer in `\\boxed{}`; answers
 (`iprm.tasks.grading.GradingPool`).
 """
 
-import json
 import re
 from pathlib import Path
 
 from iprm.data.official import grade
-from iprm.data.records import decode_line
+from iprm.data.records import read_json_lines
 from iprm.errors import MissingPathError, RecordError
 from iprm.tasks.base import Problem, Task
 from iprm.tasks.grading import GradingPool
@@ -80,22 +79,14 @@ class MathTask(Task):
     def problems(self) -> list[Problem]:
         if not self.path.is_file():
             raise MissingPathError(f"no problems file at {self.path}")
-        problems = []
-        with self.path.open("rb") as file:
-            for number, raw in enumerate(file, start=1):
-                where = f"{self.path}:{number}"
-                line = decode_line(raw, where)
-                if line.strip():
-                    problems.append(self._problem(line, where, number))
+        problems = [
+            self._problem(row, f"{self.path}:{number}", number) for number, row in read_json_lines(self.path)
+        ]
         end = None if self.limit is None else self.offset + self.limit
         return problems[self.offset : end]
 
     @staticmethod
-    def _problem(line: str, where: str, number: int) -> Problem:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise RecordError(f"{where}: malformed JSON: {error.msg}") from None
+    def _problem(row: object, where: str, number: int) -> Problem:
         if not isinstance(row, dict):
             raise RecordError(f"{where}: expected a JSON object, got {type(row).__name__}")
         text = row.get("problem", row.get("question"))
