@@ -4,7 +4,8 @@ import csv
 
 import pytest
 
-from iprm.eval.claims import claim_rows, main, read_results
+from iprm.errors import IPRMError
+from iprm.eval.claims import claim_rows, main, read_results, versus_rows
 
 
 def _run(world: str, prm: float, majority: float) -> dict:
@@ -39,3 +40,76 @@ def test_the_command_reads_a_sweeps_results_and_writes_claims_md(tmp_path, capsy
     assert "2/3 worlds" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main([])
+
+
+def _method_run(method: str, world: str, bon: float, cell: str = "instruction_fraction=0.25") -> dict:
+    return {"method": method, "cell": cell, "world": world, "medium/bon@16/method": bon}
+
+
+def test_versus_compares_two_methods_per_world_within_a_cell():
+    """World 0: implicit (0.8 + 0.6) / 2 = 0.7 vs MS 0.5 → holds; world 1: 0.4 vs MS 0.45 → fails; world 2
+    has no MS run, so it is not counted; the ½ cell has only implicit runs, so it gives no row."""
+    runs = [
+        _method_run("implicit_ce", "0", 0.8),
+        _method_run("implicit_ce", "0", 0.6),
+        _method_run("math_shepherd", "0", 0.5),
+        _method_run("implicit_ce", "1", 0.4),
+        _method_run("math_shepherd", "1", 0.45),
+        _method_run("implicit_ce", "2", 0.9),
+        _method_run("implicit_ce", "0", 0.9, cell="instruction_fraction=0.5"),
+    ]
+    (row,) = versus_rows(runs, "implicit_ce", ["math_shepherd"], ["medium"])
+    assert (row["claim"], row["cell"], row["set"]) == (
+        "implicit_ce beats math_shepherd on best-of-N",
+        "instruction_fraction=0.25",
+        "medium",
+    )
+    assert (row["A"], row["B"], row["A − B"]) == ("0.550 ± 0.212", "0.475 ± 0.035", "+0.075")
+    assert (row["holds on"], row["per world (A − B)"]) == ("1/2 worlds", "+0.200 -0.050")
+
+
+def _write_results(path, rows: list[dict]) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / "results.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_versus_reads_worlds_from_columns_and_from_the_fit_config(tmp_path):
+    """World 0's sweep does not vary the world: its runs' world comes from their resolved fit config; the
+    other sweep names it in a `data.world.seed` column."""
+    zero, others = tmp_path / "baselines", tmp_path / "baselines_worlds"
+    _write_results(zero, [
+        {"point": f"{m},instruction_fraction=0.25", "seed": 0, "medium/bon@16/method": bon}
+        for m, bon in (("implicit_ce", 0.8), ("math_shepherd", 0.6))
+    ])  # fmt: skip
+    for method in ("implicit_ce", "math_shepherd"):
+        version = zero / f"{method},instruction_fraction=0.25" / "seed0" / "fit" / "quickstart" / "version_0"
+        version.mkdir(parents=True)
+        (version / "config.yaml").write_text("data:\n  world:\n    seed: 0\n")
+    _write_results(others, [
+        {"point": f"{m},seed={w},instruction_fraction=0.25", "seed": 0, "data.world.seed": w,
+         "medium/bon@16/method": bon}
+        for m, w, bon in (("implicit_ce", 1, 0.7), ("math_shepherd", 1, 0.75), ("implicit_ce", 2, 0.9),
+                          ("math_shepherd", 2, 0.5))
+    ])  # fmt: skip
+    runs = read_results(zero / "results.csv") + read_results(others / "results.csv")
+    assert [(r["method"], r["cell"], r["world"]) for r in runs[:3]] == [
+        ("implicit_ce", "instruction_fraction=0.25", "0"),
+        ("math_shepherd", "instruction_fraction=0.25", "0"),
+        ("implicit_ce", "instruction_fraction=0.25", "1"),
+    ]
+    output = tmp_path / "versus.md"
+    main([str(zero), str(others), "--sets", "medium", "--versus", "implicit_ce", "math_shepherd",
+          "--output", str(output)])  # fmt: skip
+    text = output.read_text()
+    assert "| implicit_ce beats math_shepherd on best-of-N | instruction_fraction=0.25 | medium |" in text
+    assert "| 2/3 worlds | +0.200 -0.050 +0.400 |" in text
+
+
+def test_a_run_without_a_world_is_named_with_its_file_and_line(tmp_path):
+    _write_results(tmp_path, [{"point": "implicit_ce", "seed": 0, "medium/bon@16/method": 0.5}])
+    expected = r"results.csv, line 2, field 'point': no world seed for run 'implicit_ce'"
+    with pytest.raises(IPRMError, match=expected):
+        read_results(tmp_path / "results.csv")

@@ -1,14 +1,21 @@
 """The README's claims, checked over several independently built worlds × training seeds.
 
 A claim compares two metrics of the same run (e.g. the implicit PRM's best-of-16 against majority@16 on
-one generator). Per world, each metric is averaged over the training seeds; the table gives the mean ±
-sample std of those per-world means over worlds, the mean difference, and on how many worlds the claim
-holds (per-world mean difference > 0). One world is an anecdote; a claim that holds on 1 of 3 is not one.
+one generator), or, with `--versus`, one metric of two methods trained on the same data (e.g. the implicit
+PRM's best-of-16 against Math-Shepherd's). Per world, each metric is averaged over the training seeds; the
+table gives the mean ± sample std of those per-world means over worlds, the mean difference, and on how many
+worlds the claim holds (per-world mean difference > 0). One world is an anecdote; a claim that holds on 1
+of 3 is not one.
 
     python -m iprm.eval.claims runs/sweeps/worlds [--n 16] [--sets weak medium strong]
+    python -m iprm.eval.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
+        --versus implicit_ce math_shepherd oracle orm autopsv --output runs/sweeps/baselines_claims.md
 
-reads the sweep's `results.csv` (a row per run, with `point` naming the world, e.g. `seed=1`, as
-`configs/sweeps/worlds.yaml` names them) and writes `claims.md` beside it.
+reads each sweep's `results.csv` (a row per run) and writes `claims.md` beside the first (or `--output`).
+A run's world is its `data.world.seed` (a column when the sweep varies it; else its point's `seed=K`;
+else the world seed of the run's resolved fit config). With `--versus A B …`, a run's method is the first
+part of its point name (`math_shepherd,instruction_fraction=0.25` → `math_shepherd`), the rest of the name
+(less the world) is its cell, and A is compared with each B in every cell both were run in.
 """
 
 import argparse
@@ -18,6 +25,9 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import yaml
+
+from iprm.errors import IPRMError
 from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
 
@@ -52,6 +62,14 @@ CLAIMS = {
     ),
 }
 
+# Method-against-method metrics (`--versus`): each model's own scorer ("method"), as the sweeps report it.
+VERSUS = {
+    "best-of-N": "{set}/bon@{n}/method",
+    "weighted majority": "{set}/wmaj@{n}/method",
+    "first-error F1": "{set}/process/method/f1",
+    "step AUROC": "{set}/process/method/step_auroc",
+}
+
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     values = [v for v in values if not math.isnan(v)]
@@ -62,65 +80,123 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 def claim_rows(runs: list[dict[str, float | str]], sets: list[str], n: int = 16) -> list[dict]:
     """`runs`: one flat dict per run with `world` and the metrics; a row per claim × set."""
-    by_world: dict[str, list[dict]] = defaultdict(list)
-    for run in runs:
-        by_world[str(run["world"])].append(run)
     rows = []
     for claim, (a_key, b_key) in CLAIMS.items():
         for name in sets:
             a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
-            if not any(a_key_ in run and b_key_ in run for run in runs):
-                continue
-            per_world = {
-                world: (
-                    _mean_std([float(r.get(a_key_, math.nan)) for r in world_runs])[0],
-                    _mean_std([float(r.get(b_key_, math.nan)) for r in world_runs])[0],
-                )
-                for world, world_runs in sorted(by_world.items())
-            }
-            a_mean, a_std = _mean_std([a for a, _ in per_world.values()])
-            b_mean, b_std = _mean_std([b for _, b in per_world.values()])
-            holds = sum(a - b > 0 for a, b in per_world.values())
-            rows.append(
-                {
-                    "claim": claim,
-                    "set": name,
-                    "A": f"{a_mean:.3f} ± {a_std:.3f}",
-                    "B": f"{b_mean:.3f} ± {b_std:.3f}",
-                    "A − B": f"{a_mean - b_mean:+.3f}",
-                    "holds on": f"{holds}/{len(per_world)} worlds",
-                    "per world (A − B)": " ".join(f"{a - b:+.3f}" for a, b in per_world.values()),
-                }
-            )
+            if any(a_key_ in run and b_key_ in run for run in runs):
+                row = _compare(runs, runs, a_key_, b_key_)
+                rows.append({"claim": claim, "set": name, **row})
     return rows
 
 
+def versus_rows(
+    runs: list[dict[str, float | str]], method: str, others: list[str], sets: list[str], n: int = 16
+) -> list[dict]:
+    """A row per other method × cell × metric × set: `method`'s metric against the other's, on the runs of
+    one cell (`method` and `cell` keys of each run), per world averaged over seeds."""
+    rows = []
+    cells = list(dict.fromkeys(str(run["cell"]) for run in runs))
+    for other in others:
+        for cell in cells:
+            mine = [r for r in runs if r["method"] == method and r["cell"] == cell]
+            theirs = [r for r in runs if r["method"] == other and r["cell"] == cell]
+            for metric, key in VERSUS.items():
+                for name in sets:
+                    key_ = key.format(set=name, n=n)
+                    if any(key_ in r for r in mine) and any(key_ in r for r in theirs):
+                        row = _compare(mine, theirs, key_, key_)
+                        claim = f"{method} beats {other} on {metric}"
+                        rows.append({"claim": claim, "cell": cell, "set": name, **row})
+    return rows
+
+
+def _compare(a_runs: list[dict], b_runs: list[dict], a_key: str, b_key: str) -> dict:
+    """Per world (present in both), the seed mean of `a_key` over `a_runs` and of `b_key` over `b_runs`;
+    then the over-worlds summary and on how many worlds A − B > 0."""
+    a_by_world: dict[str, list[dict]] = defaultdict(list)
+    b_by_world: dict[str, list[dict]] = defaultdict(list)
+    for run in a_runs:
+        a_by_world[str(run["world"])].append(run)
+    for run in b_runs:
+        b_by_world[str(run["world"])].append(run)
+    per_world = {
+        world: (
+            _mean_std([float(r.get(a_key, math.nan)) for r in a_by_world[world]])[0],
+            _mean_std([float(r.get(b_key, math.nan)) for r in b_by_world[world]])[0],
+        )
+        for world in sorted(a_by_world.keys() & b_by_world.keys())
+    }
+    a_mean, a_std = _mean_std([a for a, _ in per_world.values()])
+    b_mean, b_std = _mean_std([b for _, b in per_world.values()])
+    holds = sum(a - b > 0 for a, b in per_world.values())
+    return {
+        "A": f"{a_mean:.3f} ± {a_std:.3f}",
+        "B": f"{b_mean:.3f} ± {b_std:.3f}",
+        "A − B": f"{a_mean - b_mean:+.3f}",
+        "holds on": f"{holds}/{len(per_world)} worlds",
+        "per world (A − B)": " ".join(f"{a - b:+.3f}" for a, b in per_world.values()),
+    }
+
+
 def read_results(path: Path) -> list[dict]:
-    """Rows of a sweep's `results.csv`, numbers as floats, `world` from the point's `seed=K`."""
+    """Rows of a sweep's `results.csv` (numbers as floats) with each run's `world`, `method` and `cell`."""
     with path.open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     runs = []
-    for row in rows:
+    for line, row in enumerate(rows, 2):
         run: dict = {}
         for key, value in row.items():
             try:
                 run[key] = float(value)
             except (TypeError, ValueError):
                 run[key] = value
-        run["world"] = str(row.get("point", "")).removeprefix("seed=")
+        parts = str(row.get("point", "")).split(",")
+        named = dict(part.split("=", 1) for part in parts if "=" in part)
+        run["method"] = parts[0] if "=" not in parts[0] else ""
+        run["cell"] = ",".join(part for part in parts if "=" in part and not part.startswith("seed="))
+        run["world"] = _world(row, named, path.parent, line)
         runs.append(run)
     return runs
 
 
+def _world(row: dict, named: dict, sweep: Path, line: int) -> str:
+    """The run's world seed: its `data.world.seed` column, its point's `seed=K`, or its fit config's."""
+    value = row.get("data.world.seed") or named.get("seed")
+    if value:
+        return str(int(float(value)))
+    configs = sorted((sweep / row["point"] / f"seed{row['seed']}" / "fit").glob("*/version_*/config.yaml"))
+    if not configs:
+        raise IPRMError(
+            f"{sweep / 'results.csv'}, line {line}, field 'point': no world seed for run "
+            f"{row['point']!r} seed {row['seed']} (no data.world.seed column, no seed=K in the point, no "
+            "fit config.yaml under its run directory)"
+        )
+    config = yaml.safe_load(configs[-1].read_text(encoding="utf-8"))
+    return str(config["data"]["world"]["seed"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m iprm.eval.claims", description=__doc__.split("\n")[0])
-    parser.add_argument("sweep", type=Path, help="a sweep's output directory (with results.csv)")
+    parser.add_argument("sweeps", type=Path, nargs="+", help="sweep output directories (with results.csv)")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--sets", nargs="+", default=["weak", "medium", "strong"])
+    parser.add_argument(
+        "--versus", nargs="+", metavar="METHOD", help="compare the first method with each of the others"
+    )
+    parser.add_argument(
+        "--output", type=Path, help="where the table goes (default: the first sweep's claims.md)"
+    )
     args = parser.parse_args(argv)
-    rows = claim_rows(read_results(args.sweep / "results.csv"), args.sets, args.n)
+    runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv")]
+    if args.versus:
+        if len(args.versus) < 2:
+            parser.error("--versus needs a method and at least one other to compare it with")
+        rows = versus_rows(runs, args.versus[0], args.versus[1:], args.sets, args.n)
+    else:
+        rows = claim_rows(runs, args.sets, args.n)
     markdown = to_markdown(rows)
-    with atomic_write(args.sweep / "claims.md", encoding="utf-8") as file:
+    with atomic_write(args.output or args.sweeps[0] / "claims.md", encoding="utf-8") as file:
         file.write(markdown + "\n")
     print(markdown)
 
