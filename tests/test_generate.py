@@ -103,6 +103,21 @@ def test_left_padded_greedy_batches_equal_one_prompt_at_a_time(tiny_model_dir):
     assert len({c.text for c in alone}) > 1
 
 
+def test_sampling_leaves_the_callers_random_state_as_it_was(tiny_model_dir):
+    """Math-Shepherd samples its completions inside the training process: whether its labels came from the
+    cache or were sampled just now must not change the training's random draws."""
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    sampled = TransformersBackend(model, tokenizer, batch_size=2).generate(
+        ["Q:1+2\n", "Q:7\n", "Q:99*9\n"], Sampling(temperature=1.0, max_new_tokens=5), seed=7
+    )
+    assert len(sampled) == 3
+    assert torch.equal(torch.rand(3), expected)
+
+
 def always(token: str, model_dir: str) -> nn.Module:
     """The tiny model made to sample `token` and nothing else: its head gives every position the same
     logits, 200 higher for `token` than for any other."""

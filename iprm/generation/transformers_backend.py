@@ -8,8 +8,10 @@ Two ways to batch prompts of different lengths:
   a batch, so nothing is padded and each sample is exactly what the model produces for its prompt alone.
 
 Batch b (in the order above) is sampled after `torch.manual_seed(seed + b)`, so the samples depend only on
-the prompts, the settings and `seed`. A row ends at its first end-of-sequence token (any of the tokenizer's
-and the model's generation config's); what `generate` writes after it is padding.
+the prompts, the settings and `seed`; the caller's random state is restored afterwards, so sampling inside
+a training process (Math-Shepherd's labels) leaves its training draws as they would be without it.
+A row ends at its first end-of-sequence token (any of the tokenizer's and the model's generation config's);
+what `generate` writes after it is padding.
 """
 
 from collections import defaultdict
@@ -120,21 +122,24 @@ class TransformersBackend:
         encoded = encode_prompts(self.tokenizer, prompts)
         completions: list[Completion | None] = [None] * len(prompts)
         stop = self.stop_ids[0] if len(self.stop_ids) == 1 else self.stop_ids
-        for b, batch in enumerate(self.batches(encoded)):
-            input_ids, attention_mask = left_pad([encoded[i] for i in batch], self.pad_id, self.model.device)
-            torch.manual_seed(seed + b)
-            output = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                **decoding(sampling),
-                max_new_tokens=sampling.max_new_tokens,
-                pad_token_id=self.pad_id,
-                eos_token_id=stop,
-            )
-            for i, new in zip(batch, output[:, input_ids.shape[1] :].tolist(), strict=True):
-                sampled = next((t + 1 for t, token in enumerate(new) if token in self.stop_ids), len(new))
-                text = self.tokenizer.decode(new[:sampled], skip_special_tokens=True)
-                completions[i] = Completion(text, len(encoded[i]), sampled)
-            if progress is not None:
-                progress(len(batch))
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # the caller's random state comes back untouched
+            for b, batch in enumerate(self.batches(encoded)):
+                rows = [encoded[i] for i in batch]
+                input_ids, attention_mask = left_pad(rows, self.pad_id, self.model.device)
+                torch.manual_seed(seed + b)
+                output = self.model.generate(
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    **decoding(sampling),
+                    max_new_tokens=sampling.max_new_tokens,
+                    pad_token_id=self.pad_id,
+                    eos_token_id=stop,
+                )
+                for i, new in zip(batch, output[:, input_ids.shape[1] :].tolist(), strict=True):
+                    sampled = next((t + 1 for t, token in enumerate(new) if token in self.stop_ids), len(new))
+                    text = self.tokenizer.decode(new[:sampled], skip_special_tokens=True)
+                    completions[i] = Completion(text, len(encoded[i]), sampled)
+                if progress is not None:
+                    progress(len(batch))
         return completions
