@@ -87,7 +87,8 @@ def test_versus_reads_worlds_from_columns_and_from_the_fit_config(tmp_path):
     for method in ("implicit_ce", "math_shepherd"):
         version = zero / f"{method},instruction_fraction=0.25" / "seed0" / "fit" / "quickstart" / "version_0"
         version.mkdir(parents=True)
-        (version / "config.yaml").write_text("data:\n  world:\n    seed: 0\n")
+        config = "data:\n  class_path: iprm.tasks.WorldDataModule\n  init_args:\n    world:\n      seed: 0\n"
+        (version / "config.yaml").write_text(config)  # as LightningCLI saves it
     _write_results(others, [
         {"point": f"{m},seed={w},instruction_fraction=0.25", "seed": 0, "data.world.seed": w,
          "medium/bon@16/method": bon}

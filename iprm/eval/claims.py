@@ -172,8 +172,9 @@ def _world(row: dict, named: dict, sweep: Path, line: int) -> str:
             f"{row['point']!r} seed {row['seed']} (no data.world.seed column, no seed=K in the point, no "
             "fit config.yaml under its run directory)"
         )
-    config = yaml.safe_load(configs[-1].read_text(encoding="utf-8"))
-    return str(config["data"]["world"]["seed"])
+    data = yaml.safe_load(configs[-1].read_text(encoding="utf-8"))["data"]
+    world = data.get("init_args", data)["world"]  # the saved config names the data module's class
+    return str(world.get("init_args", world)["seed"])
 
 
 def main(argv: list[str] | None = None) -> None:
