@@ -109,6 +109,27 @@ def test_accuracy_vs_flops_figure_a_marker_per_point_on_a_log_flops_axis(rows):
     figure.savefig(io.BytesIO(), format="png")
 
 
+def test_accuracy_vs_flops_figure_one_line_per_method_across_a_grid(tmp_path):
+    """A method crossed with a grid (two fractions of the instructions) is one line through its points in
+    FLOPs order; a method run at one cell is one marker."""
+    runs = [
+        _run("ce,instruction_fraction=1.0", 0, bon2=0.8, wmaj2=0.8, train=8e6, data=2e6),
+        _run("ce,instruction_fraction=0.25", 0, bon2=0.7, wmaj2=0.7, train=2e6, data=1e6),
+        _run("orm,instruction_fraction=0.25", 0, bon2=0.5, wmaj2=0.5, train=2e6, data=1e6),
+    ]
+    path = tmp_path / "results.csv"
+    with path.open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(runs[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(runs)
+    weak = accuracy_vs_flops_figure(read_results(path), n=2).axes[0]
+    ce, orm = weak.containers
+    assert list(ce.lines[0].get_xdata()) == pytest.approx([3e6, 1e7])  # sorted by FLOPs
+    assert list(ce.lines[0].get_ydata()) == pytest.approx([0.7, 0.8])
+    assert len(orm.lines[0].get_xdata()) == 1
+    assert _legend(weak.figure.axes[-1]) == ["majority@2", "ce", "orm"]
+
+
 def test_majority_voting_figure_three_bars_per_point(rows):
     figure = majority_voting_figure(rows, n=2)
     weak = figure.axes[0]

@@ -134,15 +134,25 @@ def accuracy_vs_flops_figure(
     rows: list[dict], n: int, scorer: str = HEADLINE_SCORER, cost: tuple[str, ...] = COST
 ) -> Figure:
     """Paper Figure 1: per best-of-N set a panel with one marker per sweep point at (the sum of the `cost`
-    columns, best-of-`n` accuracy of `scorer`), error bars over seeds both ways; log FLOPs axis."""
+    columns, best-of-`n` accuracy of `scorer`), error bars over seeds both ways; log FLOPs axis. The points
+    of one family (an explicit point that a grid crosses: `orm,instruction_fraction=0.25`, `…=1.0`) are
+    one line in FLOPs order, labelled by the family: one line per method."""
     names = sets(rows)
     figure, axes = _panels(len(names), width=4.5)
     flops = point_stats(rows, *cost)
+    lines: dict[str, list[str]] = {}
+    for point in flops:
+        explicit = ",".join(part for part in point.split(",") if "=" not in part)
+        lines.setdefault(explicit if _grid_part(point) and explicit else point, []).append(point)
     for ax, name in zip(axes, names, strict=True):
         accuracy = point_stats(rows, f"{name}/bon@{n}/{scorer}")
-        for point, x in flops.items():
-            y = accuracy[point]
-            ax.errorbar(x.mean, y.mean, xerr=x.std, yerr=y.std, marker="o", capsize=3, label=point)
+        for label, points in lines.items():
+            points = sorted(points, key=lambda point: flops[point].mean)
+            x, y = [flops[point] for point in points], [accuracy[point] for point in points]
+            ax.errorbar(
+                [s.mean for s in x], [s.mean for s in y], xerr=[s.std for s in x], yerr=[s.std for s in y],
+                marker="o", capsize=3, linestyle="-" if len(points) > 1 else "none", label=label,
+            )  # fmt: skip
         _baseline(ax, rows, name, n)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # within one decade, minor labels overprint
@@ -150,7 +160,7 @@ def accuracy_vs_flops_figure(
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"best-of-{n} accuracy ({scorer})")
-    axes[-1].legend(fontsize="small")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside, not over, it
     return figure
 
 
