@@ -100,14 +100,18 @@ def _grid_part(point: str) -> str:
     return ",".join(part for part in point.split(",") if "=" in part)
 
 
+def _explicit_part(point: str) -> str:
+    """`ce,responses_per_instruction=2` → `ce`: the explicit point that the sweep's grid crosses."""
+    return ",".join(part for part in point.split(",") if "=" not in part)
+
+
 def families(rows: list[dict]) -> dict[str, list[dict]]:
     """Rows grouped by the explicit point that a grid crosses (`ce,responses_per_instruction=2` → `ce`), so
     each family is one scaling study; a sweep that is only a grid, or has no grid, is one family, ""."""
     out: dict[str, list[dict]] = {}
     for row in rows:
         point = row["point"]
-        explicit = ",".join(part for part in point.split(",") if "=" not in part)
-        out.setdefault(explicit if _grid_part(point) else "", []).append(row)
+        out.setdefault(_explicit_part(point) if _grid_part(point) else "", []).append(row)
     return out
 
 
@@ -142,7 +146,7 @@ def accuracy_vs_flops_figure(
     flops = point_stats(rows, *cost)
     lines: dict[str, list[str]] = {}
     for point in flops:
-        explicit = ",".join(part for part in point.split(",") if "=" not in part)
+        explicit = _explicit_part(point)
         lines.setdefault(explicit if _grid_part(point) and explicit else point, []).append(point)
     for ax, name in zip(axes, names, strict=True):
         accuracy = point_stats(rows, f"{name}/bon@{n}/{scorer}")
