@@ -62,6 +62,9 @@ class ImplicitPRM(RewardModel):
         step_label_weight: add this weight × a cross-entropy of every labelled step's accumulative
             reward against its prefix's correctness (records' `step_labels`): the "added step labels"
             data factor; 0 trains on outcome labels only, as the paper's method does.
+        outcome_weight: weight of the objective's (outcome-label) loss; 0, with `step_label_weight` > 0,
+            trains the log-ratio on step labels alone: the implicit parameterisation given the labels an
+            explicit PRM gets (the parameterisation check beside the oracle-label PRM, README "Baselines").
     """
 
     scorers = tuple(Scorer(kind, rewards.SCORE_MODES) for kind in ("prm", "reference", "policy"))
@@ -89,6 +92,7 @@ class ImplicitPRM(RewardModel):
         offload_reference: bool = False,
         compile: bool = False,
         step_label_weight: float = 0.0,
+        outcome_weight: float = 1.0,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["objective"])
@@ -98,6 +102,11 @@ class ImplicitPRM(RewardModel):
         if reference_cache not in refcache.MODES:
             raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
         check_settings(self.hparams)
+        if step_label_weight < 0 or outcome_weight < 0 or step_label_weight + outcome_weight == 0:
+            raise ConfigError(
+                "model: step_label_weight and outcome_weight must be non-negative and not both 0, got "
+                f"{step_label_weight} and {outcome_weight}"
+            )
         # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
         # reference's checkpoint is known, in `configure_model`).
         self._reference_cache = refcache.ReferenceCache("memory")
@@ -236,6 +245,8 @@ class ImplicitPRM(RewardModel):
         labels, groups = gather_rows(batch["labels"]), gather_rows(batch["groups"])
         kl_logratio = None if kl_logratio is None else gather_rows(kl_logratio)
         loss, metrics = self.objective(gather_rows(logratio), labels, groups, kl_logratio=kl_logratio)
+        if self.hparams.outcome_weight != 1:
+            metrics["outcome_loss"], loss = loss.detach(), self.hparams.outcome_weight * loss
         if self.hparams.step_label_weight > 0:
             cumulative = rewards.cumulative_at(policy_logps, batch["step_ends"])
             cumulative = rewards.logratio(cumulative, None if reference is None else reference[:, :-1])

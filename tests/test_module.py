@@ -8,6 +8,7 @@ from conftest import collate, make_module
 
 from iprm.data.collate import Collator
 from iprm.data.records import Record
+from iprm.errors import ConfigError
 from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO
 
@@ -125,13 +126,16 @@ def test_step_labels_add_a_cross_entropy_on_each_labelled_prefix(tiny_model_dir,
     batch = Collator(char_tokenizer, separator="\n")(items)
     plain = _module(tiny_model_dir, CE(beta=0.5))
     weighted = _module(tiny_model_dir, CE(beta=0.5), step_label_weight=2.0)
+    steps_only = _module(tiny_model_dir, CE(beta=0.5), step_label_weight=2.0, outcome_weight=0.0)
     torch.manual_seed(1)
     with torch.no_grad():
-        for p, q in zip(plain.policy.parameters(), weighted.policy.parameters(), strict=True):
+        for p, q, r in zip(*(m.policy.parameters() for m in (plain, weighted, steps_only)), strict=True):
             p.add_(0.05 * torch.randn_like(p))
             q.copy_(p)
+            r.copy_(p)
     outcome = plain.training_step(batch, 0)
     total = weighted.training_step(batch, 0)
+    step_part = steps_only.training_step(batch, 0)
     # By hand: q_k = β·(policy − reference) cumulative at each step end; prefix labels 1,1,1 and 0,0,0.
     with torch.no_grad():
         ends = batch["step_ends"]
@@ -141,3 +145,10 @@ def test_step_labels_add_a_cross_entropy_on_each_labelled_prefix(tiny_model_dir,
         targets = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
         expected = torch.nn.functional.binary_cross_entropy_with_logits(q, targets)
     assert total.item() == pytest.approx(outcome.item() + 2.0 * expected.item(), abs=1e-5)
+    assert step_part.item() == pytest.approx(2.0 * expected.item(), abs=1e-5)  # outcome_weight 0
+
+
+@pytest.mark.parametrize("weights", [(0.0, 0.0), (-1.0, 1.0), (1.0, -0.5)])
+def test_loss_weights_are_refused_when_negative_or_both_zero(tiny_model_dir, weights):
+    with pytest.raises(ConfigError, match="step_label_weight and outcome_weight"):
+        ImplicitPRM(tiny_model_dir, step_label_weight=weights[0], outcome_weight=weights[1])
