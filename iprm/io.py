@@ -15,14 +15,22 @@ from pathlib import Path
 from typing import IO
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once: os.umask can only be read by setting it
+
+
 @contextmanager
 def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, on an error it is
-    deleted and `path` is left as it was. Creates the parent directory."""
+    deleted and `path` is left as it was. Creates the parent directory. The file gets the permissions
+    `open` would give it (those of the file it replaces, else 0o666 less the umask), not the temporary
+    file's owner-only 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    permissions = path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temporary, permissions)
         with os.fdopen(handle, mode, encoding=encoding) as file:
             yield file
         os.replace(temporary, path)

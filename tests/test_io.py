@@ -1,7 +1,10 @@
 """Atomic writes: the destination appears complete or not at all, and a failure leaves nothing behind."""
 
+import stat
+
 import pytest
 
+import iprm.io
 from iprm.io import atomic_dir, atomic_write
 
 
@@ -34,3 +37,18 @@ def test_atomic_dir_replaces_the_directory_only_when_complete(tmp_path):
         raise RuntimeError("killed")
     assert [p.name for p in tmp_path.iterdir()] == ["world"]
     assert [p.name for p in target.iterdir()] == ["manifest.json"]
+
+
+
+def test_atomic_write_gives_the_permissions_open_would(tmp_path, monkeypatch):
+    monkeypatch.setattr(iprm.io, "_UMASK", 0o027)  # the process's umask, read once at import
+    fresh = tmp_path / "fresh.json"
+    with atomic_write(fresh) as file:
+        file.write("{}")
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+    shared = tmp_path / "shared.json"
+    shared.write_text("old")
+    shared.chmod(0o664)
+    with atomic_write(shared) as file:
+        file.write("new")
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o664  # a replaced file keeps its permissions
