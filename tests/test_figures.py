@@ -7,9 +7,11 @@ import math
 
 import pytest
 from matplotlib.container import BarContainer
+from matplotlib.figure import Figure
 
 from iprm.eval.figures import (
     Stat,
+    _room_above_lines,
     accuracy_vs_flops_figure,
     candidate_counts,
     families,
@@ -128,6 +130,23 @@ def test_accuracy_vs_flops_figure_one_line_per_method_across_a_grid(tmp_path):
     assert list(ce.lines[0].get_ydata()) == pytest.approx([0.7, 0.8])
     assert len(orm.lines[0].get_xdata()) == 1
     assert _legend(weak.figure.axes[-1]) == ["majority@2", "ce", "orm"]
+
+
+def test_a_majority_line_at_the_top_of_the_axis_gets_room_above_it():
+    """Autoscaling can end the shared accuracy axis on majority voting's line when it beats every reward
+    model (world 0's strong maj@64, 0.980, on an axis ending at 0.982): the line would hide in the frame."""
+    figure = Figure()
+    ax, other = figure.subplots(1, 2, sharey=True)
+    ax.plot([1, 2], [0.1, 0.6])
+    other.axhline(0.98)
+    ax.set_ylim(0.05, 0.981)
+    _room_above_lines([ax, other])
+    low, high = other.get_ylim()
+    assert low == 0.05 and high == pytest.approx(0.98 + 0.05 * (0.981 - 0.05))
+    ax.set_ylim(0.05, 0.7)  # a line well inside the axis moves nothing
+    other.lines[0].remove()
+    _room_above_lines([ax, other])
+    assert other.get_ylim() == (0.05, 0.7)
 
 
 def test_majority_voting_figure_three_bars_per_point(rows):

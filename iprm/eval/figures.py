@@ -134,6 +134,15 @@ def _baseline(ax: Axes, rows: list[dict], set_name: str, n: int) -> None:
         ax.axhline(majority.mean, color="grey", linestyle="--", linewidth=1, label=f"majority@{n}")
 
 
+def _room_above_lines(axes: list[Axes]) -> None:
+    """Autoscaling puts no margin above a horizontal line: one at the top of the shared accuracy axis (e.g.
+    majority voting on an easy set) would hide in the frame. Called once every panel is drawn."""
+    low, high = axes[0].get_ylim()
+    top = max((max(line.get_ydata()) for ax in axes for line in ax.get_lines()), default=low)
+    if top > high - 0.03 * (high - low):
+        axes[0].set_ylim(low, top + 0.05 * (high - low))
+
+
 def accuracy_vs_flops_figure(
     rows: list[dict], n: int, scorer: str = HEADLINE_SCORER, cost: tuple[str, ...] = COST
 ) -> Figure:
@@ -164,6 +173,7 @@ def accuracy_vs_flops_figure(
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"best-of-{n} accuracy ({scorer})")
+    _room_above_lines(axes)
     axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))  # beside, not over, it
     return figure
 
@@ -218,6 +228,7 @@ def scaling_figure(rows: list[dict], scorer: str = HEADLINE_SCORER, title: str =
         ax.set_title(name)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel(f"best-of-N accuracy ({scorer})")
+    _room_above_lines(axes)
     axes[-1].legend(fontsize="small")
     if title:
         figure.suptitle(title)
