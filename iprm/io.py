@@ -20,7 +20,9 @@ os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 
 @contextmanager
-def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = None) -> Iterator[IO]:
+def atomic_write(
+    path: str | Path, mode: str = "w", encoding: str | None = None, newline: str | None = None
+) -> Iterator[IO]:
     """Open a temporary file beside `path` for writing; on a clean exit it replaces `path`, on an error it is
     deleted and `path` is left as it was. Creates the parent directory. The file gets the permissions
     `open` would give it (those of the file it replaces, else 0o666 less the umask), not the temporary
@@ -31,7 +33,7 @@ def atomic_write(path: str | Path, mode: str = "w", encoding: str | None = None)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(temporary, permissions)
-        with os.fdopen(handle, mode, encoding=encoding) as file:
+        with os.fdopen(handle, mode, encoding=encoding, newline=newline) as file:
             yield file
         os.replace(temporary, path)
     except BaseException:

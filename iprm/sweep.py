@@ -453,11 +453,12 @@ def collect(runs: list[Run], output: Path, sweep: dict, command: str) -> list[di
     """Write `results.csv` and `results.md` from every finished run; returns the csv rows."""
     rows = result_rows(runs)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with (output / "results.csv").open("w", newline="") as file:
+    with atomic_write(output / "results.csv", newline="") as file:  # a sweep killed while writing keeps the last table
         writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    (output / "results.md").write_text(results_markdown(rows, sweep, command))
+    with atomic_write(output / "results.md") as file:
+        file.write(results_markdown(rows, sweep, command))
     return rows
 
 

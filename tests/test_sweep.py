@@ -67,6 +67,26 @@ def test_a_run_s_metrics_come_from_its_stages_metrics_files(tmp_path):
     assert commit == "0123456"
 
 
+def test_collecting_replaces_the_results_whole_or_not_at_all(tmp_path, monkeypatch):
+    run = sweep.Run("ce", 0, {"data.instruction_fraction": 0.5}, tmp_path / "ce" / "seed0")
+    run.directory.mkdir(parents=True)
+    (run.directory / "metrics.json").write_text(json.dumps({"weak/pass@1": 0.5, "flops/train": 1.0}))
+    spec = {"name": "s", "n": 16}
+    rows = sweep.collect([run], tmp_path, spec, "python -m iprm.sweep s.yaml")
+    assert rows[0]["point"] == "ce" and rows[0]["data.instruction_fraction"] == "0.5"
+    before = (tmp_path / "results.csv").read_text()
+    assert before.splitlines()[1].startswith("ce,0,0.5,")
+
+    def killed(self, rows):
+        raise KeyboardInterrupt  # the sweep stopped half-way through writing the table
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.collect([run], tmp_path, spec, "python -m iprm.sweep s.yaml")
+    assert (tmp_path / "results.csv").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ce", "results.csv", "results.md"]
+
+
 def test_summary_is_mean_and_sample_std_over_finite_values():
     assert sweep._summary([0.5, 0.7, float("nan")], ".3f") == "0.600 ± 0.141"
     assert sweep._summary([0.25], ".3f") == "0.250"
