@@ -56,7 +56,7 @@ def implicit_model(policy: str, reference: str) -> ImplicitPRM:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.scoring_cost", description=__doc__.split("\n")[0]
+        prog="python -m benchmarks.scoring_cost", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("--config", default="configs/quickstart.yaml", help="the config naming the world")
     parser.add_argument("--world.root", dest="root", help="override the world's cache root")

@@ -453,7 +453,8 @@ def collect(runs: list[Run], output: Path, sweep: dict, command: str) -> list[di
     """Write `results.csv` and `results.md` from every finished run; returns the csv rows."""
     rows = result_rows(runs)
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    with atomic_write(output / "results.csv", newline="") as file:  # a sweep killed while writing keeps the last table
+    # Whole or not at all: a sweep stopped while writing keeps the last table.
+    with atomic_write(output / "results.csv", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)

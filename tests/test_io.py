@@ -39,7 +39,6 @@ def test_atomic_dir_replaces_the_directory_only_when_complete(tmp_path):
     assert [p.name for p in target.iterdir()] == ["manifest.json"]
 
 
-
 def test_atomic_write_gives_the_permissions_open_would(tmp_path, monkeypatch):
     monkeypatch.setattr(iprm.io, "_UMASK", 0o027)  # the process's umask, read once at import
     fresh = tmp_path / "fresh.json"

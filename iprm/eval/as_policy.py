@@ -53,7 +53,9 @@ def accuracy(model_path: str, prompts: list[str], samples: int, seed: int, devic
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m iprm.eval.as_policy", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.eval.as_policy", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
     parser.add_argument("--config", default="configs/quickstart.yaml", help="the config naming the world")
     parser.add_argument("--world.root", dest="root", help="override the world's cache root")
     parser.add_argument("--world.seed", dest="seed", type=int, help="override the world's seed")

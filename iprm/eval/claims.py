@@ -178,7 +178,9 @@ def _world(row: dict, named: dict, sweep: Path, line: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m iprm.eval.claims", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.eval.claims", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
     parser.add_argument("sweeps", type=Path, nargs="+", help="sweep output directories (with results.csv)")
     parser.add_argument("--n", type=int, default=16)
     parser.add_argument("--sets", nargs="+", default=["weak", "medium", "strong"])

@@ -92,7 +92,9 @@ def step_table(rows: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> str:
-    parser = argparse.ArgumentParser(prog="python -m iprm.eval.compare", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.eval.compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
     parser.add_argument("sweeps", nargs="+", help="sweep output directories (each with results.csv)")
     parser.add_argument("--n", type=int, nargs="+", default=[16, 64], help="best-of-N sizes to report")
     parser.add_argument("--output", help="write the tables (markdown) here too")

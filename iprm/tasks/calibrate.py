@@ -32,7 +32,7 @@ def measure(policy: Policy, seed: int, problems: int, device: str) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m iprm.tasks.calibrate", description=__doc__.split("\n")[0]
+        prog="python -m iprm.tasks.calibrate", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("--candidates", required=True, help="JSON list of Policy keyword arguments")
     parser.add_argument("--target", type=float, required=True, help="the pass@1 to aim at")

@@ -104,7 +104,9 @@ def pack(directory: Path, destination: Path = SHIPPED) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m iprm.tasks.shipped", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.tasks.shipped", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     packer = commands.add_parser("pack", help="pack a built world and add it to an index")
     packer.add_argument("directory", type=Path)
