@@ -9,8 +9,8 @@ cartesian product), or both (crossed):
     seeds: [0, 1, 2]
     grid: {data.instruction_fraction: [0.25, 0.5, 0.75, 1.0]}
 
-    python -m iprm.sweep configs/sweeps/instruction_fraction.yaml [--output DIR] [--seeds N] [--dry-run]
-        [--any.cli.flag VALUE …]   # appended to every fit and test
+    python -m iprm.sweep configs/sweeps/instruction_fraction.yaml [--output DIR] [--seeds N] [--by-seed]
+        [--dry-run] [--any.cli.flag VALUE …]   # appended to every fit and test
 
 Each run lives in `<output>/<point>/seed<k>/`: `fit/` and `test/` log directories (each with its
 `<stage>-metrics.json`; the fit's also holds `checkpoints/` and the exported `policy/`), `fit.log`,
@@ -475,6 +475,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("sweep", help="the sweep file, e.g. configs/sweeps/objectives.yaml")
     parser.add_argument("--output", help="where runs and results go (default runs/sweeps/<name>)")
     parser.add_argument("--seeds", type=int, help="run seeds 0..N-1 instead of the file's")
+    parser.add_argument(
+        "--by-seed",
+        action="store_true",
+        help="run every point at a seed before any point at the next (default: every seed of a point, "
+        "then the next point); a sweep cut short then has every point at its first seeds",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
         "--retrain-changed",
@@ -485,12 +491,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def plan(sweep: dict, output: Path, seeds: list[int]) -> list[Run]:
-    return [
+def plan(sweep: dict, output: Path, seeds: list[int], by_seed: bool = False) -> list[Run]:
+    """The runs in the order they run: point by point (each at every seed), or seed by seed. Within a seed
+    the points keep the file's order, so a point may read an earlier one's output (`{sweep}/orm…`)."""
+    runs = [
         Run(name, seed, overrides, output / name / f"seed{seed}")
         for name, overrides in points(sweep).items()
         for seed in seeds
     ]
+    return sorted(runs, key=lambda run: seeds.index(run.seed)) if by_seed else runs  # sorted() is stable
 
 
 def _dry_run(runs: list[Run], base: list[str], extra: list[str]) -> None:
@@ -510,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = _parser().parse_known_args(argv)
     sweep = load_sweep(args.sweep)
     output = Path(args.output or Path("runs/sweeps") / sweep["name"])
-    runs = plan(sweep, output, list(range(args.seeds)) if args.seeds else list(sweep["seeds"]))
+    seeds = list(range(args.seeds)) if args.seeds else list(sweep["seeds"])
+    runs = plan(sweep, output, seeds, by_seed=args.by_seed)
     if args.dry_run:
         _dry_run(runs, sweep["base"], extra)
         return 0

@@ -87,6 +87,17 @@ def test_collecting_replaces_the_results_whole_or_not_at_all(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ce", "results.csv", "results.md"]
 
 
+def test_plan_runs_point_by_point_or_seed_by_seed(tmp_path):
+    spec = {"points": {"orm": {}, "autopsv": {}}, "grid": {"data.instruction_fraction": [0.5]}}
+    order = [(run.point.split(",")[0], run.seed) for run in sweep.plan(spec, tmp_path, [0, 1])]
+    assert order == [("orm", 0), ("orm", 1), ("autopsv", 0), ("autopsv", 1)]
+    by_seed = sweep.plan(spec, tmp_path, [0, 1], by_seed=True)
+    assert [(run.point.split(",")[0], run.seed) for run in by_seed] == [
+        ("orm", 0), ("autopsv", 0), ("orm", 1), ("autopsv", 1),
+    ]  # fmt: skip
+    assert by_seed[1].directory == tmp_path / "autopsv,instruction_fraction=0.5" / "seed0"
+
+
 def test_summary_is_mean_and_sample_std_over_finite_values():
     assert sweep._summary([0.5, 0.7, float("nan")], ".3f") == "0.600 ± 0.141"
     assert sweep._summary([0.25], ".3f") == "0.250"
