@@ -102,11 +102,6 @@ class ImplicitPRM(RewardModel):
         if reference_cache not in refcache.MODES:
             raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
         check_settings(self.hparams)
-        if step_label_weight < 0 or outcome_weight < 0 or step_label_weight + outcome_weight == 0:
-            raise ConfigError(
-                "model: step_label_weight and outcome_weight must be non-negative and not both 0, got "
-                f"{step_label_weight} and {outcome_weight}"
-            )
         # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
         # reference's checkpoint is known, in `configure_model`).
         self._reference_cache = refcache.ReferenceCache("memory")

@@ -48,6 +48,12 @@ def check_settings(hparams) -> None:
     beta = hparams.get("inference_beta")
     if beta is not None and beta <= 0:
         problems.append(f"inference_beta must be positive, got {beta}")
+    steps, outcome = hparams.get("step_label_weight", 0.0), hparams.get("outcome_weight", 1.0)
+    if steps < 0 or outcome < 0 or steps + outcome == 0:
+        problems.append(
+            "step_label_weight and outcome_weight must be non-negative and not both 0, got "
+            f"{steps} and {outcome}"
+        )
     if hparams.lr <= 0:
         problems.append(f"lr must be positive, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
