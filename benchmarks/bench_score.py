@@ -54,7 +54,14 @@ from iprm.tasks.world import graded_records
 VARIANTS = ("baseline", "iprm_cold_every_row", "iprm_cold", "iprm_warm")
 SEPARATOR = "\n"
 # Imported once by the fork server, so each variant's process starts with them loaded and nothing else.
-PRELOAD = ["torch", "transformers", "lightning", "iprm.module", "iprm.data.datamodule", "benchmarks.variants"]
+PRELOAD = [
+    "torch",
+    "transformers",
+    "lightning",
+    "iprm.scorers.implicit",
+    "iprm.data.datamodule",
+    "benchmarks.variants",
+]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

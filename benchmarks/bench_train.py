@@ -8,7 +8,7 @@ epochs, in float32, with AdamW at the same learning rate and a cosine schedule:
                       `precompute_ref_log_probs=True` (one reference pass before training, then none),
                       no gradient checkpointing, no mixed precision (fp32, as iprm here). It forwards each
                       pair's chosen and rejected response, so a response is forwarded once per pair.
-    iprm              `iprm.module.ImplicitPRM` + `PRMDataModule` under a Lightning `Trainer`, defaults:
+    iprm              `iprm.scorers.ImplicitPRM` + `PRMDataModule` under a Lightning `Trainer`, defaults:
                       each response forwarded once per step, pairs formed inside the objective; reference
                       log-probs cached per record (computed in the first epoch); LM head on response
                       positions only.

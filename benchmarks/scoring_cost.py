@@ -21,11 +21,11 @@ import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from benchmarks.common import commit
+from iprm.analysis.as_policy import held_out_prompts
 from iprm.data.collate import Collator
 from iprm.data.records import Record
-from iprm.eval.as_policy import held_out_prompts
 from iprm.io import atomic_write
-from iprm.module import ImplicitPRM
+from iprm.scorers import ImplicitPRM
 from iprm.scorers.explicit import load_exported
 from iprm.tasks.sampling import sample_responses
 from iprm.tasks.world import World

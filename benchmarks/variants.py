@@ -14,7 +14,7 @@ import torch
 
 from iprm import rewards
 from iprm.data.collate import select_rows
-from iprm.module import ImplicitPRM
+from iprm.scorers import ImplicitPRM
 
 __all__ = ["ImplicitPRM", "EachPair", "FullLogits", "NoReferenceCache", "EveryRowScored", "pair_by_pair"]
 from iprm.objectives import pair_mask

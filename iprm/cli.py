@@ -32,10 +32,9 @@ from iprm.data import PRMDataModule
 from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
-from iprm.module import ImplicitPRM
 from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
-from iprm.scorers import RewardModel
+from iprm.scorers import ImplicitPRM, RewardModel
 
 log = logging.getLogger(__name__)
 

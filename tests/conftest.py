@@ -12,7 +12,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from iprm.data.collate import Collator
 from iprm.data.records import Record
-from iprm.module import ImplicitPRM
+from iprm.scorers import ImplicitPRM
 from iprm.tasks.tokenizer import build_char_tokenizer
 
 # One thread per test process: the suite runs in two pytest-xdist workers (pyproject's addopts) on two

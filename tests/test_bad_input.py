@@ -19,9 +19,8 @@ from iprm.cli import check_config_files, main
 from iprm.data.datamodule import PRMDataModule, load_data
 from iprm.errors import ConfigError, IPRMError, MissingPathError, RecordError
 from iprm.eval.callback import BestOfNEvaluation
-from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO, NCA
-from iprm.scorers import ExplicitPRM
+from iprm.scorers import ExplicitPRM, ImplicitPRM
 from iprm.validate import check_model_path, check_ns
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import yaml
 from conftest import collate
 from transformers import AutoModelForCausalLM
 
+from iprm.analysis import as_policy
 from iprm.cli import main
 from iprm.data.records import Record
-from iprm.eval import as_policy
 from iprm.flops import ForwardCost
 from iprm.scorers import ExplicitPRM
 from iprm.scorers.explicit import head_token_ids, load_exported, outcome_loss, step_target_loss

@@ -4,8 +4,8 @@ import csv
 
 import pytest
 
+from iprm.analysis.claims import claim_rows, main, read_results, versus_rows
 from iprm.errors import IPRMError
-from iprm.eval.claims import claim_rows, main, read_results, versus_rows
 
 
 def _run(world: str, prm: float, majority: float) -> dict:

@@ -13,7 +13,7 @@ from conftest import write_own_records
 from transformers import AutoModelForCausalLM
 
 from iprm.cli import main
-from iprm.module import ImplicitPRM
+from iprm.scorers import ImplicitPRM
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -208,7 +208,7 @@ def test_help_documents_the_arguments():
         assert flag in fit.stdout, flag
     # The reward model is chosen by class_path (the implicit PRM by default); each documents its arguments.
     model = subprocess.run(
-        [sys.executable, "-m", "iprm", "fit", "--model.help", "iprm.module.ImplicitPRM"],
+        [sys.executable, "-m", "iprm", "fit", "--model.help", "iprm.scorers.ImplicitPRM"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,8 +1,8 @@
-"""iprm.eval.compare: methods from several sweeps side by side, with the old runs' fallback scorer."""
+"""iprm.analysis.compare: methods from several sweeps side by side, with the old runs' fallback scorer."""
 
 import csv
 
-from iprm.eval import compare
+from iprm.analysis import compare
 
 COLUMNS = ["point", "seed", "weak/pass@1", "weak/bon@16/method", "weak/wmaj@16/method", "weak/maj@16",
            "weak/oracle@16", "weak/bon@16/reference_accumulative_last", "weak/process/method/f1",

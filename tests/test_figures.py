@@ -9,7 +9,7 @@ import pytest
 from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 
-from iprm.eval.figures import (
+from iprm.analysis.figures import (
     Stat,
     _room_above_lines,
     accuracy_vs_flops_figure,
@@ -179,7 +179,7 @@ def test_figures_refuse_rows_without_best_of_n_metrics():
 
 
 def test_command_line_writes_each_figure_as_an_image(rows, tmp_path):
-    from iprm.eval.figures import main
+    from iprm.analysis.figures import main
 
     results = tmp_path / "results.csv"  # written by the `rows` fixture
     for kind in ("flops", "voting", "scaling"):

@@ -22,8 +22,8 @@ from iprm import flops
 from iprm.data.collate import Collator
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
-from iprm.module import ImplicitPRM
 from iprm.objectives import CE, KTO
+from iprm.scorers import ImplicitPRM
 from iprm.tasks import WorldDataModule
 from iprm.tasks.world import World
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from iprm.module import ImplicitPRM
+from iprm.scorers import ImplicitPRM
 
 
 def llama_with_attention_dropout() -> LlamaForCausalLM:

@@ -9,8 +9,8 @@ from conftest import collate, make_module
 from iprm.data.collate import Collator
 from iprm.data.records import Record
 from iprm.errors import ConfigError
-from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO
+from iprm.scorers import ImplicitPRM
 
 RECORDS = [
     Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),

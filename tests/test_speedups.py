@@ -13,8 +13,8 @@ from iprm import refcache
 from iprm.data.records import Record
 from iprm.data.sampler import LENGTH_WINDOW, InstructionBatchSampler
 from iprm.flops import FlopsCounter, ForwardCost
-from iprm.module import ImplicitPRM
 from iprm.objectives import CE, DPO, NCA
+from iprm.scorers import ImplicitPRM
 
 RECORDS = [
     Record("a", "Q:12-5+3\n", "12-5=7\n7+3=10\nA:10", True),

@@ -6,7 +6,7 @@ under the key `<scorer>_<mode>`, in one pass, since scorers of one model usually
 (the implicit PRM's "prm", "reference" and "policy" scorers all read the same two log-prob passes). Each
 step reading becomes response scorers by aggregation, `<scorer>_<mode>_<min|sum|mean|last>`:
 
-    implicit PRM   prm_{single,accumulative}_*, reference_{…}_*, policy_{…}_*   (`iprm.module.ImplicitPRM`)
+    implicit PRM   prm_{single,accumulative}_*, reference_{…}_*, policy_{…}_*   (`iprm.scorers.ImplicitPRM`)
     explicit PRM   <name>_step_*: the value head's probability at each step end (`iprm.scorers.ExplicitPRM`)
 
 The evaluation callback and the prediction writer read only this interface (`scorer_names`,

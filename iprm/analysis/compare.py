@@ -7,7 +7,7 @@ mean ± std over seeds of best-of-N and weighted majority at each N, per best-of
 and step AUROC of its method scorer, and the FLOPs it cost (data + training); majority voting and the
 reference-only scorer, which need no trained reward model, are rows of their own.
 
-    python -m iprm.eval.compare runs/sweeps/baselines [runs/sweeps/objectives …] [--n 16 64] [--output F]
+    python -m iprm.analysis.compare runs/sweeps/baselines [runs/sweeps/objectives …] [--n 16 64] [--output F]
 
 Runs from before the `method` alias fall back to the implicit PRM's headline scorer (accumulative min).
 """
@@ -18,7 +18,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from iprm.eval.figures import read_results, sets
+from iprm.analysis.figures import read_results, sets
 from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
 
@@ -93,7 +93,7 @@ def step_table(rows: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
-        prog="python -m iprm.eval.compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
+        prog="python -m iprm.analysis.compare", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("sweeps", nargs="+", help="sweep output directories (each with results.csv)")
     parser.add_argument("--n", type=int, nargs="+", default=[16, 64], help="best-of-N sizes to report")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> str:
             row | {"point": f"{prefix}/{row['point']}"}
             for row in read_results(Path(directory) / "results.csv")
         ]
-    command = "python -m iprm.eval.compare " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python -m iprm.analysis.compare " + " ".join(sys.argv[1:] if argv is None else argv)
     text = "\n".join([
         f"`{command.strip()}`; mean ± std over seeds.\n",
         "## Best-of-N and weighted majority (each method's own score)\n",

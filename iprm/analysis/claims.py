@@ -7,8 +7,8 @@ table gives the mean ± sample std of those per-world means over worlds, the mea
 worlds the claim holds (per-world mean difference > 0). One world is an anecdote; a claim that holds on 1
 of 3 is not one.
 
-    python -m iprm.eval.claims runs/sweeps/worlds [--n 16] [--sets weak medium strong]
-    python -m iprm.eval.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
+    python -m iprm.analysis.claims runs/sweeps/worlds [--n 16] [--sets weak medium strong]
+    python -m iprm.analysis.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
         --versus implicit_ce math_shepherd oracle orm autopsv --output runs/sweeps/baselines_claims.md
 
 reads each sweep's `results.csv` (a row per run) and writes `claims.md` beside the first (or `--output`).
@@ -179,7 +179,7 @@ def _world(row: dict, named: dict, sweep: Path, line: int) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m iprm.eval.claims", description=__doc__.split("\n\n")[0].replace("\n", " ")
+        prog="python -m iprm.analysis.claims", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("sweeps", type=Path, nargs="+", help="sweep output directories (with results.csv)")
     parser.add_argument("--n", type=int, default=16)

@@ -4,7 +4,7 @@ Training an implicit PRM fine-tunes a policy; does that policy solve problems be
 answers the world's held-out test problems (the problems of its best-of-N test sets, never trained on)
 greedily and by sampling at temperature 1; answers are graded by the world's verifier.
 
-    python -m iprm.eval.as_policy [--config configs/quickstart.yaml] [--world.seed 0] \
+    python -m iprm.analysis.as_policy [--config configs/quickstart.yaml] [--world.seed 0] \
         --policy reference=<world>/reference \
         --policy ce=runs/sweeps/objectives/ce/seed0/fit/quickstart/version_0/policy [--samples 4]
 
@@ -54,7 +54,7 @@ def accuracy(model_path: str, prompts: list[str], samples: int, seed: int, devic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m iprm.eval.as_policy", description=__doc__.split("\n\n")[0].replace("\n", " ")
+        prog="python -m iprm.analysis.as_policy", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("--config", default="configs/quickstart.yaml", help="the config naming the world")
     parser.add_argument("--world.root", dest="root", help="override the world's cache root")

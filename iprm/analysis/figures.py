@@ -241,12 +241,12 @@ FIGURES = ("flops", "voting", "scaling")
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    """`python -m iprm.eval.figures RESULTS.csv {flops,voting,scaling} OUT.png [--n 16] [--scorer S]`:
+    """`python -m iprm.analysis.figures RESULTS.csv {flops,voting,scaling} OUT.png [--n 16] [--scorer S]`:
     write a sweep's figure as an image (what the figure notebooks draw). A scaling sweep with several
     families (e.g. CE and DPO) gives one image per family, `OUT-<family>.png`."""
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m iprm.eval.figures", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m iprm.analysis.figures", description=main.__doc__)
     parser.add_argument("results", type=Path, help="a sweep's results.csv")
     parser.add_argument("figure", choices=FIGURES)
     parser.add_argument("output", type=Path, help="image path (.png, .svg, .pdf)")
