@@ -16,6 +16,12 @@ from iprm.data.prompts import format_prompt
 from iprm.errors import ConfigError
 
 
+def split_steps(response: str, separator: str) -> list[str]:
+    """The response's non-empty steps between separators, stripped (the steps `iprm.data.records.split_steps`
+    finds, as text)."""
+    return [step.strip() for step in response.split(separator) if step.strip()]
+
+
 @dataclass(frozen=True)
 class Problem:
     """One problem: its id (the records' `instruction_id`), its text, and its reference answer."""
@@ -29,7 +35,8 @@ class Task(ABC):
     """A family of problems with checkable answers.
 
     Args:
-        separator: The string between consecutive steps of a response.
+        separator: The string between consecutive steps of a response: the one source of it. `generate`
+            records it in its manifest, and training refuses a `data.step_separator` that differs.
     """
 
     def __init__(self, separator: str):
@@ -51,7 +58,7 @@ class Task(ABC):
 
     def split_steps(self, response: str) -> list[str]:
         """The response's non-empty steps, stripped."""
-        return [step.strip() for step in response.split(self.separator) if step.strip()]
+        return split_steps(response, self.separator)
 
     def join_steps(self, steps: list[str]) -> str:
         """Steps joined into one response with the separator."""
