@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from iprm.data import answers
+from iprm.data.answers import answer_groups, equivalent, normalize
 from iprm.data.datamodule import eval_items
 from iprm.data.records import Record
-from iprm.tasks import grading
-from iprm.tasks.grading import GradingPool, answer_groups, equivalent, normalize
+from iprm.tasks.grading import GradingPool
 from iprm.tasks.maths import MathTask, final_answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,8 +64,8 @@ def test_the_table_of_graded_cases(response, reference, answer, right):
 
 def test_the_task_grades_the_table_the_same_in_worker_processes():
     task = MathTask(str(ROOT / "data" / "gsm8k_test.jsonl"), workers=2, timeout=30)
-    answers = [task.extract_answer(response) for response, *_ in GRADED]
-    pairs = [(answer, reference) for answer, (_, reference, *_) in zip(answers, GRADED, strict=True)]
+    extracted = [task.extract_answer(response) for response, *_ in GRADED]
+    pairs = [(answer, reference) for answer, (_, reference, *_) in zip(extracted, GRADED, strict=True)]
     assert task.grader(pairs) == [right for *_, right in GRADED]
     task.grader.close()
 
@@ -79,27 +80,27 @@ def test_units_as_words_and_currency_are_dropped_from_numbers_only(answer, norma
 
 
 def test_answers_group_by_equivalence_in_order_of_appearance():
-    answers = ["2.5", "\\frac{5}{2}", "5/2", "3", None, "3.0", "", "7 apples", "7", "\\frac{14}{2}"]
-    assert answer_groups(answers) == [0, 0, 0, 1, -1, 1, -1, 2, 2, 2]
+    given = ["2.5", "\\frac{5}{2}", "5/2", "3", None, "3.0", "", "7 apples", "7", "\\frac{14}{2}"]
+    assert answer_groups(given) == [0, 0, 0, 1, -1, 1, -1, 2, 2, 2]
 
 
 def test_integer_answers_group_as_their_strings_and_never_reach_math_verify(monkeypatch):
     """The controlled world's answers: plain integers group exactly as the strings did."""
-    monkeypatch.setattr(grading, "_parsed", lambda text: pytest.fail(f"math-verify parsed {text!r}"))
-    answers = ["196", "54", "196", "0", "54", "-3", None]
+    monkeypatch.setattr(answers, "_parsed", lambda text: pytest.fail(f"math-verify parsed {text!r}"))
+    given = ["196", "54", "196", "0", "54", "-3", None]
     by_string: dict[str, int] = {}
-    expected = [by_string.setdefault(a, len(by_string)) if a else -1 for a in answers]
-    assert answer_groups(answers) == expected == [0, 1, 0, 2, 1, 3, -1]
+    expected = [by_string.setdefault(a, len(by_string)) if a else -1 for a in given]
+    assert answer_groups(given) == expected == [0, 1, 0, 2, 1, 3, -1]
 
 
 def test_grouping_is_cached_so_voting_stays_fast():
-    answers = [f"\\frac{{{k}}}{{7}}" for k in range(12)] * 8  # 96 candidates, 12 distinct answers
-    grading._equivalent.cache_clear()
-    answer_groups(answers)
+    given = [f"\\frac{{{k}}}{{7}}" for k in range(12)] * 8  # 96 candidates, 12 distinct answers
+    answers._equivalent.cache_clear()
+    answer_groups(given)
     start = time.perf_counter()
-    assert answer_groups(answers) == list(range(12)) * 8
+    assert answer_groups(given) == list(range(12)) * 8
     assert time.perf_counter() - start < 0.05  # every comparison comes from the cache
-    assert grading._equivalent.cache_info().hits >= 66  # 12·11/2 pairs compared once each, then cached
+    assert answers._equivalent.cache_info().hits >= 66  # 12·11/2 pairs compared once each, then cached
 
 
 def test_best_of_n_answer_ids_group_equivalent_answers():

@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from iprm.data.answers import answer_groups
 from iprm.data.collate import Collator
 from iprm.data.knobs import (
     balance_dataset,
@@ -47,7 +48,6 @@ from iprm.data.provenance import check_agreement, read_manifest
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
-from iprm.tasks.grading import answer_groups
 from iprm.validate import (
     check_candidate_set,
     check_model_path,

@@ -8,17 +8,18 @@ The final answer (`final_answer`) is the last one the response states, wherever 
 (or `\\fbox{}`), "the answer is …" / "final answer: …" / "Answer: …" up to the end of its sentence or line
 (so a checking sentence after it does not hide it); failing those, the final line, "Step k:" aside (its last
 `$…$`, else what follows its last "=", else its last number), unless a box was cut off unclosed. Answers
-are graded by `iprm.tasks.grading.equivalent` (math-verify, units as words dropped, decimals to 10 places)
+are graded by `iprm.data.answers.equivalent` (math-verify, units as words dropped, decimals to 10 places)
 in worker processes with a time limit per answer (`iprm.tasks.grading.GradingPool`).
 """
 
 import re
 from pathlib import Path
 
+from iprm.data.answers import equivalent
 from iprm.data.records import read_json_lines
 from iprm.errors import MissingPathError, RecordError
 from iprm.tasks.base import Problem, Task
-from iprm.tasks.grading import GradingPool, equivalent
+from iprm.tasks.grading import GradingPool
 
 INSTRUCTION = (
     '{problem}\n\nSolve the problem step by step. Begin each step with "Step k: " (k = 1, 2, ...), '
