@@ -1,10 +1,11 @@
 """The task protocol: what generation, grading and training need to know about a family of problems.
 
 A task knows its problems, how a problem becomes a prompt (through the tokenizer's chat template for instruct
-models), how a response is split into steps and joined again, and how an answer is extracted and graded.
-`python -m iprm generate` samples and grades through it; the data path only needs `format_prompt` (the same
-prompt at training, evaluation and prediction as at generation: it lives in `iprm.data.prompts`, below the
-tasks, and is importable from here too) and the step separator.
+models), how a response is split into steps (by the separator it declares: the one source of that fact), and
+how an answer is extracted and graded. `python -m iprm generate` samples and grades through it and records the
+separator in its manifest; the data path only needs `format_prompt` (the same prompt at training, evaluation
+and prediction as at generation: it lives in `iprm.data.prompts`, below the tasks, and is importable from
+here too) and the separator, which it checks against the manifest (`iprm.data.provenance`).
 """
 
 from abc import ABC, abstractmethod
@@ -59,10 +60,6 @@ class Task(ABC):
     def split_steps(self, response: str) -> list[str]:
         """The response's non-empty steps, stripped."""
         return split_steps(response, self.separator)
-
-    def join_steps(self, steps: list[str]) -> str:
-        """Steps joined into one response with the separator."""
-        return self.separator.join(steps)
 
     @abstractmethod
     def extract_answer(self, response: str) -> str | None:
