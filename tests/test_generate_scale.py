@@ -16,6 +16,7 @@ from iprm.data import PRMDataModule
 from iprm.errors import ConfigError
 from iprm.generation.job import Job
 from iprm.generation.manifest import manifest_path, parts_path
+from iprm.generation.workers import launched_rank, my_shards
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,18 @@ def test_the_manifest_records_the_separator_and_training_refuses_another(baselin
 
 def test_fast_settings_are_the_ones_the_baseline_used():
     assert FAST["problems_per_shard"] == 2  # the rank tests above count on 3 shards of 5 problems
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [({}, (0, 1, 0)), ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3"}, (3, 8, 3)),
+     ({"SLURM_PROCID": "9", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1"}, (9, 16, 1)),
+     ({"SLURM_PROCID": "0", "SLURM_NTASKS": "16"}, (0, 1, 0))],  # a batch script's shell, before srun
+)  # fmt: skip
+def test_the_launchers_environment_names_the_worker(env, expected, monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert launched_rank() == expected
+    assert my_shards(5, 1, 2) == [1, 3]

@@ -109,6 +109,13 @@ def generate(
             f"generate: --devices {devices} under a launcher of {world_size} processes: the launcher's "
             "processes are the workers; leave --devices 1"
         )
+    if devices > 1 and device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(
+            f"generate: --devices {devices} gives each worker its own device; --device "
+            f"{device!r} names one: use auto, cuda or cpu"
+        )
+    if world_size > 1:
+        log.info("generate: worker %d of %d (from the launcher's environment)", rank, world_size)
     check_model_path(model_path, "--model_path")
     output_path = Path(output)
     check_output(output_path)

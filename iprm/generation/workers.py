@@ -9,8 +9,8 @@ Two ways to get workers:
   merges; started as plain subprocesses (not `multiprocessing`), so a script without a `__main__` guard can
   call `generate(devices=K)`;
 - under a launcher (`torchrun`, `srun`): every process runs the same command; RANK and WORLD_SIZE (or
-  SLURM_PROCID and SLURM_NTASKS) say which worker it is, LOCAL_RANK (or SLURM_LOCALID) which GPU of its node
-  it takes; rank 0 waits for the others' shards and merges.
+  SLURM_PROCID and SLURM_STEP_NUM_TASKS) say which worker it is, LOCAL_RANK (or SLURM_LOCALID) which GPU of
+  its node it takes; rank 0 waits for the others' shards and merges.
 """
 
 import logging
@@ -29,8 +29,10 @@ def launched_rank() -> tuple[int, int, int]:
     env = os.environ
     if "WORLD_SIZE" in env and "RANK" in env:  # torchrun, and Lightning-style launchers
         return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and "SLURM_STEP_ID" in env:  # inside `srun`
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    # Inside `srun` (a job step): not a batch script's own shell, whose SLURM_NTASKS counts tasks it has yet
+    # to start.
+    if "SLURM_STEP_NUM_TASKS" in env and "SLURM_PROCID" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_STEP_NUM_TASKS"]), int(env.get("SLURM_LOCALID", 0))
     return 0, 1, 0
 
 
@@ -89,6 +91,8 @@ def spawn(job: object, workers: int, per_worker: int, scratch: Path) -> None:
                 env.pop(name, None)  # a worker must not take itself for a launched rank
             if gpus is not None:
                 env["CUDA_VISIBLE_DEVICES"] = gpus
+            else:  # workers sharing the CPUs: torch's default, a thread per core each, would oversubscribe
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
             command = [sys.executable, "-m", "iprm.generation.workers", payload, str(rank), str(workers)]
             processes.append(subprocess.Popen(command, env=env))
         failed = [(rank, p.wait()) for rank, p in enumerate(processes)]
