@@ -151,7 +151,7 @@ def test_the_manifest_counts_every_prompt_and_sampled_token(
     tokens (max_new_tokens), an immediate <eos> 1 (written as "<eos>", graded as the empty response)."""
     for token, response, answer, sampled in (("7", "77777", "7", 5 * 15), ("<eos>", "<eos>", None, 15)):
         backend = TransformersBackend(always(token, tiny_model_dir), char_tokenizer, batch_size=4)
-        monkeypatch.setattr(Job, "backend", lambda *args, backend=backend: backend)
+        monkeypatch.setattr(Job, "backend", lambda *args, backend=backend, **kwargs: backend)
         output = tmp_path / f"{token.strip('<>')}.jsonl"
         manifest = run(tiny_model_dir, output, max_new_tokens=5)
         assert (manifest["prompt_tokens"], manifest["sampled_tokens"]) == (105, sampled)
@@ -205,7 +205,7 @@ def test_mismatched_settings_are_refused(tiny_model_dir, tmp_path, monkeypatch):
         run(tiny_model_dir, output, task=SumTask(reference="13579"))
     first = run(tiny_model_dir, output)
     # Finished: the same settings return the manifest without loading the model; others are refused.
-    monkeypatch.setattr(Job, "backend", lambda *args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(Job, "backend", lambda *args, **kwargs: pytest.fail("the model was loaded"))
     assert run(tiny_model_dir, output) == first
     with pytest.raises(ConfigError, match=r"generated with other settings \(temperature: 1.0 → 0.5\)"):
         run(tiny_model_dir, output, temperature=0.5)

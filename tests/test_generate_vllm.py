@@ -2,6 +2,7 @@
 engine settings reach `LLM`, a problem's N responses are one request with `SamplingParams(n=N)`, and progress
 advances as requests finish."""
 
+import os
 import sys
 import types
 from dataclasses import dataclass
@@ -98,3 +99,21 @@ def test_impossible_engine_settings_are_refused_before_loading(fake_vllm, tiny_m
     with pytest.raises(ConfigError, match=r"gpu_memory_utilization must be in \(0, 1\], got 1.5"):
         run(tiny_model_dir, tmp_path / "gen.jsonl", backend="vllm", gpu_memory_utilization=1.5)
     assert not FakeLLM.made
+
+
+def test_a_vllm_worker_of_several_keeps_only_its_own_gpus(fake_vllm, tiny_model_dir, tmp_path, monkeypatch):
+    """Worker 1 of a node's workers, tensor-parallel over 2 GPUs of 4 visible, takes GPUs 2 and 3."""
+    import torch
+
+    from iprm.generation.job import BackendOptions, Job
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    options = BackendOptions(name="vllm", tensor_parallel_size=2)
+    job = Job(SumTask(), tiny_model_dir, {"n": 1}, Sampling(), options, tmp_path)
+    job.backend(local_rank=1, several=True)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "6,7"
+    assert FakeLLM.made[0].engine["tensor_parallel_size"] == 2
+    with pytest.raises(ConfigError, match="need 6 GPUs; 4 are visible"):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+        job.backend(local_rank=2, several=True)

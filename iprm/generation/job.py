@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from iprm.errors import ConfigError
 from iprm.generation.backend import Backend, Sampling
 from iprm.generation.shards import Shards, shard_seed
-from iprm.generation.workers import my_shards, worker_device
+from iprm.generation.workers import my_shards, pin_gpus, worker_device
 from iprm.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class Job:
         total = sum(len(chunks[i]) for i in todo) * self.n
         with tqdm(total=total, desc=desc, unit="response", disable=not todo) as progress:
             for index in todo:
-                backend = backend or self.backend(worker_device(self.options.device, local_rank))
+                backend = backend or self.backend(local_rank, several=world_size > 1)
                 seed = shard_seed(self.settings["seed"], index)
                 rows = self.sample(backend, chunks[index], seed, progress.update)
                 shards.write(index, self.identity(chunks[index]), rows)
@@ -125,17 +125,21 @@ class Job:
             rows += shard
         return rows
 
-    def backend(self, device: str) -> Backend:
+    def backend(self, local_rank: int = 0, several: bool = False) -> Backend:
+        """The worker's backend, on its own device(s) when it is one of several."""
         options = self.options
         if options.name == "vllm":
             from iprm.generation.vllm_backend import VLLMBackend
 
+            if several:
+                pin_gpus(local_rank, options.tensor_parallel_size)
             return VLLMBackend(
                 self.model_path, self.tokenizer, options.dtype, options.trust_remote_code,
                 options.tensor_parallel_size, options.gpu_memory_utilization, options.max_model_len,
             )  # fmt: skip
         from iprm.sampling import TransformersBackend, load_model
 
+        device = worker_device(options.device, local_rank)
         model = load_model(self.model_path, device, options.dtype, options.trust_remote_code)
         return TransformersBackend(model, self.tokenizer, options.batch_size)
 

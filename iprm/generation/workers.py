@@ -64,10 +64,18 @@ def gpu_groups(workers: int, per_worker: int) -> list[str | None]:
         from iprm.errors import ConfigError
 
         raise ConfigError(
-            f"generate: --devices {workers} with tensor_parallel_size {per_worker} needs "
-            f"{workers * per_worker} GPUs; {len(ids)} are visible"
+            f"generate: {workers} workers (--devices, or a node's launched workers) of "
+            f"tensor_parallel_size {per_worker} need {workers * per_worker} GPUs; {len(ids)} are visible"
         )
     return [",".join(ids[r * per_worker : (r + 1) * per_worker]) for r in range(workers)]
+
+
+def pin_gpus(local_rank: int, per_worker: int) -> None:
+    """Leave this process only its own `per_worker` GPUs (the local_rank-th group of those it sees), before
+    vLLM starts: vLLM takes the first visible GPUs, which every worker of a node would otherwise share."""
+    group = gpu_groups(local_rank + 1, per_worker)[local_rank]
+    if group is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = group
 
 
 def spawn(job: object, workers: int, per_worker: int, scratch: Path) -> None:
