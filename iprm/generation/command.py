@@ -3,8 +3,11 @@ best-of-N data.
 
     python -m iprm generate --task iprm.tasks.maths.MathTask --task.path data/math500.jsonl \
         --model_path DIR --n 4 --output runs/gen.jsonl [--format official] [--chat_template true] ...
-    python -m iprm generate ... --devices 8                     # 8 worker processes, one per GPU
-    torchrun --nproc_per_node 8 -m iprm generate ...            # or under a launcher (torchrun, srun)
+    python -m iprm generate ... --devices 8                 # 8 worker processes, one per GPU
+    torchrun --nproc_per_node 8 -m iprm generate --config gen.yaml    # or under a launcher
+    srun --ntasks 8 --gpus-per-task 1 python -m iprm generate ...
+
+(Under torchrun, give the options in a `--config` file: torchrun reads an abbreviated `--n` as its own.)
 
 Each problem's prompt is `task.prompt(problem, tokenizer, chat_template)`; each response is graded by
 `task.extract_answer` and `task.grade` (one call per shard) and written with the un-templated instruction as
