@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from iprm.data import PRMDataModule
 from iprm.errors import ConfigError
+from iprm.generation.fingerprint import file_digest, fingerprint
 from iprm.generation.job import Job
 from iprm.generation.manifest import manifest_path, parts_path
 from iprm.generation.workers import launched_rank, my_shards
@@ -169,3 +170,31 @@ def test_the_launchers_environment_names_the_worker(env, expected, monkeypatch):
         monkeypatch.setenv(name, value)
     assert launched_rank() == expected
     assert my_shards(5, 1, 2) == [1, 3]
+
+
+def test_the_fingerprint_follows_weights_and_configs_only(tiny_model_dir, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    first = fingerprint(str(model))
+    (model / "README.md").write_text("notes")
+    (model / "gen.generate.json").write_text("{}")  # an output's manifest written beside the weights
+    (model / ".cache").mkdir()
+    assert fingerprint(str(model)) == first
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "rope_theta": 1.0}))
+    assert fingerprint(str(model)) != first
+    assert fingerprint("org/name") == "hub:org/name"
+
+
+def test_a_large_weight_file_is_fingerprinted_from_blocks_across_it(tmp_path, monkeypatch):
+    monkeypatch.setattr("iprm.generation.fingerprint.FULL_DIGEST_BYTES", 1000)
+    monkeypatch.setattr("iprm.generation.fingerprint.BLOCK_BYTES", 10)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(bytes(5000))
+    first = file_digest(weights)
+    data = bytearray(5000)
+    data[-1] = 1  # the last byte: inside the last block
+    weights.write_bytes(bytes(data))
+    assert file_digest(weights) != first
+    weights.write_bytes(bytes(4999))  # cut short by one byte
+    assert file_digest(weights) != first

@@ -4,9 +4,11 @@ The fingerprint of a local checkpoint directory is a SHA-256 over every file in 
 model samples (weights, configs, tokenizer files; not READMEs or hidden files), each entry its relative name,
 its size and the digest of its bytes. A file up to `FULL_DIGEST_BYTES` is read whole; a larger weight file
 is read in `SAMPLED_BLOCKS` blocks of `BLOCK_BYTES` spread evenly from its first to its last byte, plus its
-size, so a 140 GB checkpoint is fingerprinted in well under a second while weights that were swapped,
-retrained or truncated still change it (every trained tensor differs everywhere, and a safetensors header
-names every tensor's offsets). A hub id is fingerprinted by its name only (nothing local to read).
+size (16 MiB per large file, so a 140 GB checkpoint costs reading about 0.5 GB, not 140), while weights that
+were swapped, retrained or truncated still change it (every trained tensor differs everywhere, and a
+safetensors header names every tensor's offsets). `generate`'s own manifests (`*.generate.json`), should an
+output be written into the checkpoint's directory, are not part of it. A hub id is fingerprinted by its name
+only (nothing local to read).
 """
 
 import hashlib
@@ -46,6 +48,7 @@ def fingerprint(model_path: str) -> str:
     for path in sorted(directory.rglob("*")):
         relative = path.relative_to(directory)
         hidden = any(part.startswith(".") for part in relative.parts)
-        if path.is_file() and not hidden and path.suffix in SUFFIXES:
+        ours = path.name.endswith(".generate.json")
+        if path.is_file() and not hidden and not ours and path.suffix in SUFFIXES:
             digest.update(f"{relative.as_posix()}\0{path.stat().st_size}\0{file_digest(path)}\n".encode())
     return f"sha256:{digest.hexdigest()}"
