@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from iprm.data import answers
-from iprm.data.answers import answer_groups, equivalent, normalize
+from iprm.data.answers import answer_groups, equivalent, normalize, number_key
 from iprm.data.datamodule import eval_items
 from iprm.data.records import Record
 from iprm.tasks.grading import GradingPool
@@ -93,14 +93,23 @@ def test_integer_answers_group_as_their_strings_and_never_reach_math_verify(monk
     assert answer_groups(given) == expected == [0, 1, 0, 2, 1, 3, -1]
 
 
-def test_grouping_is_cached_so_voting_stays_fast():
-    given = [f"\\frac{{{k}}}{{7}}" for k in range(12)] * 8  # 96 candidates, 12 distinct answers
+def test_grouping_is_fast_constants_by_value_the_rest_compared_once_per_pair():
+    constants = [f"\\frac{{{k}}}{{7}}" for k in range(12)] * 8  # 96 candidates, 12 distinct values
     answers._equivalent.cache_clear()
-    answer_groups(given)
+    assert answer_groups(constants) == list(range(12)) * 8
+    assert answers._equivalent.cache_info().currsize == 0  # constants group by value, never pairwise
+    expressions = [f"x + {k}" for k in range(12)] * 8  # not constants: compared pairwise
+    answer_groups(expressions)
+    assert answers._equivalent.cache_info().currsize == 12 * 11 // 2  # each pair once
     start = time.perf_counter()
-    assert answer_groups(given) == list(range(12)) * 8
+    assert answer_groups(expressions) == list(range(12)) * 8
     assert time.perf_counter() - start < 0.05  # every comparison comes from the cache
-    assert answers._equivalent.cache_info().hits >= 66  # 12·11/2 pairs compared once each, then cached
+
+
+def test_constants_group_by_value_and_other_answers_by_equivalence():
+    given = ["\\sqrt{3}/2", "0.8660254038", "x = 7", "7", "\\pi", "3.14", "(1,2)", "(1, 2)", "x^2+1", "1+x^2"]
+    assert answer_groups(given) == [0, 0, 1, 1, 2, 3, 4, 4, 5, 5]
+    assert [number_key(a) for a in ("1,000", "\\frac{5}{2}", "x+1", "6-5i")] == ["1000", "2.5", None, None]
 
 
 def test_best_of_n_answer_ids_group_equivalent_answers():

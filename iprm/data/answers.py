@@ -9,17 +9,21 @@
 - plain integers ("196", "-3") are compared as integers without math-verify, so the controlled world's
   answers group and grade exactly as their strings do, at no cost.
 `answer_groups` maps a problem's answers to group ids by that equivalence ("2.5" and "\\frac{5}{2}" one
-group), which best-of-N voting counts (`iprm.data.datamodule.eval_items`); results are cached per pair of
-strings, so voting over many candidates stays fast. It lives in the data layer because the data modules
+group), which best-of-N voting counts (`iprm.data.datamodule.eval_items`). It stays fast: real constants
+group by their value rounded to 10 places (one parse per distinct string, cached), and only the other
+answers are compared pairwise, each pair once (cached). It lives in the data layer because the data modules
 group answers; grading with a time limit per answer is `iprm.tasks.grading.GradingPool`.
 """
 
 import re
 import threading
 from collections.abc import Sequence
+from decimal import Context, Decimal
 from functools import lru_cache
 
 FLOAT_ROUNDING = 10  # decimal places two numbers must agree to when either is written as a decimal
+_PLACES = Decimal(1).scaleb(-FLOAT_ROUNDING)
+_CONTEXT = Context(prec=80)
 _INTEGER = re.compile(r"[-+]?\d+")
 _CURRENCY = re.compile(r"^\\?\$\s*(?=[-+]?\d)")
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?"
@@ -86,30 +90,52 @@ def equivalent(answer: str | None, reference: str) -> bool:
     return _equivalent(normalize(answer), normalize(reference))
 
 
+@lru_cache(maxsize=2**16)
+def number_key(text: str) -> str | None:
+    """The answer's value as a canonical decimal string, rounded to `FLOAT_ROUNDING` places, when it is a real
+    constant (an integer, read without math-verify; a fraction, decimal, root or multiple of π as
+    math-verify reads it; "x = 5" by its right-hand side); else None. Constants group by this key without
+    pairwise comparison."""
+    if _INTEGER.fullmatch(text):
+        return str(int(text))
+    parsed = _parsed(text)
+    value = parsed[0] if parsed else None
+    if getattr(value, "is_Equality", False) and getattr(value.lhs, "is_Symbol", False):
+        value = value.rhs  # an assignment: math-verify compares its right-hand side
+    try:
+        if not (getattr(value, "is_number", False) and value.is_real and value.is_finite):
+            return None
+        exact = Decimal(str(value.evalf(40)))  # 40 digits: rounding to 10 places is then exact
+    except Exception:  # sympy cannot evaluate it: compared pairwise instead
+        return None
+    return format(exact.quantize(_PLACES, context=_CONTEXT).normalize(_CONTEXT), "f")
+
+
 def answer_groups(answers: Sequence[str | None]) -> list[int]:
     """Group ids of one problem's answers: equivalent answers share an id, numbered in order of first
-    appearance from 0; a missing or empty answer gets −1 (it never wins a vote). Each answer joins the first
-    group whose first answer it is equivalent to; integers never reach math-verify unless a non-integer
-    answer is among them."""
+    appearance from 0; a missing or empty answer gets −1 (it never wins a vote).
+
+    Real constants group by value (`number_key`; integers without math-verify, so the controlled world's
+    answers group exactly as their strings did). Any other answer (an expression in x, a tuple, a set, an
+    interval, a complex number) joins the first such group whose first answer it is `equivalent` to, so the
+    pairwise math-verify comparisons, cached per pair, are only among those. (Constants that agree to 10
+    places, 1/3 and 0.3333333333, group together, as math-verify's rounding grades them.)"""
     groups: list[int] = []
-    representatives: list[str] = []
-    by_integer: dict[int, int] = {}
+    representatives: list[str] = []  # the first answer of each group that is not a constant
+    group_of: dict[str, int] = {}  # a constant's key, or another group's first answer → its group
     for answer in answers:
         text = normalize(answer) if answer else ""
         if not text:
             groups.append(-1)
             continue
-        integer = int(text) if _INTEGER.fullmatch(text) else None
-        group = by_integer.get(integer) if integer is not None else None
+        key = number_key(text)
+        group = group_of.get(key if key is not None else text)
+        if group is None and key is None:
+            group = next((group_of[r] for r in representatives if _equivalent(text, r)), None)
+            if group is None:
+                representatives.append(text)
         if group is None:
-            candidates = [
-                g for g, r in enumerate(representatives) if integer is None or not _INTEGER.fullmatch(r)
-            ]
-            group = next((g for g in candidates if _equivalent(text, representatives[g])), None)
-        if group is None:
-            group = len(representatives)
-            representatives.append(text)
-        if integer is not None:
-            by_integer.setdefault(integer, group)
+            group = len(set(group_of.values()))
+        group_of.setdefault(key if key is not None else text, group)
         groups.append(group)
     return groups
