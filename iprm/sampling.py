@@ -91,6 +91,7 @@ def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> li
                 encoded[i] = row
     return encoded
 
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
