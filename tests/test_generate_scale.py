@@ -2,6 +2,7 @@
 does, shards and outputs are checked against their checksums, a resume follows the checkpoint's weights (not
 its path), an unwritable output is refused before any work, and training agrees with the manifest."""
 
+import errno
 import json
 import logging
 import shutil
@@ -13,11 +14,12 @@ from test_generate import FAST, SumTask, kill_after_the_first_shard, run
 from transformers import AutoModelForCausalLM
 
 from iprm.data import PRMDataModule
-from iprm.errors import ConfigError
+from iprm.errors import ConfigError, IPRMError
 from iprm.generation.fingerprint import file_digest, fingerprint
 from iprm.generation.job import Job
 from iprm.generation.manifest import manifest_path, parts_path
 from iprm.generation.workers import launched_rank, my_shards
+from iprm.io import atomic_write
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +200,25 @@ def test_a_large_weight_file_is_fingerprinted_from_blocks_across_it(tmp_path, mo
     assert file_digest(weights) != first
     weights.write_bytes(bytes(4999))  # cut short by one byte
     assert file_digest(weights) != first
+
+
+def test_a_full_disk_names_the_path_and_keeps_the_samples(tiny_model_dir, tmp_path, monkeypatch):
+    output = tmp_path / "gen.jsonl"
+
+    def full(records, path):
+        with atomic_write(path) as file:
+            file.write("half a file")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("iprm.generation.outputs.write_records", full)
+        with pytest.raises(IPRMError, match=rf"writing {output} failed \(No space left on device\).*rerun"):
+            run(tiny_model_dir, output)
+    assert (
+        list(tmp_path.iterdir()) == [parts_path(output), tmp_path / ".gen.generate.lock"]
+        or not output.exists()
+    )
+    assert not output.exists() and not manifest_path(output).exists()
+    assert len(list(parts_path(output).glob("shard-*.json"))) == 3  # nothing to sample again
+    run(tiny_model_dir, output)  # space freed: the rerun only merges
+    assert output.exists()

@@ -24,12 +24,14 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from iprm.errors import ConfigError
+from iprm.errors import ConfigError, IPRMError
 from iprm.generation.backend import Sampling
 from iprm.generation.fingerprint import fingerprint
 from iprm.generation.job import BackendOptions, Job
@@ -149,12 +151,13 @@ def generate(
         else:
             job.run_worker(rank, world_size, local_rank)
         rows = job.merged(chunks, wait_for=world_size)
-        write_output(rows, output_path, format, written["source"])
-        manifest = {
-            "settings": written, "model_path": str(local.resolve()) if local.is_dir() else model_path,
-            **counts(rows, sum(map(len, chunks))), "output": _checksum(output_path),
-        }  # fmt: skip
-        write_manifest(output_path, manifest)
+        with _naming(output_path, job.parts):
+            write_output(rows, output_path, format, written["source"])
+            manifest = {
+                "settings": written, "model_path": str(local.resolve()) if local.is_dir() else model_path,
+                **counts(rows, sum(map(len, chunks))), "output": _checksum(output_path),
+            }  # fmt: skip
+            write_manifest(output_path, manifest)
         shutil.rmtree(job.parts, ignore_errors=True)
     log.info(
         "generate: %d responses to %d problems written to %s", len(rows), manifest["problems"], output_path
@@ -186,6 +189,19 @@ def check_output(output: Path) -> None:
         raise ConfigError(f"--output {output}: {ancestor} is a file, not a directory")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise ConfigError(f"--output {output}: no permission to write in {ancestor}")
+
+
+@contextmanager
+def _naming(output: Path, parts: Path) -> Iterator[None]:
+    """A failed write of the output (a full disk) as one line naming the path; the previous file is intact
+    (writes are atomic) and the shards are kept, so a rerun only merges."""
+    try:
+        yield
+    except OSError as error:
+        raise IPRMError(
+            f"generate: writing {error.filename or output} failed ({error.strerror or error}); the previous "
+            f"file, if any, is intact and the samples are kept in {parts}: free space and rerun to finish"
+        ) from error
 
 
 def _checksum(path: Path) -> dict:
