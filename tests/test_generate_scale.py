@@ -14,7 +14,8 @@ from test_generate import FAST, SumTask, kill_after_the_first_shard, run
 from transformers import AutoModelForCausalLM
 
 from iprm.data import PRMDataModule
-from iprm.errors import ConfigError, IPRMError
+from iprm.data.provenance import check_agreement
+from iprm.errors import ConfigError, IPRMError, RecordError
 from iprm.generation.fingerprint import file_digest, fingerprint
 from iprm.generation.job import Job
 from iprm.generation.manifest import manifest_path, parts_path
@@ -220,3 +221,11 @@ def test_a_full_disk_names_the_path_and_keeps_the_samples(tiny_model_dir, tmp_pa
     monkeypatch.setattr(Job, "sample", lambda *args: pytest.fail("sampled again"))
     run(tiny_model_dir, output)  # space freed: the rerun only merges
     assert output.exists()
+
+
+def test_a_broken_manifest_is_one_line_naming_it(baseline, tmp_path):
+    output = tmp_path / "gen.jsonl"
+    shutil.copy(baseline, output)
+    manifest_path(output).write_text('{"settings": ')
+    with pytest.raises(RecordError, match=r"gen.generate.json: not a generate manifest \(Expecting value"):
+        check_agreement(output, {"separator": "\n"})

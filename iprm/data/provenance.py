@@ -9,7 +9,7 @@ below `iprm.generation`, because the data modules read it: generation writes it,
 import json
 from pathlib import Path
 
-from iprm.errors import ConfigError
+from iprm.errors import ConfigError, RecordError
 
 # Settings generation and training must agree on: manifest key → the data module's setting.
 AGREED = {"separator": "data.step_separator", "chat_template": "data.chat_template"}
@@ -22,7 +22,17 @@ def manifest_path(output: str | Path) -> Path:
 def read_manifest(output: str | Path) -> dict | None:
     """The manifest of `output` when `generate` wrote one, else None."""
     path = manifest_path(output)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise RecordError(
+            f"{path}: not a generate manifest ({error}); remove it, or rerun generate"
+        ) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("settings"), dict):
+        raise RecordError(f"{path}: not a generate manifest (no 'settings'); remove it, or rerun generate")
+    return manifest
 
 
 def check_agreement(path: str | Path, values: dict[str, object]) -> None:
@@ -33,7 +43,7 @@ def check_agreement(path: str | Path, values: dict[str, object]) -> None:
         values: Manifest key (a key of `AGREED`) → the value training uses.
     """
     manifest = read_manifest(path)
-    settings = manifest.get("settings", {}) if isinstance(manifest, dict) else {}
+    settings = manifest["settings"] if manifest is not None else {}
     problems = [
         f"{AGREED[key]} is {value!r} but generate used {settings[key]!r}"
         for key, value in values.items()
