@@ -18,9 +18,10 @@ from iprm.data import PRMDataModule
 from iprm.data.official import load_official_candidates
 from iprm.data.records import load_records
 from iprm.errors import ConfigError
-from iprm.generation import command, shards
+from iprm.generation import shards
 from iprm.generation.backend import Sampling
 from iprm.generation.command import generate
+from iprm.generation.job import Job
 from iprm.generation.manifest import manifest_path, parts_path
 from iprm.generation.transformers_backend import TransformersBackend
 from iprm.tasks.base import Problem, Task
@@ -85,7 +86,7 @@ def test_records_validate_and_carry_the_tasks_grading(generated):
     assert [r.label for r in records] == task.grade(answers, [problems[r.instruction_id] for r in records])
     assert {r.label for r in records} == {True, False}  # the check above saw both labels
     assert all(list(r.step_labels) == task.step_labels(None, r.response) for r in records)
-    assert {r.source for r in records} == {Path(manifest["settings"]["model_path"]).name}
+    assert {r.source for r in records} == {Path(manifest["model_path"]).name}
     assert manifest["problems"] == 5 and manifest["responses"] == 15
     assert manifest["correct"] == sum(r.label for r in records)
     assert not parts_path(output).exists()  # the shards go once the output is complete
@@ -150,7 +151,7 @@ def test_the_manifest_counts_every_prompt_and_sampled_token(
     tokens (max_new_tokens), an immediate <eos> 1 (written as "<eos>", graded as the empty response)."""
     for token, response, answer, sampled in (("7", "77777", "7", 5 * 15), ("<eos>", "<eos>", None, 15)):
         backend = TransformersBackend(always(token, tiny_model_dir), char_tokenizer, batch_size=4)
-        monkeypatch.setattr(command, "_backend", lambda *args, backend=backend: backend)
+        monkeypatch.setattr(Job, "backend", lambda *args, backend=backend, **kwargs: backend)
         output = tmp_path / f"{token.strip('<>')}.jsonl"
         manifest = run(tiny_model_dir, output, max_new_tokens=5)
         assert (manifest["prompt_tokens"], manifest["sampled_tokens"]) == (105, sampled)
@@ -182,7 +183,7 @@ def kill_after_the_first_shard(monkeypatch, model_dir: str, output: Path, **chan
         patch.setattr(shards.Shards, "write", killed)
         with pytest.raises(KeyboardInterrupt):
             run(model_dir, output, **changes)
-    assert [p.name for p in parts_path(output).iterdir()] == ["shard-00000.json"]
+    assert sorted(p.name for p in parts_path(output).iterdir()) == ["shard-00000.json", "shard-00000.sha256"]
     assert not output.exists() and not manifest_path(output).exists()
 
 
@@ -204,7 +205,7 @@ def test_mismatched_settings_are_refused(tiny_model_dir, tmp_path, monkeypatch):
         run(tiny_model_dir, output, task=SumTask(reference="13579"))
     first = run(tiny_model_dir, output)
     # Finished: the same settings return the manifest without loading the model; others are refused.
-    monkeypatch.setattr(command, "_backend", lambda *args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(Job, "backend", lambda *args, **kwargs: pytest.fail("the model was loaded"))
     assert run(tiny_model_dir, output) == first
     with pytest.raises(ConfigError, match=r"generated with other settings \(temperature: 1.0 → 0.5\)"):
         run(tiny_model_dir, output, temperature=0.5)

@@ -4,6 +4,8 @@ as a task, and prompts through a chat template."""
 import json
 import logging
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from iprm.data.official import grade
 from iprm.errors import ConfigError, MissingPathError, RecordError
-from iprm.tasks.arithmetic import ArithmeticTask, parse_problem, solve
+from iprm.tasks.arithmetic import SEPARATOR, ArithmeticTask, parse_problem, solve, verify
 from iprm.tasks.base import format_prompt
 from iprm.tasks.grading import GradingPool
 from iprm.tasks.maths import MathTask, last_boxed
@@ -138,3 +140,22 @@ def test_format_prompt_uses_the_chat_template_and_refuses_a_tokenizer_without_on
     )
     assert format_prompt(tokenizer, "Q:1+1", chat_template=True) == "<bos>[user]Q:1+1[assistant]"
     assert format_prompt(tokenizer, "Q", True, system="S") == "<bos>[system]S[user]Q[assistant]"
+
+
+def test_tasks_never_import_generation():
+    """`iprm.generation` sits above the tasks it samples for: the world samples through `iprm.sampling`."""
+    code = (
+        "import sys, iprm.tasks.world, iprm.tasks.maths, iprm.tasks.arithmetic, iprm.tasks.sampling; "
+        "print(sorted(m for m in sys.modules if m.startswith('iprm.generation')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_arithmetic_verifier_splits_steps_by_the_tasks_separator():
+    problem = parse_problem("Q:80+13*2\n")
+    task = ArithmeticTask(count=1)
+    right = "80+13=93\n93*2=186\nA:186"
+    assert verify(problem, right).label and task.split_steps(right) == right.split(SEPARATOR)
+    # Another separator is the verifier's only view of the steps: the same solution on one line is one step.
+    assert verify(problem, right, separator="\n\n").step_labels == (False,)

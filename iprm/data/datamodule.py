@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from iprm.data.answers import answer_groups
 from iprm.data.collate import Collator
 from iprm.data.knobs import (
     balance_dataset,
@@ -43,10 +44,10 @@ from iprm.data.official import (
     resplit_records,
 )
 from iprm.data.prompts import adds_special_tokens, format_prompt
+from iprm.data.provenance import check_agreement, read_manifest
 from iprm.data.records import Record, load_records
 from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
-from iprm.generation.manifest import read_manifest
 from iprm.validate import (
     check_candidate_set,
     check_model_path,
@@ -78,13 +79,17 @@ def eval_items(records: list[Record]) -> list[dict[str, Any]]:
     """Dataset items for a best-of-N candidate set: problem, candidate and per-problem answer ids."""
     problems: dict[str, int] = {}
     candidates: dict[int, int] = defaultdict(int)
-    answers: dict[int, dict[str, int]] = defaultdict(dict)
+    answers: dict[int, list[int]] = defaultdict(list)  # each problem's records
+    for index, record in enumerate(records):
+        answers[problems.setdefault(record.instruction_id, len(problems))].append(index)
+    # Equivalent answers ("2.5", "5/2") share an id; a missing or empty one gets −1 (never wins a vote).
+    answer_ids: dict[int, int] = {}
+    for indices in answers.values():
+        answer_ids |= dict(zip(indices, answer_groups([records[i].answer for i in indices]), strict=True))
     items = []
     for index, record in enumerate(records):
-        problem = problems.setdefault(record.instruction_id, len(problems))
-        answer = (record.answer or "").strip()
-        # A missing or empty answer gets −1 so it never wins a vote.
-        answer_id = answers[problem].setdefault(answer, len(answers[problem])) if answer else -1
+        problem = problems[record.instruction_id]
+        answer_id = answer_ids[index]
         items.append(
             {
                 "record": record,
@@ -244,7 +249,11 @@ class PRMDataModule(L.LightningDataModule):
     def _load(
         self, path: str, source: str | None = None, require_label: bool = True, scored: bool = False
     ) -> list[Record]:
-        """Records of one file; `scored` files (best-of-N sets, prediction inputs) follow `official_steps`."""
+        """Records of one file; `scored` files (best-of-N sets, prediction inputs) follow `official_steps`.
+        A file `generate` wrote must be read with the separator and chat template it was generated with."""
+        resplit = scored and self.official_steps  # the official steps replace the generated ones
+        agreed = {"chat_template": self.chat_template}
+        check_agreement(path, agreed if resplit else agreed | {"separator": self.step_separator})
         records = load_data(path, source, require_label, self.step_separator)
         if scored and self.official_steps:
             records = resplit_records(records, path)

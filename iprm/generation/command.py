@@ -3,30 +3,45 @@ best-of-N data.
 
     python -m iprm generate --task iprm.tasks.maths.MathTask --task.path data/math500.jsonl \
         --model_path DIR --n 4 --output runs/gen.jsonl [--format official] [--chat_template true] ...
+    python -m iprm generate ... --devices 8                 # 8 worker processes, one per GPU
+    torchrun --nproc_per_node 8 -m iprm generate --config gen.yaml    # or under a launcher
+    srun --ntasks 8 --gpus-per-task 1 python -m iprm generate ...
+
+(Under torchrun, give the options in a `--config` file: torchrun reads an abbreviated `--n` as its own.)
 
 Each problem's prompt is `task.prompt(problem, tokenizer, chat_template)`; each response is graded by
 `task.extract_answer` and `task.grade` (one call per shard) and written with the un-templated instruction as
-its prompt. The run works in shards (`iprm.generation.shards`), so a killed run resumes where it stopped and
-writes what an uninterrupted one would; the output and its manifest (`OUT.generate.json`: settings, counts,
-exact token counts) are written atomically at the end, and two runs on one output wait for each other.
+its prompt. The run works in shards (`iprm.generation.shards`), shared among workers by index
+(`iprm.generation.workers`), so a killed run resumes where it stopped and any number of workers write what one
+uninterrupted process would, byte for byte; the output and its manifest (`OUT.generate.json`: settings, the
+step separator and chat-template flag training must agree with, counts, exact token counts, the output's
+checksum) are written atomically at the end, and two runs on one output wait for each other. A run resumes
+only with the same settings and the same checkpoint: its fingerprint (`iprm.generation.fingerprint`: its
+files' sizes and digests), not its path.
 """
 
+import hashlib
 import logging
-from functools import partial
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
-from tqdm.auto import tqdm
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from iprm.errors import ConfigError
-from iprm.generation.backend import Backend, Sampling
-from iprm.generation.manifest import lock_path, parts_path, read_manifest
+from iprm.errors import ConfigError, IPRMError
+from iprm.generation.backend import Sampling
+from iprm.generation.fingerprint import fingerprint
+from iprm.generation.job import BackendOptions, Job
+from iprm.generation.manifest import lock_path, manifest_path, parts_path, read_manifest
 from iprm.generation.outputs import Format, counts, write_manifest, write_output
-from iprm.generation.shards import Shards, differences, shard_seed
+from iprm.generation.shards import differences
+from iprm.generation.vllm_backend import check_engine_settings
+from iprm.generation.workers import launched_rank, spawn
 from iprm.io import exclusive
-from iprm.tasks.base import Problem, Task
+from iprm.tasks.base import Task
 from iprm.validate import check_model_path
 
 log = logging.getLogger(__name__)
@@ -53,9 +68,14 @@ def generate(
     dtype: Dtype = "auto",
     trust_remote_code: bool = False,
     source: str | None = None,
-) -> dict:
+    devices: int = 1,
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float = 0.9,
+    max_model_len: int | None = None,
+) -> dict | None:
     """Sample `n` responses to every problem of `task` from the checkpoint at `model_path`, grade them with
-    the task, and write them to `output`; return the manifest.
+    the task, and write them to `output`; return the manifest (None on a launched worker other than rank 0,
+    which only writes its shards).
 
     Args:
         task: The problems, their prompts and their grading (an `iprm.tasks.base.Task` subclass).
@@ -70,57 +90,132 @@ def generate(
         top_k: Sample among the k most probable tokens (0 keeps every token).
         max_new_tokens: Longest response, in tokens.
         batch_size: Prompts per generate call (transformers backend).
-        seed: Seed of the run; shard i samples with a seed drawn from (seed, i).
-        problems_per_shard: Problems per shard, the unit that is written, and resumed, as a whole.
+        seed: Seed of the run; shard i samples with a seed drawn from (seed, i), whichever worker makes it.
+        problems_per_shard: Problems per shard, the unit that is written, resumed and shared among workers.
         backend: "transformers" (batched model.generate) or "vllm" (needs vLLM installed).
-        device: Where the transformers backend runs: "auto" (a GPU if visible), "cpu", "cuda", "cuda:1", ...
+        device: Where the transformers backend runs: "auto" (a GPU if visible), "cpu", "cuda", "cuda:1", ...;
+            with several workers, "auto" and "cuda" give each worker its own GPU.
         dtype: Weights' dtype: "auto" (the checkpoint's), "float32", "bfloat16" or "float16".
         trust_remote_code: Let the checkpoint run its own modelling and tokenizer code.
         source: The records' source (default: the checkpoint directory's name).
+        devices: Worker processes to start, one per device (GPU, or group of tensor_parallel_size GPUs; on
+            CPUs they share the machine); under torchrun or srun leave it 1: the launcher's processes are
+            the workers.
+        tensor_parallel_size: GPUs one model is split across (vllm backend).
+        gpu_memory_utilization: Fraction of each GPU's memory vLLM may use (vllm backend).
+        max_model_len: Longest prompt plus response vLLM plans for (vllm backend; default: the checkpoint's).
     """
     sampling = Sampling(temperature, top_p, top_k, max_new_tokens)
-    if n < 1 or problems_per_shard < 1 or batch_size < 1:
+    _check_counts(n, problems_per_shard, batch_size, devices)
+    check_engine_settings(tensor_parallel_size, gpu_memory_utilization, max_model_len)
+    rank, world_size, local_rank = launched_rank()
+    if devices > 1 and world_size > 1:
         raise ConfigError(
-            f"generate: n, problems_per_shard and batch_size must be at least 1; got {n}, "
-            f"{problems_per_shard}, {batch_size}"
+            f"generate: --devices {devices} under a launcher of {world_size} processes: the launcher's "
+            "processes are the workers; leave --devices 1"
         )
+    if devices > 1 and device not in ("auto", "cuda", "cpu"):
+        raise ConfigError(
+            f"generate: --devices {devices} gives each worker its own device; --device "
+            f"{device!r} names one: use auto, cuda or cpu"
+        )
+    if world_size > 1:
+        log.info("generate: worker %d of %d (from the launcher's environment)", rank, world_size)
     check_model_path(model_path, "--model_path")
+    output_path = Path(output)
+    check_output(output_path)
     local = Path(model_path).expanduser()
     settings = {
-        "task": f"{type(task).__module__}.{type(task).__qualname__}",
-        "model_path": str(local.resolve()) if local.is_dir() else model_path,
+        "task": f"{type(task).__module__}.{type(task).__qualname__}", "model": fingerprint(model_path),
         "n": n, "seed": seed, "temperature": temperature, "top_p": top_p, "top_k": top_k,
         "max_new_tokens": max_new_tokens, "batch_size": batch_size, "problems_per_shard": problems_per_shard,
-        "chat_template": chat_template, "backend": backend, "dtype": dtype,
+        "separator": task.separator, "chat_template": chat_template, "backend": backend, "dtype": dtype,
     }  # fmt: skip
     written = {**settings, "format": format, "source": source or local.name or model_path}
-    output_path = Path(output)
+    options = BackendOptions(
+        backend, batch_size, device, dtype, trust_remote_code,
+        tensor_parallel_size, gpu_memory_utilization, max_model_len,
+    )  # fmt: skip
+    job = Job(task, model_path, settings, sampling, options, parts_path(output_path))
+    if world_size > 1 and rank > 0:  # a launched worker: its shards only; rank 0 merges
+        if _finished(output_path, written) is None:
+            job.run_worker(rank, world_size, local_rank)
+        return None
     with exclusive(lock_path(output_path)):
         finished = _finished(output_path, written)
         if finished is not None:
             return finished
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-        problems = _problems(task)
-        run = _Run(task, tokenizer, sampling, settings, n, chat_template)
-        make_backend = partial(
-            _backend, backend, model_path, tokenizer, batch_size, device, dtype, trust_remote_code
-        )
-        shards = Shards(parts_path(output_path), settings)
-        rows = run.all_shards(problems, shards, make_backend)
-        write_output(rows, output_path, format, written["source"])
-        manifest = {"settings": written, **counts(rows, len(problems))}
-        write_manifest(output_path, manifest)
-        shards.remove()
-    log.info("generate: %d responses to %d problems written to %s", len(rows), len(problems), output_path)
+        chunks = job.chunks()
+        if devices > 1:
+            spawn(job, devices, tensor_parallel_size if backend == "vllm" else 1, job.parts)
+        else:
+            job.run_worker(rank, world_size, local_rank)
+        rows = job.merged(chunks, wait_for=world_size)
+        with _naming(output_path, job.parts):
+            write_output(rows, output_path, format, written["source"])
+            manifest = {
+                "settings": written, "model_path": str(local.resolve()) if local.is_dir() else model_path,
+                **counts(rows, sum(map(len, chunks))), "output": _checksum(output_path),
+            }  # fmt: skip
+            write_manifest(output_path, manifest)
+        shutil.rmtree(job.parts, ignore_errors=True)
+    log.info(
+        "generate: %d responses to %d problems written to %s", len(rows), manifest["problems"], output_path
+    )
     return manifest
 
 
+def _check_counts(n: int, problems_per_shard: int, batch_size: int, devices: int) -> None:
+    if min(n, problems_per_shard, batch_size, devices) < 1:
+        raise ConfigError(
+            f"generate: n, problems_per_shard, batch_size and devices must be at least 1; got {n}, "
+            f"{problems_per_shard}, {batch_size}, {devices}"
+        )
+
+
+def check_output(output: Path) -> None:
+    """Refuse, before any work, an output that could not be written: a directory, a file under a file, a
+    directory without write permission, a name generate keeps for its own files."""
+    if output.is_dir():
+        raise ConfigError(f"--output {output} is a directory; name a file in it, e.g. {output / 'gen.jsonl'}")
+    if output.name.endswith(".generate.json") or output.suffix == ".lock":
+        raise ConfigError(
+            f"--output {output}: that name is generate's own (manifest or lock); choose another"
+        )
+    ancestor = output.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"--output {output}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"--output {output}: no permission to write in {ancestor}")
+
+
+@contextmanager
+def _naming(output: Path, parts: Path) -> Iterator[None]:
+    """A failed write of the output (a full disk) as one line naming the path; the previous file is intact
+    (writes are atomic) and the shards are kept, so a rerun only merges."""
+    try:
+        yield
+    except OSError as error:
+        raise IPRMError(
+            f"generate: writing {error.filename or output} failed ({error.strerror or error}); the previous "
+            f"file, if any, is intact and the samples are kept in {parts}: free space and rerun to finish"
+        ) from error
+
+
+def _checksum(path: Path) -> dict:
+    data = path.read_bytes()
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
 def _finished(output: Path, written: dict) -> dict | None:
-    """The manifest of a finished run with these settings; refuses to overwrite another run's, or a file
-    `generate` did not write."""
+    """The manifest of a finished run with these settings; refuses to overwrite another run's, a file
+    `generate` did not write, or an output changed since."""
     if parts_path(output).exists() or not output.exists():
         return None  # under way (or never started): the shards decide
     manifest = read_manifest(output)
+    rebuild = f"remove it and {manifest_path(output).name} and rerun generate to rebuild it"
     if manifest is None:
         raise ConfigError(
             f"{output} exists and was not written by generate; remove it or choose another --output"
@@ -130,91 +225,12 @@ def _finished(output: Path, written: dict) -> dict | None:
             f"{output} was generated with other settings ({differences(manifest['settings'], written)}); "
             "remove it and its .generate.json, or choose another --output"
         )
+    if manifest.get("output") != _checksum(output):
+        raise ConfigError(
+            f"{output} does not match its manifest's size and SHA-256 (changed or cut short); {rebuild}"
+        )
     log.info("generate: %s is already generated with these settings", output)
     return manifest
-
-
-def _problems(task: Task) -> list[Problem]:
-    problems = task.problems()
-    if not problems:
-        raise ConfigError(f"{type(task).__name__}: the task has no problems")
-    ids = [problem.id for problem in problems]
-    if len(set(ids)) != len(ids):
-        repeated = next(i for i in ids if ids.count(i) > 1)
-        raise ConfigError(f"{type(task).__name__}: problem id {repeated!r} is not unique")
-    return problems
-
-
-def _backend(
-    name: str,
-    model_path: str,
-    tokenizer: PreTrainedTokenizerBase,
-    batch_size: int,
-    device: str,
-    dtype: str,
-    trust_remote_code: bool,
-) -> Backend:
-    if name == "vllm":
-        from iprm.generation.vllm_backend import VLLMBackend
-
-        return VLLMBackend(model_path, tokenizer, dtype, trust_remote_code)
-    from iprm.generation.transformers_backend import TransformersBackend, load_model
-
-    model = load_model(model_path, device, dtype, trust_remote_code)
-    return TransformersBackend(model, tokenizer, batch_size)
-
-
-class _Run:
-    """Sampling and grading shard by shard."""
-
-    def __init__(self, task, tokenizer, sampling: Sampling, settings: dict, n: int, chat_template: bool):
-        self.task, self.tokenizer, self.sampling = task, tokenizer, sampling
-        self.settings, self.n, self.chat_template = settings, n, chat_template
-
-    def all_shards(self, problems: list[Problem], shards: Shards, make_backend) -> list[dict]:
-        """Every shard's rows, in problem order: finished shards as they are, the others sampled (the model
-        is loaded only if one is left)."""
-        size = self.settings["problems_per_shard"]
-        chunks = [problems[begin : begin + size] for begin in range(0, len(problems), size)]
-        backend, rows = None, []
-        with tqdm(total=len(problems) * self.n, desc="generate", unit="response") as progress:
-            for index, chunk in enumerate(chunks):
-                # What a shard must have been made for: the problems, as this task now states them.
-                ids = [[problem.id, self.task.instruction(problem), problem.reference] for problem in chunk]
-                shard = shards.load(index, ids)
-                if shard is None:
-                    backend = backend or make_backend()
-                    shard = self.sample(
-                        backend, chunk, shard_seed(self.settings["seed"], index), progress.update
-                    )
-                    shards.write(index, ids, shard)
-                else:
-                    progress.update(len(shard))
-                rows += shard
-        return rows
-
-    def sample(self, backend: Backend, problems: list[Problem], seed: int, progress) -> list[dict]:
-        """The graded rows of `n` responses to each problem (`iprm.generation.outputs` describes a row)."""
-        prompts = [self.task.prompt(problem, self.tokenizer, self.chat_template) for problem in problems]
-        repeated = [problem for problem in problems for _ in range(self.n)]
-        completions = backend.generate(
-            [p for p in prompts for _ in range(self.n)], self.sampling, seed, progress
-        )
-        answers = [self.task.extract_answer(completion.text) for completion in completions]
-        labels = self.task.grade(answers, repeated)
-        rows = []
-        for problem, completion, answer, label in zip(repeated, completions, answers, labels, strict=True):
-            # An immediate end of sequence is a (wrong) response too; records need text, so it is written as
-            # the end-of-sequence token, which scoring reads back as exactly that token.
-            response = completion.text if completion.text.strip() else self.tokenizer.eos_token or "<eos>"
-            steps = self.task.step_labels(problem, response)
-            rows.append({
-                "problem": problem.id, "prompt": self.task.instruction(problem), "response": response,
-                "label": bool(label), "answer": answer, "reference": problem.reference,
-                "step_labels": None if steps is None else list(steps),
-                "prompt_tokens": completion.prompt_tokens, "sampled_tokens": completion.sampled_tokens,
-            })  # fmt: skip
-        return rows
 
 
 def build_parser() -> ArgumentParser:
@@ -229,12 +245,14 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None) -> dict | None:
     parser = build_parser()
     config = parser.parse_args(argv)
     arguments = parser.instantiate_classes(config).as_dict()
     arguments.pop("config", None)
     manifest = generate(**arguments)
+    if manifest is None:  # a launched worker other than rank 0: rank 0 reports
+        return None
     print(
         f"{arguments['output']}: {manifest['responses']} responses to {manifest['problems']} problems, "
         f"{manifest['correct']} correct; {manifest['prompt_tokens']} prompt and "

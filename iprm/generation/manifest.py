@@ -1,16 +1,16 @@
 """Where `python -m iprm generate` keeps its work beside an output file, and the manifest it leaves there.
 
-For `--output runs/gen.jsonl`: the manifest `runs/gen.generate.json` (settings, counts, and the exact
-prompt and sampled token counts that data FLOPs use), the shards `runs/.gen.parts/` while the run is under
-way, and the lock `runs/.gen.generate.lock` that keeps two runs on one output apart.
+For `--output runs/gen.jsonl`: the manifest `runs/gen.generate.json` (`iprm.data.provenance`: settings, the
+separator and chat-template flag training must agree with, counts, exact token counts, the output's checksum),
+the shards `runs/.gen.parts/` while the run is under way, and the lock `runs/.gen.generate.lock` that keeps
+two runs on one output apart.
 """
 
-import json
 from pathlib import Path
 
+from iprm.data.provenance import manifest_path, read_manifest
 
-def manifest_path(output: str | Path) -> Path:
-    return Path(output).with_suffix(".generate.json")
+__all__ = ["lock_path", "manifest_path", "parts_path", "read_manifest"]
 
 
 def parts_path(output: str | Path) -> Path:
@@ -21,9 +21,3 @@ def parts_path(output: str | Path) -> Path:
 def lock_path(output: str | Path) -> Path:
     output = Path(output)
     return output.with_name(f".{output.stem}.generate.lock")
-
-
-def read_manifest(output: str | Path) -> dict | None:
-    """The manifest of `output` when `generate` wrote one, else None."""
-    path = manifest_path(output)
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

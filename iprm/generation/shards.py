@@ -1,19 +1,27 @@
-"""Shards: the unit of work of `python -m iprm generate`, so that a killed run resumes where it stopped.
+"""Shards: the unit of work of `python -m iprm generate`, so that a killed run resumes where it stopped and
+several workers can share a run.
 
 The problems are cut into consecutive shards of `problems_per_shard`; shard i holds every graded response to
 its problems and is written atomically to `<parts>/shard-<i>.json` once complete, with the settings that
-made it and its problems (id, instruction, reference). A rerun takes each finished shard as it is, after
-checking that it was made with the same settings and for the same problems; a shard's samples depend only
-on the settings and its index (`shard_seed`), so a resumed run writes what an uninterrupted one would have.
+made it and its problems (id, instruction, reference), then its checksum `<parts>/shard-<i>.sha256` (the
+file's size and SHA-256). A rerun takes each finished shard as it is, after checking its checksum (a shard
+without one, or whose bytes changed, is sampled again, with a warning: never used) and that it was made with
+the same settings and for the same problems. A shard's samples depend only on the settings and its index
+(`shard_seed`), never on the process that made it, so a resumed run, or one split across workers, writes what
+one uninterrupted process would have.
 """
 
+import hashlib
 import json
+import logging
 import shutil
 from pathlib import Path
 
 from iprm.errors import ConfigError
 from iprm.io import atomic_write
 from iprm.tasks.world import stream
+
+log = logging.getLogger(__name__)
 
 
 def shard_seed(seed: int, index: int) -> int:
@@ -29,6 +37,11 @@ def differences(saved: dict, settings: dict) -> str:
     )
 
 
+def checksum(data: bytes) -> str:
+    """A file's checksum line: its size in bytes and its SHA-256."""
+    return f"{len(data)} {hashlib.sha256(data).hexdigest()}"
+
+
 class Shards:
     """The finished shards of one run under `directory`, made with `settings`."""
 
@@ -38,12 +51,27 @@ class Shards:
     def path(self, index: int) -> Path:
         return self.directory / f"shard-{index:05d}.json"
 
+    def checksum_path(self, index: int) -> Path:
+        return self.directory / f"shard-{index:05d}.sha256"
+
+    def finished(self, index: int) -> bool:
+        """Whether shard `index` and its checksum are written (not yet whether they agree)."""
+        return self.path(index).is_file() and self.checksum_path(index).is_file()
+
     def load(self, index: int, problems: list) -> list[dict] | None:
-        """Shard `index`'s rows if it is finished, else None; refused when it was made otherwise."""
+        """Shard `index`'s rows if it is finished and intact, else None (to be sampled again); refused when
+        it was made with other settings or for other problems."""
         path = self.path(index)
         if not path.is_file():
             return None
-        shard = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
+        expected = self.checksum_path(index)
+        recorded = expected.read_text(encoding="utf-8").strip() if expected.is_file() else None
+        if recorded != checksum(data):
+            found = "has no checksum" if recorded is None else f"does not match its checksum {expected.name}"
+            log.warning("generate: %s %s (changed or cut short); sampling it again", path, found)
+            return None
+        shard = json.loads(data)
         if shard["settings"] != self.settings:
             raise ConfigError(
                 f"{path} was made with other settings ({differences(shard['settings'], self.settings)}); "
@@ -57,9 +85,14 @@ class Shards:
         return shard["rows"]
 
     def write(self, index: int, problems: list, rows: list[dict]) -> None:
+        """Write the shard, then its checksum (a shard without one is never trusted)."""
         shard = {"settings": self.settings, "problems": problems, "rows": rows}
-        with atomic_write(self.path(index), encoding="utf-8") as file:
-            json.dump(shard, file, ensure_ascii=False)
+        data = json.dumps(shard, ensure_ascii=False).encode("utf-8")
+        self.checksum_path(index).unlink(missing_ok=True)
+        with atomic_write(self.path(index), "wb") as file:
+            file.write(data)
+        with atomic_write(self.checksum_path(index), encoding="utf-8") as file:
+            file.write(checksum(data) + "\n")
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)

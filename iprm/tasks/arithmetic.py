@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 from iprm.data.records import load_records
 from iprm.tasks.base import Problem as TaskProblem
-from iprm.tasks.base import Task
+from iprm.tasks.base import Task, split_steps
 
+SEPARATOR = "\n"  # one operation per line: the task's step separator, declared once
 OPERATORS = ("+", "-", "*")
 STEP_PATTERN = re.compile(r"^(\d+)([+\-*])(\d+)=(\d+)$")
 ANSWER_PATTERN = re.compile(r"^A:(\d+)$")
@@ -116,7 +117,7 @@ def solve(problem: Problem, rng: random.Random | None = None, misconception_rate
         lines.append(f"{value}{op}{operand}={result}")
         value = result
     lines.append(f"A:{value}")
-    return "\n".join(lines)
+    return SEPARATOR.join(lines)
 
 
 def parse_problem(prompt: str) -> Problem:
@@ -136,7 +137,7 @@ class Verdict:
     step_tags: tuple[str, ...]
 
 
-def verify(problem: Problem, response: str) -> Verdict:
+def verify(problem: Problem, response: str, separator: str = SEPARATOR) -> Verdict:
     """Grade a response: the outcome, the final answer, each step's correctness and misconception tag.
 
     Step k is correct when it applies the problem's k-th operation to the true value before it and
@@ -145,8 +146,7 @@ def verify(problem: Problem, response: str) -> Verdict:
     verifier does, so a lucky wrong path can still be labelled correct.
     """
     values = problem.values()
-    # Steps are the non-blank lines, stripped, exactly as `iprm.data.collate.split_steps` finds them.
-    lines = [line.strip() for line in response.split("\n") if line.strip()]
+    lines = split_steps(response, separator)
     step_labels, step_tags, answer = [], [], None
     for k, line in enumerate(lines):
         answer_match = ANSWER_PATTERN.match(line)
@@ -198,7 +198,7 @@ class ArithmeticTask(Task):
         max_steps: int = 4,
         max_value: int = 200,
     ):
-        super().__init__(separator="\n")
+        super().__init__(separator=SEPARATOR)
         self.path = path
         self.count = count
         self.seed = seed
@@ -220,7 +220,7 @@ class ArithmeticTask(Task):
         return problem.text
 
     def extract_answer(self, response: str) -> str | None:
-        lines = [line.strip() for line in response.split("\n") if line.strip()]
+        lines = self.split_steps(response)
         match = ANSWER_PATTERN.match(lines[-1]) if lines else None
         return match.group(1) if match else None
 
@@ -228,4 +228,4 @@ class ArithmeticTask(Task):
         return [a is not None and int(a) == int(p.reference) for a, p in zip(answers, problems, strict=True)]
 
     def step_labels(self, problem: TaskProblem, response: str) -> list[bool]:
-        return list(verify(parse_problem(problem.text), response).step_labels)
+        return list(verify(parse_problem(problem.text), response, self.separator).step_labels)

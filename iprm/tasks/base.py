@@ -1,10 +1,11 @@
 """The task protocol: what generation, grading and training need to know about a family of problems.
 
 A task knows its problems, how a problem becomes a prompt (through the tokenizer's chat template for instruct
-models), how a response is split into steps and joined again, and how an answer is extracted and graded.
-`python -m iprm generate` samples and grades through it; the data path only needs `format_prompt` (the same
-prompt at training, evaluation and prediction as at generation: it lives in `iprm.data.prompts`, below the
-tasks, and is importable from here too) and the step separator.
+models), how a response is split into steps (by the separator it declares: the one source of that fact), and
+how an answer is extracted and graded. `python -m iprm generate` samples and grades through it and records the
+separator in its manifest; the data path only needs `format_prompt` (the same prompt at training, evaluation
+and prediction as at generation: it lives in `iprm.data.prompts`, below the tasks, and is importable from
+here too) and the separator, which it checks against the manifest (`iprm.data.provenance`).
 """
 
 from abc import ABC, abstractmethod
@@ -14,6 +15,12 @@ from transformers import PreTrainedTokenizerBase
 
 from iprm.data.prompts import format_prompt
 from iprm.errors import ConfigError
+
+
+def split_steps(response: str, separator: str) -> list[str]:
+    """The response's non-empty steps between separators, stripped (the steps `iprm.data.records.split_steps`
+    finds, as text)."""
+    return [step.strip() for step in response.split(separator) if step.strip()]
 
 
 @dataclass(frozen=True)
@@ -29,7 +36,8 @@ class Task(ABC):
     """A family of problems with checkable answers.
 
     Args:
-        separator: The string between consecutive steps of a response.
+        separator: The string between consecutive steps of a response: the one source of it. `generate`
+            records it in its manifest, and training refuses a `data.step_separator` that differs.
     """
 
     def __init__(self, separator: str):
@@ -51,11 +59,7 @@ class Task(ABC):
 
     def split_steps(self, response: str) -> list[str]:
         """The response's non-empty steps, stripped."""
-        return [step.strip() for step in response.split(self.separator) if step.strip()]
-
-    def join_steps(self, steps: list[str]) -> str:
-        """Steps joined into one response with the separator."""
-        return self.separator.join(steps)
+        return split_steps(response, self.separator)
 
     @abstractmethod
     def extract_answer(self, response: str) -> str | None:

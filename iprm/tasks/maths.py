@@ -2,15 +2,20 @@
 
 Reads MATH / MATH-500 (`problem`, `answer`) and GSM8K (`question`, `answer` ending in `#### <number>`) rows,
 and any file with those fields. Responses are worked in the official implicit-PRM format, "Step k: …"
-paragraphs joined by a blank line, with the final answer in `\\boxed{}`; answers are graded by
-`iprm.data.official.grade` (math-verify) in worker processes with a time limit per answer
-(`iprm.tasks.grading.GradingPool`).
+paragraphs joined by a blank line (`SEPARATOR`), with the final answer in `\\boxed{}`.
+
+The final answer (`final_answer`) is the last one the response states, wherever it stands: a `\\boxed{}`
+(or `\\fbox{}`), "the answer is …" / "final answer: …" / "Answer: …" up to the end of its sentence or line
+(so a checking sentence after it does not hide it); failing those, the final line, "Step k:" aside (its last
+`$…$`, else what follows its last "=", else its last number), unless a box was cut off unclosed. Answers
+are graded by `iprm.data.answers.equivalent` (math-verify, units as words dropped, decimals to 10 places)
+in worker processes with a time limit per answer (`iprm.tasks.grading.GradingPool`).
 """
 
 import re
 from pathlib import Path
 
-from iprm.data.official import grade
+from iprm.data.answers import equivalent
 from iprm.data.records import read_json_lines
 from iprm.errors import MissingPathError, RecordError
 from iprm.tasks.base import Problem, Task
@@ -20,23 +25,71 @@ INSTRUCTION = (
     '{problem}\n\nSolve the problem step by step. Begin each step with "Step k: " (k = 1, 2, ...), '
     "separate steps by a blank line, and put the final answer within \\boxed{{}}."
 )
-_ANSWER_IS = re.compile(r"answer is:?\s*\$?([^\n$]+?)\$?\s*\.?\s*$", re.IGNORECASE)
+SEPARATOR = "\n\n"  # between "Step k: …" paragraphs: the task's step separator, declared once
+_BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_ANSWER_IS = re.compile(r"\b(?:final\s+answer|answer)\s*(?:is\b|:|=)\s*:?\s*", re.IGNORECASE)
+# Where a stated answer ends: a line end, a sentence's full stop (not a decimal point), ", because …".
+_ANSWER_END = re.compile(r"\n|\.(?=\s|$)|,\s+(?=[a-z]{2,})|;\s")
+_MATH = re.compile(r"\$([^$]+)\$|\\\((.+?)\\\)")
+_STEP_LABEL = re.compile(r"^(?:#+\s*)?Step\s+\d+\s*:\s*", re.IGNORECASE)
+_LAST_NUMBER = re.compile(r"[-+]?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?(?:\s+[A-Za-z]{2,})?")
 
 
-def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{…}` (or `\\fbox{…}`) in `text`, braces balanced; None if none."""
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    open_brace = text.find("{", start)
-    if open_brace < 0:
-        return None
+def _braced(text: str, open_brace: int) -> str | None:
+    """The content of the brace group opening at `open_brace`, braces balanced; None when cut off."""
     depth = 0
     for position in range(open_brace, len(text)):
         depth += {"{": 1, "}": -1}.get(text[position], 0)
         if depth == 0:
             return text[open_brace + 1 : position].strip() or None
-    return None  # unbalanced: the answer was cut off
+    return None
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{…}` (or `\\fbox{…}`) in `text`, braces balanced; None if none."""
+    boxes = list(_BOX.finditer(text))
+    return _braced(text, boxes[-1].end() - 1) if boxes else None
+
+
+def _stated(text: str, begin: int) -> str | None:
+    """The answer stated from `begin` ("the answer is ⟨here⟩"): a box or math span there, else up to the end
+    of the sentence or line."""
+    rest = text[begin:]
+    box = _BOX.match(rest)
+    if box:
+        return _braced(rest, box.end() - 1)
+    math = _MATH.match(rest)
+    if math:
+        return (math.group(1) or math.group(2)).strip() or None
+    end = _ANSWER_END.search(rest)
+    answer = rest[: end.start() if end else len(rest)].strip().strip("$*").strip()
+    return answer or None
+
+
+def _final_line(text: str) -> str | None:
+    """The answer a final line gives: its last `$…$`, else what follows its last "=", else its last number."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return None
+    line = _STEP_LABEL.sub("", lines[-1])
+    spans = list(_MATH.finditer(line))
+    if spans:
+        return (spans[-1].group(1) or spans[-1].group(2)).strip() or None
+    if "=" in line:
+        return line.rsplit("=", 1)[1].strip().rstrip(".").strip() or None
+    numbers = _LAST_NUMBER.findall(line)
+    return numbers[-1].strip() if numbers else None
+
+
+def final_answer(response: str) -> str | None:
+    """The last answer `response` states (the rules in this module's docstring), or None."""
+    stated = [(box.start(), _braced(response, box.end() - 1)) for box in _BOX.finditer(response)]
+    stated += [(match.start(), _stated(response, match.end())) for match in _ANSWER_IS.finditer(response)]
+    stated = [(position, answer) for position, answer in stated if answer]
+    if stated:
+        return max(stated)[1]
+    # A box cut off before it closes (the token limit) states nothing; its final line is not an answer.
+    return None if _BOX.search(response) else _final_line(response)
 
 
 def _reference(row: dict) -> str:
@@ -67,14 +120,14 @@ class MathTask(Task):
         workers: int = 2,
         timeout: float = 10.0,
     ):
-        super().__init__(separator="\n\n")
+        super().__init__(separator=SEPARATOR)
         if "{problem}" not in instruction:
             raise RecordError(f"task.instruction must contain '{{problem}}'; got {instruction!r}")
         self.path = Path(path)
         self.limit = limit
         self.offset = offset
         self.template = instruction
-        self.grader = GradingPool(grade, workers, timeout)
+        self.grader = GradingPool(equivalent, workers, timeout)
 
     def problems(self) -> list[Problem]:
         if not self.path.is_file():
@@ -101,11 +154,7 @@ class MathTask(Task):
         return self.template.replace("{problem}", problem.text)
 
     def extract_answer(self, response: str) -> str | None:
-        boxed = last_boxed(response)
-        if boxed is not None:
-            return boxed
-        match = _ANSWER_IS.search(response.strip())
-        return match.group(1).strip() if match else None
+        return final_answer(response)
 
     def grade(self, answers: list[str | None], problems: list[Problem]) -> list[bool]:
         pairs = [(answer, problem.reference) for answer, problem in zip(answers, problems, strict=True)]
