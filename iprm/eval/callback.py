@@ -214,6 +214,8 @@ class BestOfNEvaluation(Callback):
             gathered = self.metrics[k].rows()
             if gathered is not None:
                 problem, candidate, answer, label, scores = gathered
+                if pl_module.method_scorer in scores:  # under the common name too, as the metrics have it
+                    scores = scores | {METHOD: scores[pl_module.method_scorer]}
                 ns = available_ns(problem, self.ns)
                 outcomes[name] = selection_outcomes(
                     problem, candidate, answer, label, scores, ns, self.missing_answers
