@@ -211,7 +211,7 @@ def read_outcomes(run_dir: Path, ns: tuple[int, ...] | list[int]) -> dict | None
     """{(set, rule, n): {problem: correct}} from the run's newest `test-selection.csv.gz` (only the `ns`
     asked for); None when the run has none."""
     files = sorted(run_dir.glob("test/**/test-selection.csv.gz"), key=lambda p: p.stat().st_mtime)
-    if not files:
+    if not files or not ns:
         return None
     wanted = {str(n) for n in ns}
     out: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
