@@ -42,7 +42,7 @@ def test_the_savings_are_read_off_the_frontiers_on_the_mean_and_per_world(tmp_pa
     (row,) = main([str(tmp_path), "--methods", "implicit_ce", "math_shepherd", "--sets", "medium"])
     assert row["best of B"] == pytest.approx(0.84) and row["A to reach it"] == "5.00× fewer FLOPs"
     assert row["best of A"] == pytest.approx(0.85) and row["B to reach it"] == "never reaches it"
-    assert row["A to reach B's best, per world"] == "0: 40.00×; 1: never"
+    assert row["cost_B / cost_A at B's best, per world"] == "0: 40.00×; 1: never"
     assert "| medium | implicit_ce | math_shepherd |" in (tmp_path / "frontier.md").read_text()
     assert (tmp_path / "frontier.png").stat().st_size > 0
     with pytest.raises(SystemExit):

@@ -105,7 +105,9 @@ def savings(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float
 
 
 def _say(ratio: float | None) -> str:
-    return "never reaches it" if ratio is None else f"{ratio:.2f}× fewer FLOPs"
+    if ratio is None:
+        return "never reaches it"
+    return f"{ratio:.2f}× fewer FLOPs" if ratio >= 1 else f"{1 / ratio:.2f}× more FLOPs"
 
 
 def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
@@ -133,7 +135,7 @@ def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) ->
                 "A to reach it": _say(savings(a_pairs, b_pairs)),
                 "best of A": max(a for _, a in a_pairs),
                 "B to reach it": _say(savings(b_pairs, a_pairs)),
-                "A to reach B's best, per world": "; ".join(per_world) or "–",
+                "cost_B / cost_A at B's best, per world": "; ".join(per_world) or "–",
             })  # fmt: skip
     return rows
 
