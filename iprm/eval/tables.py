@@ -5,7 +5,8 @@ majority voting with the PRM, oracle), one column per generator × N, plus the a
 columns are the N a set was really evaluated at: those of `TABLE1_NS` it has, and its largest N besides
 when that is not among them (a set of 8 candidates per problem gets @4 and @8, never an empty @64).
 Step table: one row per step scorer, per generator the ProcessBench F1 (at τ chosen on the dev sets,
-`iprm.eval.callback`), that τ, the step AUROC and the step AUROC restricted to steps where the misconception applies.
+`iprm.eval.callback`), that τ, the step AUROC and the step AUROC restricted to steps where the
+misconception applies.
 """
 
 import math
