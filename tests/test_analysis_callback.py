@@ -104,6 +104,17 @@ def test_tau_is_tuned_on_the_dev_sets_pooled_and_applied_unchanged_at_test():
     pooled_labels = torch.tensor([[1, 0, -1], [1, 1, -1], [0, -1, -1], [1, 1, 1], [1, 0, -1]])
     tau = tune_threshold(pooled_scores, pooled_labels)
     assert callback.taus == {"prm": tau} and [s["prm"]["tau"] for s in steps] == [tau, tau]
+    # Per sample at that τ, under the scorer's name and (the model's method step scorer) `method`:
+    callback.names, callback.problem_of, callback.method_step_scorer = ["a", "b"], [[0, 0], [0, 1, 1]], "prm"
+    first_errors = callback._first_errors()
+    for name, metric in zip(["a", "b"], dev, strict=True):
+        f1 = processbench_f1(*metric.step_tensors()[:2], tau)
+        rows = [row for row in first_errors[name] if row[0] == "method"]
+        assert [row[:3] for row in first_errors[name] if row[0] == "prm"] == [
+            ("prm", *row[1:3]) for row in rows
+        ]
+        hits = [h for *_, e, h in rows if e]
+        assert sum(hits) / len(hits) == f1["acc_erroneous"]
 
     buffer = io.BytesIO()
     torch.save({"callbacks": {"BestOfNEvaluation": callback.state_dict()}}, buffer)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from iprm.analysis.interval import paired_difference
+from iprm.analysis.interval import F1Outcomes, paired_difference
 
 
 def test_one_run_gives_the_textbook_interval_of_a_mean():
@@ -60,3 +60,17 @@ def test_pairs_that_do_not_match_are_refused():
         paired_difference([(np.zeros((2, 5)), np.zeros((3, 5)))], paired=True)
     with pytest.raises(ValueError, match="no world"):
         paired_difference([], paired=True)
+
+
+def test_a_first_error_f1_is_recomputed_from_the_resampled_problems_counts():
+    """One run, 4 problems of one erroneous and one correct sample each. A hits 3/4 erroneous and 4/4 correct:
+    F1 = 2·0.75·1 / 1.75 = 6/7; B hits 2/4 and 4/4: F1 = 2/3. Identical sides: a zero-width interval at 0."""
+    ones = np.ones((1, 4))
+    a = F1Outcomes(np.array([[1, 1, 1, 0]]), ones, ones, ones)
+    b = F1Outcomes(np.array([[1, 1, 0, 0]]), ones, ones, ones)
+    assert a.per_run() == pytest.approx([6 / 7]) and b.per_run() == pytest.approx([2 / 3])
+    result = paired_difference([(a, b)], paired=True, resamples=2000)
+    assert result.estimate == pytest.approx(6 / 7 - 2 / 3) and result.problems
+    assert result.low <= result.estimate <= result.high and result.high > result.low
+    same = paired_difference([(a, a)], paired=True)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0)

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from iprm.eval.outcomes import read_outcomes, selection_outcomes, write_outcomes
+from iprm.eval.outcomes import first_error_outcomes, read_outcomes, selection_outcomes, write_outcomes
+from iprm.eval.process import processbench_f1
 from iprm.eval.selection import selection_metrics
 
 
@@ -61,3 +62,14 @@ def test_the_outcomes_file_round_trips_and_is_byte_stable(tmp_path):
         {"set": "weak", "rule": "maj", "n": 4, "problem": 7, "candidate": 2, "correct": 1},
         {"set": "weak", "rule": "bon/s", "n": 4, "problem": 7, "candidate": -1, "correct": 0},
     ]
+
+
+def test_first_error_outcomes_give_the_f1s_accuracies():
+    """σ(score) < 0.5 flags a step. Sample 0 errs at step 1, flagged at 1: hit. Sample 1 errs at step 0,
+    flagged at 1: miss. Sample 2 is correct, nothing flagged: hit. Sample 3 correct, flagged: miss."""
+    scores = torch.tensor([[1.0, -1.0, 0.0], [1.0, -1.0, 0.0], [1.0, 2.0, 0.0], [1.0, -2.0, 0.0]])
+    labels = torch.tensor([[1, 0, -1], [0, 0, -1], [1, 1, -1], [1, 1, -1]])
+    rows = first_error_outcomes(scores, labels, 0.5, torch.tensor([3, 2, 1, 0]), [7, 7, 8, 8])
+    assert rows == [(8, 3, 1, 1), (8, 2, 1, 0), (7, 1, 0, 1), (7, 0, 0, 0)]
+    f1 = processbench_f1(scores, labels, 0.5)
+    assert (f1["acc_erroneous"], f1["acc_correct"]) == (0.5, 0.5)

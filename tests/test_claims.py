@@ -9,7 +9,7 @@ import pytest
 from iprm.analysis.claims import claim_rows, main, read_results, versus_rows
 from iprm.analysis.interval import paired_difference
 from iprm.errors import IPRMError
-from iprm.eval.outcomes import write_outcomes
+from iprm.eval.outcomes import FIRST_ERROR_COLUMNS, write_outcomes
 
 
 def _run(world: str, prm: float, majority: float) -> dict:
@@ -152,3 +152,25 @@ def test_claims_resample_problems_from_each_runs_outcomes_at_every_n(tmp_path):
     expected = paired_difference([(a, b), (a, b)], paired=True, resamples=500)
     assert claims[0]["95% interval"] == f"[{expected.low:+.3f}, {expected.high:+.3f}]"
     assert claims[0]["holds (interval)"] == "A > B" and claims[0]["holds on"] == "2/2 worlds"
+
+
+def test_the_first_error_f1_claim_resamples_problems_from_the_first_errors_file(tmp_path):
+    """One world, two seeds, 10 problems of one erroneous and one correct sample: the PRM finds every first
+    error, the reference none of the erroneous ones but every correct one: F1 1 against 0."""
+    sweep, rows = tmp_path / "s", []
+    for seed in (0, 1):
+        directory = sweep / "seed=0" / f"seed{seed}" / "test" / "smoke" / "version_0"
+        found = {"prm_accumulative": 1, "reference_accumulative": 0}
+        samples = [(scorer, p, 2 * p + e, e, hit if e else 1) for scorer, hit in found.items()
+                   for p in range(10) for e in (0, 1)]  # fmt: skip
+        write_outcomes({"weak": samples}, directory / "test-first-errors.csv.gz", FIRST_ERROR_COLUMNS)
+        rows.append({"point": "seed=0", "seed": seed, "weak/process/prm_accumulative/f1": 1.0,
+                     "weak/process/reference_accumulative/f1": 0.0})  # fmt: skip
+    _write_results(sweep, rows)
+    (row,) = claim_rows(read_results(sweep / "results.csv"), ["weak"], resamples=200)
+    assert (row["claim"], row["N"]) == ("PRM first-error F1 beats the reference's", "–")
+    assert (row["A − B"], row["95% interval"], row["resampled"]) == (
+        "+1.000",
+        "[+1.000, +1.000]",
+        "seeds × problems",
+    )

@@ -8,10 +8,11 @@ bootstrap (seeds and problems resampled within each world; `iprm.analysis.interv
 claim holds when the interval excludes 0 ("A > B"); on how many worlds the seed-mean difference is
 positive is a second column, not the evidence.
 
-The problems come from each run's per-problem outcomes (`test-selection.csv.gz`, written by the evaluation
-callback, found under the run's directory `<sweep>/<point>/seed<K>/test/`). A metric without per-problem
-outcomes (first-error F1, step AUROC, or runs from before the file existed) is resampled over seeds only;
-the `resampled` column says which.
+The problems come from each run's per-problem outcomes (`test-selection.csv.gz` and, for the first-error
+F1, `test-first-errors.csv.gz`, written by the evaluation callback, found under the run's directory
+`<sweep>/<point>/seed<K>/test/`); the F1, a ratio of sums, is recomputed from the resampled problems'
+counts. A metric without per-problem outcomes (step AUROC, or runs from before the files existed) is
+resampled over seeds only; the `resampled` column says which.
 
     python -m iprm.analysis.claims runs/sweeps/worlds [--n 4 16 64] [--sets weak medium strong]
     python -m iprm.analysis.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from iprm.analysis.interval import RESAMPLES, paired_difference
+from iprm.analysis.interval import RESAMPLES, F1Outcomes, paired_difference
 from iprm.errors import IPRMError
 from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
@@ -74,6 +75,7 @@ CLAIMS = {
 
 NS = (4, 16, 64)
 _SELECTION = re.compile(r"(?P<set>[^/]+)/(?P<kind>bon|wmaj|maj)@(?P<n>\d+)(?:/(?P<scorer>.+))?")
+_F1 = re.compile(r"(?P<set>[^/]+)/process/(?P<scorer>[^/]+)/f1")
 
 # Method-against-method metrics (`--versus`): each model's own scorer ("method"), as the sweeps report it.
 VERSUS = {
@@ -152,11 +154,29 @@ def _per_problem(runs: list[dict], key: str) -> dict[int, int] | None:
     return None if any(f is None for f in found) else found
 
 
+def _f1_counts(runs: list[dict], key: str) -> list[dict[int, list[int]]] | None:
+    """Per run, {problem: [hits on erroneous, erroneous, hits on correct, correct]} of a first-error F1
+    (None for all when one run lacks it)."""
+    match = _F1.fullmatch(key)
+    if match is None:
+        return None
+    found = [(run.get("first_errors") or {}).get((match["set"], match["scorer"])) for run in runs]
+    return None if any(f is None for f in found) else found
+
+
 def _matrices(
     a_runs: list[dict], b_runs: list[dict], a_key: str, b_key: str, paired: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """One world's A [S_A, P] and B [S_B, P]: per-problem outcomes on the problems every run has, else a
     column of run-level values (runs where either value is NaN left out when paired)."""
+    a_f1, b_f1 = _f1_counts(a_runs, a_key), _f1_counts(b_runs, b_key)
+    if a_f1 is not None and b_f1 is not None:
+        common = sorted(set.intersection(*(set(f) for f in a_f1 + b_f1)))
+        if common:
+            return tuple(
+                F1Outcomes(*(np.array([[f[p][k] for p in common] for f in found]) for k in range(4)))
+                for found in (a_f1, b_f1)
+            )
     a_found, b_found = _per_problem(a_runs, a_key), _per_problem(b_runs, b_key)
     if a_found is not None and b_found is not None:
         common = sorted(set.intersection(*(set(f) for f in a_found + b_found)))
@@ -188,7 +208,7 @@ def _compare(
     b_mean, b_std = _mean_std([b for _, b in per_world.values()])
     holds = sum(a - b > 0 for a, b in per_world.values())
     data = [_matrices(a_by_world[w], b_by_world[w], a_key, b_key, paired) for w in worlds]
-    data = [(a, b) for a, b in data if a.size and b.size]
+    data = [(a, b) for a, b in data if a.shape[0] and b.shape[0]]
     row = {
         "A": f"{a_mean:.3f} ± {a_std:.3f}",
         "B": f"{b_mean:.3f} ± {b_std:.3f}",
@@ -205,6 +225,22 @@ def _compare(
         row["holds (interval)"] = difference.verdict
         row["resampled"] = "seeds × problems" if difference.problems else "seeds"
     return row
+
+
+def read_first_errors(run_dir: Path) -> dict | None:
+    """{(set, scorer): {problem: [hits on erroneous, erroneous, hits on correct, correct]}} from the run's
+    newest `test-first-errors.csv.gz`; None when the run has none."""
+    files = sorted(run_dir.glob("test/**/test-first-errors.csv.gz"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    out: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(dict)
+    with gzip.open(files[-1], "rt", newline="") as file:
+        for row in csv.DictReader(file):
+            counts = out[(row["set"], row["scorer"])].setdefault(int(row["problem"]), [0, 0, 0, 0])
+            erroneous, hit = int(row["erroneous"]), int(row["hit"])
+            counts[0 if erroneous else 2] += hit
+            counts[1 if erroneous else 3] += 1
+    return dict(out)
 
 
 def read_outcomes(run_dir: Path, ns: tuple[int, ...] | list[int]) -> dict | None:
@@ -241,7 +277,9 @@ def read_results(path: Path, ns: tuple[int, ...] | list[int] = NS) -> list[dict]
         run["cell"] = ",".join(part for part in parts if "=" in part and not part.startswith("seed="))
         run["world"] = _world(row, named, path.parent, line)
         seed = row.get("seed") or "0"
-        run["outcomes"] = read_outcomes(path.parent / str(row.get("point")) / f"seed{int(float(seed))}", ns)
+        directory = path.parent / str(row.get("point")) / f"seed{int(float(seed))}"
+        run["outcomes"] = read_outcomes(directory, ns)
+        run["first_errors"] = read_first_errors(directory) if ns else None
         runs.append(run)
     return runs
 

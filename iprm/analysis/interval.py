@@ -51,41 +51,72 @@ class Difference:
         return "no"
 
 
+@dataclass(frozen=True)
+class F1Outcomes:
+    """Per run × problem counts for the first-error F1 (the harmonic mean of the accuracy on erroneous and
+    on fully correct samples): a run's F1 is a ratio of sums over problems, so it is recomputed from the
+    resampled problems' counts rather than averaged. Each array is [S, P]."""
+
+    hits_erroneous: np.ndarray
+    erroneous: np.ndarray
+    hits_correct: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.erroneous.shape
+
+    def per_run(self, problems: np.ndarray | None = None) -> np.ndarray:
+        """F1 of every run [S] (no `problems`), or of every run under each resample's problems [R, S]."""
+        sums = [x if problems is None else problems @ x.T for x in
+                (self.hits_erroneous, self.erroneous, self.hits_correct, self.correct)]  # fmt: skip
+        if problems is None:
+            sums = [x.sum(axis=1) for x in sums]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            a, b = sums[0] / sums[1], sums[2] / sums[3]
+            return np.where((a > 0) & (b > 0), 2 * a * b / (a + b), 0.0)
+
+
+def _estimate(side) -> float:
+    return float(side.per_run().mean()) if isinstance(side, F1Outcomes) else float(side.mean())
+
+
+def _resampled(side, seeds: np.ndarray, problems: np.ndarray) -> np.ndarray:
+    """The side's statistic under each resample's seed and problem counts, [resamples]."""
+    if isinstance(side, F1Outcomes):
+        return (seeds * side.per_run(problems)).sum(axis=1) / side.shape[0]
+    total = np.einsum("rs,sp,rp->r", seeds, side, problems)
+    return total / (side.shape[0] * side.shape[1])
+
+
 def _counts(rng: np.random.Generator, size: int, resamples: int) -> np.ndarray:
     """[resamples, size]: how often each of `size` units is drawn in a resample of `size` with replacement."""
     return rng.multinomial(size, np.full(size, 1.0 / size), size=resamples)
 
 
-def _resampled_mean(matrix: np.ndarray, seeds: np.ndarray, problems: np.ndarray) -> np.ndarray:
-    """Mean of `matrix` [S, P] over each resample's drawn seeds × drawn problems, [resamples]."""
-    total = np.einsum("rs,sp,rp->r", seeds, matrix, problems)
-    return total / (matrix.shape[0] * matrix.shape[1])
-
-
 def paired_difference(
-    worlds: list[tuple[np.ndarray, np.ndarray]],
+    worlds: list[tuple],
     paired: bool,
     resamples: int = RESAMPLES,
     seed: int = 0,
     level: float = LEVEL,
 ) -> Difference:
-    """θ and its interval from per-world (A [S_A, P], B [S_B, P]) outcome matrices (see the module
-    docstring). `paired`: A and B are two metrics of the same runs (row s of A and of B is one run)."""
+    """θ and its interval from per-world (A, B) outcomes — each an array [S, P] of per-problem outcomes (P = 1
+    for run-level values) or an `F1Outcomes` — (see the module docstring). `paired`: A and B are two metrics
+    of the same runs (row s of A and of B is one run), so their seeds are drawn together."""
     if not worlds:
         raise ValueError("no world has both A and B")
     rng = np.random.default_rng(seed)
     estimate, draws = 0.0, np.zeros(resamples)
     for a, b in worlds:
-        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-        if a.shape[1] != b.shape[1] or (paired and a.shape != b.shape):
+        a, b = (x if isinstance(x, F1Outcomes) else np.asarray(x, dtype=float) for x in (a, b))
+        if a.shape[1] != b.shape[1] or (paired and a.shape[0] != b.shape[0]):
             raise ValueError(f"A {a.shape} and B {b.shape} do not pair up")
-        estimate += a.mean() - b.mean()
+        estimate += _estimate(a) - _estimate(b)
         problems = _counts(rng, a.shape[1], resamples)
-        if paired:
-            draws += _resampled_mean(a - b, _counts(rng, a.shape[0], resamples), problems)
-        else:
-            seeds_a, seeds_b = _counts(rng, a.shape[0], resamples), _counts(rng, b.shape[0], resamples)
-            draws += _resampled_mean(a, seeds_a, problems) - _resampled_mean(b, seeds_b, problems)
+        seeds_a = _counts(rng, a.shape[0], resamples)
+        seeds_b = seeds_a if paired else _counts(rng, b.shape[0], resamples)
+        draws += _resampled(a, seeds_a, problems) - _resampled(b, seeds_b, problems)
     tail = (1 - level) / 2 * 100
     low, high = np.percentile(draws / len(worlds), [tail, 100 - tail])
     per_problem = all(a.shape[1] > 1 for a, _ in worlds)

@@ -18,7 +18,8 @@ it). The F1 a validation reports is in-sample (the dev sets chose its τ); a tes
 validation (a checkpoint that never validated) reports F1 as NaN, with a warning.
 
 Each evaluation also writes, beside the logs, the per-problem outcomes of every selection rule
-(`<stage>-selection.csv.gz`, `iprm.eval.outcomes`: what claims' intervals resample), and each validation
+and of the first-error prediction (`<stage>-selection.csv.gz`, `<stage>-first-errors.csv.gz`,
+`iprm.eval.outcomes`: what claims' intervals resample), and each validation
 appends its flat metrics to `val-epochs.jsonl` (one JSON line per validation: `epoch`, `step` and every
 `val/<set>/…` scalar), what `iprm.analysis.tune` reads to choose an epoch.
 
@@ -39,7 +40,7 @@ from lightning.pytorch.callbacks import Callback
 
 from iprm.errors import ConfigError
 from iprm.eval.metrics import ProcessMetrics, SelectionMetrics
-from iprm.eval.outcomes import selection_outcomes, write_outcomes
+from iprm.eval.outcomes import FIRST_ERROR_COLUMNS, first_error_outcomes, selection_outcomes, write_outcomes
 from iprm.eval.process import first_error, processbench_f1, step_auroc, tune_threshold
 from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
 from iprm.eval.selection import DEFAULT_NS, MISSING_ANSWERS, MissingAnswers, available_ns
@@ -91,6 +92,7 @@ class BestOfNEvaluation(Callback):
         self.metrics: list[SelectionMetrics] = []
         self.process: list[dict[str, ProcessMetrics]] = []
         self.taus: dict[str, float] = {}  # step scorer → τ chosen on the dev sets at the last validation
+        self.problem_of: list[list[int]] = []  # per set, the problem of each row (as the data module numbers)
         self.names: list[str] = []
         self.heatmaps: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.step_scorers: list[str] = []
@@ -130,7 +132,9 @@ class BestOfNEvaluation(Callback):
 
     def _start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
-        self.names = list(datamodule.test_records if trainer.testing else datamodule.eval_records)
+        sets = datamodule.test_records if trainer.testing else datamodule.eval_records
+        self.names = list(sets)
+        self.problem_of = [_problem_ids(records) for records in sets.values()]
         scorers = pl_module.scorer_names()
         self.step_scorers = pl_module.step_scorer_names()
         method, mode = pl_module.method()
@@ -220,7 +224,25 @@ class BestOfNEvaluation(Callback):
                 outcomes[name] = selection_outcomes(
                     problem, candidate, answer, label, scores, ns, self.missing_answers
                 )
-        return {"selection": selection, "steps": steps, "outcomes": outcomes, "taus": self.taus}
+        return {"selection": selection, "steps": steps, "outcomes": outcomes, "taus": self.taus,
+                "first_errors": self._first_errors()}  # fmt: skip
+
+    def _first_errors(self) -> dict[str, list[tuple]]:
+        """Per set, (scorer, problem, index, erroneous, hit) of every sample at the τ its F1 used (also under
+        the name `method`); call with the rows gathered."""
+        out = {}
+        for name, by_scorer, problem_of in zip(self.names, self.process, self.problem_of, strict=True):
+            rows = []
+            for scorer, metric in by_scorer.items():
+                tau = self.taus.get(scorer, math.nan)
+                if math.isnan(tau) or not metric.has_samples():
+                    continue
+                scores, labels, _ = metric.step_tensors()
+                found = first_error_outcomes(scores, labels, tau, metric.sample_index(), problem_of)
+                aliases = [scorer] + ([METHOD] if scorer == self.method_step_scorer else [])
+                rows += [(alias, *row) for alias in aliases for row in found]
+            out[name] = rows
+        return out
 
     def _end(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         experiment = getattr(trainer.logger, "experiment", None)
@@ -231,7 +253,7 @@ class BestOfNEvaluation(Callback):
                 stack.enter_context(metric.sync_context())
             if trainer.is_global_zero:  # computed once; the other ranks wait at the broadcast
                 result = self._compute(stage, pl_module)
-        outcomes = result.pop("outcomes") if result is not None else {}
+        outcomes = (result.pop("outcomes"), result.pop("first_errors")) if result is not None else ({}, {})
         result = trainer.strategy.broadcast(result, src=0)
         self.taus = dict(result["taus"])
         selection, process = {}, {}
@@ -268,7 +290,8 @@ class BestOfNEvaluation(Callback):
                     scores, labels = self.heatmaps[k]
                     figure = step_heatmap(scores, labels)
                     experiment.add_figure(f"{stage}/{name}/step_rewards", figure, trainer.global_step)
-        write_outcomes(outcomes, log_dir / f"{stage}-selection.csv.gz")
+        write_outcomes(outcomes[0], log_dir / f"{stage}-selection.csv.gz")
+        write_outcomes(outcomes[1], log_dir / f"{stage}-first-errors.csv.gz", FIRST_ERROR_COLUMNS)
         if stage == "val":
             _append_epoch(log_dir / EPOCHS_FILE, trainer, selection, process)
         label = type(getattr(pl_module, "objective", pl_module)).__name__
@@ -321,6 +344,13 @@ def _method_alias(values: dict[str, float], method_scorer: str) -> dict[str, flo
 def _available(names: list[str] | None, pl_module: L.LightningModule, option: str) -> list[str]:
     """The requested scorers (checked in `setup`), or the model's own defaults for the option."""
     return list(getattr(pl_module, option)) if names is None else list(names)
+
+
+def _problem_ids(records: list) -> list[int]:
+    """The problem of each record of a best-of-N set: its instruction's order of first appearance, as
+    `iprm.data.datamodule.eval_items` numbers problems."""
+    problems: dict[str, int] = {}
+    return [problems.setdefault(record.instruction_id, len(problems)) for record in records]
 
 
 def _pad_and_stack(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

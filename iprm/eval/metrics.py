@@ -163,12 +163,21 @@ class ProcessMetrics(Metric):
         scores[row, column] = _cat(self.step_scores)
         labels[row, column] = _cat(self.step_labels)
         mask[row, column] = _cat(self.mask).bool()
+        keep = self._kept()
+        return scores[keep], labels[keep], mask[keep]
+
+    def sample_index(self) -> Tensor:
+        """The `index` of every sample `step_tensors` returns, in its order (−1 where none was given)."""
+        return _cat(self.index)[self._kept()]
+
+    def _kept(self) -> Tensor:
+        """Which gathered samples count: every unnamed one, and the first copy of each named one."""
         index = _cat(self.index)
         keep = index < 0
         named = (~keep).nonzero().flatten()
         if named.numel():
             keep[named[_first_occurrences(index[named])]] = True
-        return scores[keep], labels[keep], mask[keep]
+        return keep
 
     def has_samples(self) -> bool:
         """Whether any sample was added (after a sync: on any rank)."""

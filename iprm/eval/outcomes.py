@@ -9,7 +9,14 @@ problems themselves (`iprm.analysis.claims` resamples them). So every evaluation
 `rule` is `maj`, `bon/<scorer>` or `wmaj/<scorer>`; `candidate` is the chosen candidate's index within its
 problem (−1 where no candidate voted); `correct` is 0/1. The mean of `correct` over a set's problems at one
 (rule, n) is that run's `<set>/<rule with @n>` metric exactly (`bon/prm_x` at 16 → `bon@16/prm_x`).
-The file is gzip with a zero timestamp, so the same outcomes give the same bytes.
+The first-error F1 is a ratio of sums over samples, so its interval needs the samples too:
+`<stage>-first-errors.csv.gz` holds one row per set × step scorer × sample,
+
+    set, scorer, problem, index, erroneous, hit
+
+(`erroneous`: the sample has a wrong step; `hit`: the first error predicted at the τ the F1 used is the
+true one, or, for a fully correct sample, none is predicted). Both files are gzip with a zero timestamp,
+so the same outcomes give the same bytes.
 """
 
 import csv
@@ -21,10 +28,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from iprm.eval.process import first_error, predicted_first_error
 from iprm.eval.selection import MissingAnswers, _best_of_n_picks, _grid, _vote_picks
 from iprm.io import atomic_write
 
 COLUMNS = ("set", "rule", "n", "problem", "candidate", "correct")
+FIRST_ERROR_COLUMNS = ("set", "scorer", "problem", "index", "erroneous", "hit")
 
 
 def selection_outcomes(
@@ -60,11 +69,29 @@ def selection_outcomes(
     return out
 
 
-def write_outcomes(rows_by_set: dict[str, list[tuple]], path: Path) -> Path:
-    """Write {set: `selection_outcomes` rows} as `path` (csv.gz, see the module docstring), atomically."""
+def first_error_outcomes(
+    step_scores: Tensor, step_labels: Tensor, tau: float, index: Tensor, problem_of: list[int]
+) -> list[tuple[int, int, int, int]]:
+    """(problem, index, erroneous, hit) per sample at threshold τ, as `iprm.eval.process.processbench_f1`
+    judges it; `problem_of[i]` is the problem of the set's row i."""
+    truth = first_error(step_labels)
+    predicted = predicted_first_error(step_scores.masked_fill(step_labels < 0, float("nan")), tau)
+    erroneous = truth >= 0
+    hit = torch.where(erroneous, predicted == truth, predicted < 0)
+    return [
+        (problem_of[i], i, int(e), int(h))
+        for i, e, h in zip(index.tolist(), erroneous.tolist(), hit.tolist(), strict=True)
+    ]
+
+
+def write_outcomes(
+    rows_by_set: dict[str, list[tuple]], path: Path, columns: tuple[str, ...] = COLUMNS
+) -> Path:
+    """Write {set: rows} as `path` (csv.gz, see the module docstring), atomically; rows are those of
+    `selection_outcomes` (default columns) or, with `FIRST_ERROR_COLUMNS`, (scorer, *first_error_outcomes)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(columns)
     for name, rows in rows_by_set.items():
         writer.writerows((name, *row) for row in rows)
     path = Path(path)
@@ -75,9 +102,9 @@ def write_outcomes(rows_by_set: dict[str, list[tuple]], path: Path) -> Path:
 
 
 def read_outcomes(path: str | Path) -> list[dict]:
-    """The rows of a `<stage>-selection.csv.gz`, numbers as ints."""
+    """The rows of a `<stage>-selection.csv.gz` or `<stage>-first-errors.csv.gz`, numbers as ints."""
     with gzip.open(path, "rt", newline="") as file:
         return [
-            {k: (v if k in ("set", "rule") else int(v)) for k, v in row.items()}
+            {k: (v if k in ("set", "rule", "scorer") else int(v)) for k, v in row.items()}
             for row in csv.DictReader(file)
         ]
