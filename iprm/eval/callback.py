@@ -189,7 +189,8 @@ class BestOfNEvaluation(Callback):
         missing = [s for s in self.step_scorers if s not in taus and any(s in t for t in tensors)]
         if missing:
             log.warning(
-                "no τ chosen on the dev sets for %s (the checkpoint never validated): F1 is NaN", missing
+                "no τ chosen on the dev sets for %s (never validated, or F1 undefined there): F1 is NaN",
+                missing,
             )
         out = []
         for by_scorer in tensors:
