@@ -22,6 +22,11 @@ not resampled: with three worlds a bootstrap over worlds is too coarse to mean a
 resamples), so the interval is about these worlds, over seeds and problems; how many worlds the claim
 holds on stays a separate column (`iprm.analysis.claims`). The interval is the 2.5 and 97.5 percentiles
 of θ over the resamples; a claim holds when it excludes 0.
+
+The two-way bootstrap is conservative: each (seed, problem) cell's own noise enters through both margins.
+On synthetic draws (3 worlds × 3 seeds × 200 problems, a known difference) its 95 % intervals covered the
+truth 99–100 % of the time and were about 1.5× as wide as the estimate's true spread
+(`tests/test_analysis_interval.py` checks the coverage); a claim it accepts is not a narrow escape.
 """
 
 from dataclasses import dataclass
