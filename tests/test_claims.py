@@ -1,11 +1,15 @@
-"""Claims over worlds: per-world means over training seeds, then mean ± std over worlds and a count."""
+"""Claims over worlds: per-world means over training seeds, mean ± std over worlds and a count, and the
+paired difference with its bootstrap interval over seeds and problems."""
 
 import csv
 
+import numpy as np
 import pytest
 
 from iprm.analysis.claims import claim_rows, main, read_results, versus_rows
+from iprm.analysis.interval import paired_difference
 from iprm.errors import IPRMError
+from iprm.eval.outcomes import FIRST_ERROR_COLUMNS, write_outcomes
 
 
 def _run(world: str, prm: float, majority: float) -> dict:
@@ -16,8 +20,10 @@ def test_a_claim_holds_on_a_world_when_its_seed_mean_difference_is_positive():
     """World 0: PRM 0.5 and 0.7 (mean 0.6) vs 0.5 → holds; world 1: 0.2 and 0.4 (mean 0.3) vs 0.4 → fails.
     Over worlds: A = (0.6 + 0.3) / 2 = 0.45 ± std(0.6, 0.3) = 0.212; B = 0.45 ± 0.071."""
     runs = [_run("0", 0.5, 0.5), _run("0", 0.7, 0.5), _run("1", 0.2, 0.4), _run("1", 0.4, 0.4)]
-    (row,) = claim_rows(runs, ["weak"])
-    assert row["claim"] == "PRM best-of-N beats majority voting"
+    (row,) = claim_rows(runs, ["weak"])  # only N = 16 is in the runs
+    assert (row["claim"], row["N"]) == ("PRM best-of-N beats majority voting", 16)
+    # Without per-problem outcomes only the seeds are resampled: differences 0, +0.2 and −0.2, 0.
+    assert row["resampled"] == "seeds" and row["holds (interval)"] == "– (seeds only)"  # decides nothing
     assert (row["A"], row["B"], row["A − B"]) == ("0.450 ± 0.212", "0.450 ± 0.071", "+0.000")
     assert row["holds on"] == "1/2 worlds"
     assert row["per world (A − B)"] == "+0.100 -0.100"
@@ -114,3 +120,57 @@ def test_a_run_without_a_world_is_named_with_its_file_and_line(tmp_path):
     expected = r"results.csv, line 2, field 'point': no world seed for run 'implicit_ce'"
     with pytest.raises(IPRMError, match=expected):
         read_results(tmp_path / "results.csv")
+
+
+def test_claims_resample_problems_from_each_runs_outcomes_at_every_n(tmp_path):
+    """Two worlds × two seeds, 40 problems each, outcomes written as the evaluation callback writes them:
+    the claim's A − B is the metric difference, its interval is `paired_difference` on the runs' per-problem
+    outcome matrices (A: best-of-N right on problems < 30, B: majority right on problems < 10, every run)."""
+    rows, sweep = [], tmp_path / "worlds"
+    for world in (0, 1):
+        for seed in (0, 1):
+            point = f"seed={world}"
+            outcomes = {
+                "weak": [
+                    ("bon/prm_accumulative_min", n, p, 0, int(p < 30)) for n in (4, 16) for p in range(40)
+                ]
+                + [("maj", n, p, 0, int(p < 10)) for n in (4, 16) for p in range(40)]
+            }
+            directory = sweep / point / f"seed{seed}" / "test" / "smoke" / "version_0"
+            write_outcomes(outcomes, directory / "test-selection.csv.gz")
+            metrics = {"bon@4/prm_accumulative_min": 0.75, "maj@4": 0.25}
+            metrics |= {"bon@16/prm_accumulative_min": 0.75, "maj@16": 0.25}
+            rows.append({"point": point, "seed": seed, **{f"weak/{k}": v for k, v in metrics.items()}})
+    _write_results(sweep, rows)
+    runs = read_results(sweep / "results.csv", ns=[4, 16])
+    claims = claim_rows(runs, ["weak"], ns=[4, 16, 64], resamples=500)
+    assert [(r["N"], r["A − B"], r["resampled"]) for r in claims] == [
+        (4, "+0.500", "seeds × problems"), (16, "+0.500", "seeds × problems")
+    ]  # fmt: skip
+    a = np.array([[int(p < 30) for p in range(40)]] * 2)
+    b = np.array([[int(p < 10) for p in range(40)]] * 2)
+    expected = paired_difference([(a, b), (a, b)], paired=True, resamples=500)
+    assert claims[0]["95% interval"] == f"[{expected.low:+.3f}, {expected.high:+.3f}]"
+    assert claims[0]["holds (interval)"] == "A > B" and claims[0]["holds on"] == "2/2 worlds"
+
+
+def test_the_first_error_f1_claim_resamples_problems_from_the_first_errors_file(tmp_path):
+    """One world, two seeds, 10 problems of one erroneous and one correct sample: the PRM finds every first
+    error, the reference none of the erroneous ones but every correct one: F1 1 against 0."""
+    sweep, rows = tmp_path / "s", []
+    for seed in (0, 1):
+        directory = sweep / "seed=0" / f"seed{seed}" / "test" / "smoke" / "version_0"
+        found = {"prm_accumulative": 1, "reference_accumulative": 0}
+        samples = [(scorer, p, 2 * p + e, e, hit if e else 1) for scorer, hit in found.items()
+                   for p in range(10) for e in (0, 1)]  # fmt: skip
+        write_outcomes({"weak": samples}, directory / "test-first-errors.csv.gz", FIRST_ERROR_COLUMNS)
+        rows.append({"point": "seed=0", "seed": seed, "weak/process/prm_accumulative/f1": 1.0,
+                     "weak/process/reference_accumulative/f1": 0.0})  # fmt: skip
+    _write_results(sweep, rows)
+    (row,) = claim_rows(read_results(sweep / "results.csv"), ["weak"], resamples=200)
+    assert (row["claim"], row["N"]) == ("PRM first-error F1 beats the reference's", "–")
+    assert (row["A − B"], row["95% interval"], row["resampled"]) == (
+        "+1.000",
+        "[+1.000, +1.000]",
+        "seeds × problems",
+    )

@@ -1,13 +1,21 @@
-"""The README's claims, checked over several independently built worlds × training seeds.
+"""The README's claims as paired differences with 95 % intervals, at every N, over worlds × seeds × problems.
 
-A claim compares two metrics of the same run (e.g. the implicit PRM's best-of-16 against majority@16 on
+A claim compares two metrics of the same run (e.g. the implicit PRM's best-of-N against majority voting on
 one generator), or, with `--versus`, one metric of two methods trained on the same data (e.g. the implicit
-PRM's best-of-16 against Math-Shepherd's). Per world, each metric is averaged over the training seeds; the
-table gives the mean ± sample std of those per-world means over worlds, the mean difference, and on how many
-worlds the claim holds (per-world mean difference > 0). One world is an anecdote; a claim that holds on 1
-of 3 is not one.
+PRM's best-of-N against Math-Shepherd's). Every claim cell is reported at every N (`--n`, default 4 16 64)
+as A − B, the mean over worlds of the per-world seed-mean difference, with a 95 % interval from a two-way
+bootstrap (seeds and problems resampled within each world; `iprm.analysis.interval` says how and why). The
+claim holds when the interval excludes 0 ("A > B"); on how many worlds the seed-mean difference is
+positive is a second column, not the evidence.
 
-    python -m iprm.analysis.claims runs/sweeps/worlds [--n 16] [--sets weak medium strong]
+The problems come from each run's per-problem outcomes (`test-selection.csv.gz` and, for the first-error
+F1, `test-first-errors.csv.gz`, written by the evaluation callback, found under the run's directory
+`<sweep>/<point>/seed<K>/test/`); the F1, a ratio of sums, is recomputed from the resampled problems'
+counts. A metric without per-problem outcomes (step AUROC, or runs from before the files existed) is
+resampled over seeds only; the `resampled` column says which, and such an interval, blind to the problems'
+noise, decides no claim ("– (seeds only)").
+
+    python -m iprm.analysis.claims runs/sweeps/worlds [--n 4 16 64] [--sets weak medium strong]
     python -m iprm.analysis.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
         --versus implicit_ce math_shepherd oracle orm autopsv --output runs/sweeps/baselines_claims.md
 
@@ -20,13 +28,17 @@ part of its point name (`math_shepherd,instruction_fraction=0.25` → `math_shep
 
 import argparse
 import csv
+import gzip
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import yaml
 
+from iprm.analysis.interval import RESAMPLES, F1Outcomes, paired_difference
 from iprm.errors import IPRMError
 from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
@@ -62,6 +74,10 @@ CLAIMS = {
     ),
 }
 
+NS = (4, 16, 64)
+_SELECTION = re.compile(r"(?P<set>[^/]+)/(?P<kind>bon|wmaj|maj)@(?P<n>\d+)(?:/(?P<scorer>.+))?")
+_F1 = re.compile(r"(?P<set>[^/]+)/process/(?P<scorer>[^/]+)/f1")
+
 # Method-against-method metrics (`--versus`): each model's own scorer ("method"), as the sweeps report it.
 VERSUS = {
     "best-of-N": "{set}/bon@{n}/method",
@@ -78,23 +94,32 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def claim_rows(runs: list[dict[str, float | str]], sets: list[str], n: int = 16) -> list[dict]:
-    """`runs`: one flat dict per run with `world` and the metrics; a row per claim × set."""
+def claim_rows(
+    runs: list[dict], sets: list[str], ns: tuple[int, ...] | list[int] = NS, resamples: int = RESAMPLES
+) -> list[dict]:
+    """`runs`: one flat dict per run with `world` and the metrics (and `outcomes`, per-problem, where
+    read); a row per claim × set × N (one per claim × set for metrics that do not depend on N)."""
     rows = []
     for claim, (a_key, b_key) in CLAIMS.items():
         for name in sets:
-            a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
-            if any(a_key_ in run and b_key_ in run for run in runs):
-                row = _compare(runs, runs, a_key_, b_key_)
-                rows.append({"claim": claim, "set": name, **row})
+            for n in ns if "{n}" in a_key + b_key else [None]:
+                a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
+                if any(a_key_ in run and b_key_ in run for run in runs):
+                    row = _compare(runs, runs, a_key_, b_key_, paired=True, resamples=resamples)
+                    rows.append({"claim": claim, "set": name, "N": n if n is not None else "–", **row})
     return rows
 
 
 def versus_rows(
-    runs: list[dict[str, float | str]], method: str, others: list[str], sets: list[str], n: int = 16
+    runs: list[dict],
+    method: str,
+    others: list[str],
+    sets: list[str],
+    ns: tuple[int, ...] | list[int] = NS,
+    resamples: int = RESAMPLES,
 ) -> list[dict]:
-    """A row per other method × cell × metric × set: `method`'s metric against the other's, on the runs of
-    one cell (`method` and `cell` keys of each run), per world averaged over seeds."""
+    """A row per other method × cell × metric × set × N: `method`'s metric against the other's, on the runs
+    of one cell (`method` and `cell` keys of each run)."""
     rows = []
     cells = list(dict.fromkeys(str(run["cell"]) for run in runs))
     for other in others:
@@ -103,44 +128,142 @@ def versus_rows(
             theirs = [r for r in runs if r["method"] == other and r["cell"] == cell]
             for metric, key in VERSUS.items():
                 for name in sets:
-                    key_ = key.format(set=name, n=n)
-                    if any(key_ in r for r in mine) and any(key_ in r for r in theirs):
-                        row = _compare(mine, theirs, key_, key_)
-                        claim = f"{method} beats {other} on {metric}"
-                        rows.append({"claim": claim, "cell": cell, "set": name, **row})
+                    for n in ns if "{n}" in key else [None]:
+                        key_ = key.format(set=name, n=n)
+                        if any(key_ in r for r in mine) and any(key_ in r for r in theirs):
+                            row = _compare(mine, theirs, key_, key_, paired=False, resamples=resamples)
+                            claim = f"{method} beats {other} on {metric}"
+                            n_ = n if n is not None else "–"
+                            rows.append({"claim": claim, "cell": cell, "set": name, "N": n_, **row})
     return rows
 
 
-def _compare(a_runs: list[dict], b_runs: list[dict], a_key: str, b_key: str) -> dict:
+def _by_world(runs: list[dict]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        out[str(run["world"])].append(run)
+    return out
+
+
+def _per_problem(runs: list[dict], key: str) -> dict[int, int] | None:
+    """Per run, {problem: correct} of a selection metric (None for all when one run lacks it)."""
+    match = _SELECTION.fullmatch(key)
+    if match is None:
+        return None
+    rule = match["kind"] + (f"/{match['scorer']}" if match["scorer"] else "")
+    found = [(run.get("outcomes") or {}).get((match["set"], rule, int(match["n"]))) for run in runs]
+    return None if any(f is None for f in found) else found
+
+
+def _f1_counts(runs: list[dict], key: str) -> list[dict[int, list[int]]] | None:
+    """Per run, {problem: [hits on erroneous, erroneous, hits on correct, correct]} of a first-error F1
+    (None for all when one run lacks it)."""
+    match = _F1.fullmatch(key)
+    if match is None:
+        return None
+    found = [(run.get("first_errors") or {}).get((match["set"], match["scorer"])) for run in runs]
+    return None if any(f is None for f in found) else found
+
+
+def _matrices(
+    a_runs: list[dict], b_runs: list[dict], a_key: str, b_key: str, paired: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """One world's A [S_A, P] and B [S_B, P]: per-problem outcomes on the problems every run has, else a
+    column of run-level values (runs where either value is NaN left out when paired)."""
+    a_f1, b_f1 = _f1_counts(a_runs, a_key), _f1_counts(b_runs, b_key)
+    if a_f1 is not None and b_f1 is not None:
+        common = sorted(set.intersection(*(set(f) for f in a_f1 + b_f1)))
+        if common:
+            return tuple(
+                F1Outcomes(*(np.array([[f[p][k] for p in common] for f in found]) for k in range(4)))
+                for found in (a_f1, b_f1)
+            )
+    a_found, b_found = _per_problem(a_runs, a_key), _per_problem(b_runs, b_key)
+    if a_found is not None and b_found is not None:
+        common = sorted(set.intersection(*(set(f) for f in a_found + b_found)))
+        if common:
+            return tuple(np.array([[f[p] for p in common] for f in found]) for found in (a_found, b_found))
+    a = np.array([float(r.get(a_key, math.nan)) for r in a_runs])[:, None]
+    b = np.array([float(r.get(b_key, math.nan)) for r in b_runs])[:, None]
+    if paired:
+        keep = ~(np.isnan(a) | np.isnan(b)).flatten()
+        return a[keep], b[keep]
+    return a[~np.isnan(a).flatten()], b[~np.isnan(b).flatten()]
+
+
+def _compare(
+    a_runs: list[dict], b_runs: list[dict], a_key: str, b_key: str, paired: bool, resamples: int = RESAMPLES
+) -> dict:
     """Per world (present in both), the seed mean of `a_key` over `a_runs` and of `b_key` over `b_runs`;
-    then the over-worlds summary and on how many worlds A − B > 0."""
-    a_by_world: dict[str, list[dict]] = defaultdict(list)
-    b_by_world: dict[str, list[dict]] = defaultdict(list)
-    for run in a_runs:
-        a_by_world[str(run["world"])].append(run)
-    for run in b_runs:
-        b_by_world[str(run["world"])].append(run)
+    the over-worlds summary, A − B with its interval, and on how many worlds A − B > 0."""
+    a_by_world, b_by_world = _by_world(a_runs), _by_world(b_runs)
+    worlds = sorted(a_by_world.keys() & b_by_world.keys())
     per_world = {
         world: (
             _mean_std([float(r.get(a_key, math.nan)) for r in a_by_world[world]])[0],
             _mean_std([float(r.get(b_key, math.nan)) for r in b_by_world[world]])[0],
         )
-        for world in sorted(a_by_world.keys() & b_by_world.keys())
+        for world in worlds
     }
     a_mean, a_std = _mean_std([a for a, _ in per_world.values()])
     b_mean, b_std = _mean_std([b for _, b in per_world.values()])
     holds = sum(a - b > 0 for a, b in per_world.values())
-    return {
+    data = [_matrices(a_by_world[w], b_by_world[w], a_key, b_key, paired) for w in worlds]
+    data = [(a, b) for a, b in data if a.shape[0] and b.shape[0]]
+    row = {
         "A": f"{a_mean:.3f} ± {a_std:.3f}",
         "B": f"{b_mean:.3f} ± {b_std:.3f}",
         "A − B": f"{a_mean - b_mean:+.3f}",
+        "95% interval": "–",
+        "holds (interval)": "–",
         "holds on": f"{holds}/{len(per_world)} worlds",
         "per world (A − B)": " ".join(f"{a - b:+.3f}" for a, b in per_world.values()),
+        "resampled": "–",
     }
+    if data:
+        difference = paired_difference(data, paired, resamples)
+        row["95% interval"] = f"[{difference.low:+.3f}, {difference.high:+.3f}]"
+        # Without the problems the interval omits the largest source of noise (a few hundred test problems
+        # against a handful of training seeds): shown, but it decides nothing.
+        row["holds (interval)"] = difference.verdict if difference.problems else "– (seeds only)"
+        row["resampled"] = "seeds × problems" if difference.problems else "seeds"
+    return row
 
 
-def read_results(path: Path) -> list[dict]:
-    """Rows of a sweep's `results.csv` (numbers as floats) with each run's `world`, `method` and `cell`."""
+def read_first_errors(run_dir: Path) -> dict | None:
+    """{(set, scorer): {problem: [hits on erroneous, erroneous, hits on correct, correct]}} from the run's
+    newest `test-first-errors.csv.gz`; None when the run has none."""
+    files = sorted(run_dir.glob("test/**/test-first-errors.csv.gz"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    out: dict[tuple[str, str], dict[int, list[int]]] = defaultdict(dict)
+    with gzip.open(files[-1], "rt", newline="") as file:
+        for row in csv.DictReader(file):
+            counts = out[(row["set"], row["scorer"])].setdefault(int(row["problem"]), [0, 0, 0, 0])
+            erroneous, hit = int(row["erroneous"]), int(row["hit"])
+            counts[0 if erroneous else 2] += hit
+            counts[1 if erroneous else 3] += 1
+    return dict(out)
+
+
+def read_outcomes(run_dir: Path, ns: tuple[int, ...] | list[int]) -> dict | None:
+    """{(set, rule, n): {problem: correct}} from the run's newest `test-selection.csv.gz` (only the `ns`
+    asked for); None when the run has none."""
+    files = sorted(run_dir.glob("test/**/test-selection.csv.gz"), key=lambda p: p.stat().st_mtime)
+    if not files or not ns:
+        return None
+    wanted = {str(n) for n in ns}
+    out: dict[tuple[str, str, int], dict[int, int]] = defaultdict(dict)
+    with gzip.open(files[-1], "rt", newline="") as file:
+        for row in csv.DictReader(file):
+            if row["n"] in wanted:
+                out[(row["set"], row["rule"], int(row["n"]))][int(row["problem"])] = int(row["correct"])
+    return dict(out)
+
+
+def read_results(path: Path, ns: tuple[int, ...] | list[int] = NS) -> list[dict]:
+    """Rows of a sweep's `results.csv` (numbers as floats) with each run's `world`, `method`, `cell` and
+    per-problem `outcomes` at `ns` (None where the run directory holds none)."""
     with path.open(newline="", encoding="utf-8") as file:
         rows = list(csv.DictReader(file))
     runs = []
@@ -156,6 +279,10 @@ def read_results(path: Path) -> list[dict]:
         run["method"] = parts[0] if "=" not in parts[0] else ""
         run["cell"] = ",".join(part for part in parts if "=" in part and not part.startswith("seed="))
         run["world"] = _world(row, named, path.parent, line)
+        seed = row.get("seed") or "0"
+        directory = path.parent / str(row.get("point")) / f"seed{int(float(seed))}"
+        run["outcomes"] = read_outcomes(directory, ns)
+        run["first_errors"] = read_first_errors(directory) if ns else None
         runs.append(run)
     return runs
 
@@ -182,7 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m iprm.analysis.claims", description=__doc__.split("\n\n")[0].replace("\n", " ")
     )
     parser.add_argument("sweeps", type=Path, nargs="+", help="sweep output directories (with results.csv)")
-    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--n", type=int, nargs="+", default=list(NS), help="best-of-N sizes")
+    parser.add_argument("--resamples", type=int, default=RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--sets", nargs="+", default=["weak", "medium", "strong"])
     parser.add_argument(
         "--versus", nargs="+", metavar="METHOD", help="compare the first method with each of the others"
@@ -191,13 +319,13 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, help="where the table goes (default: the first sweep's claims.md)"
     )
     args = parser.parse_args(argv)
-    runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv")]
+    runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv", args.n)]
     if args.versus:
         if len(args.versus) < 2:
             parser.error("--versus needs a method and at least one other to compare it with")
-        rows = versus_rows(runs, args.versus[0], args.versus[1:], args.sets, args.n)
+        rows = versus_rows(runs, args.versus[0], args.versus[1:], args.sets, args.n, args.resamples)
     else:
-        rows = claim_rows(runs, args.sets, args.n)
+        rows = claim_rows(runs, args.sets, args.n, args.resamples)
     markdown = to_markdown(rows)
     with atomic_write(args.output or args.sweeps[0] / "claims.md", encoding="utf-8") as file:
         file.write(markdown + "\n")

@@ -76,7 +76,7 @@ def selection_table(rows: list[dict], ns: list[int]) -> list[dict]:
 
 
 def step_table(rows: list[dict]) -> list[dict]:
-    """First-error F1 (τ tuned on the calibration half) and step AUROC of each method's step scorer."""
+    """First-error F1 (τ chosen on the dev sets) and step AUROC of each method's step scorer."""
     table = []
     for point, group in _by_point(rows).items():
         row: dict = {"method": point, "seeds": len(group)}

@@ -74,11 +74,12 @@ class SelectionMetrics(Metric):
         self.label.append(label.long())  # not bool: some collective backends cannot gather bool tensors
         self.scores.append(scores.float())
 
-    def compute(self) -> dict[str, Tensor]:
-        """`selection_metrics` on all rows gathered so far (empty dict before any update)."""
+    def rows(self) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]] | None:
+        """Every candidate row gathered so far, each once: problem, candidate, answer, label (bool) and
+        {scorer: score}; None before any update."""
         problem = _cat(self.problem)
         if problem is None:
-            return {}
+            return None
         candidate, answer, label, scores = (
             _cat(s) for s in (self.candidate, self.answer, self.label, self.scores)
         )
@@ -86,16 +87,26 @@ class SelectionMetrics(Metric):
         problem, candidate, answer, label, scores = (
             t[keep] for t in (problem, candidate, answer, label, scores)
         )
-        by_scorer = {name: scores[:, k] for k, name in enumerate(self.scorers)}
+        return problem, candidate, answer, label.bool(), {n: scores[:, k] for k, n in enumerate(self.scorers)}
+
+    def compute(self) -> dict[str, Tensor]:
+        """`selection_metrics` on all rows gathered so far (empty dict before any update)."""
+        return {key: torch.tensor(value) for key, value in self.values().items()}
+
+    def values(self) -> dict[str, float]:
+        """`compute` without its own sync: the metrics of the rows held now (all ranks' inside
+        `sync_context()`, so that one rank can compute what every rank gathered)."""
+        gathered = self.rows()
+        if gathered is None:
+            return {}
+        problem, candidate, answer, label, by_scorer = gathered
         ns = available_ns(problem, self.ns)
-        values = selection_metrics(
-            problem, candidate, answer, label.bool(), by_scorer, ns, self.missing_answers
-        )
+        values = selection_metrics(problem, candidate, answer, label, by_scorer, ns, self.missing_answers)
         # A scorer that scored nothing (e.g. reference-only without a reference) selected nothing either.
         unscored = [name for name, score in by_scorer.items() if score.isnan().all()]
         for key in [k for k in values if k.partition("/")[2] in unscored]:
             values[key] = math.nan
-        return {key: torch.tensor(value) for key, value in values.items()}
+        return values
 
 
 class ProcessMetrics(Metric):
@@ -152,12 +163,21 @@ class ProcessMetrics(Metric):
         scores[row, column] = _cat(self.step_scores)
         labels[row, column] = _cat(self.step_labels)
         mask[row, column] = _cat(self.mask).bool()
+        keep = self._kept()
+        return scores[keep], labels[keep], mask[keep]
+
+    def sample_index(self) -> Tensor:
+        """The `index` of every sample `step_tensors` returns, in its order (−1 where none was given)."""
+        return _cat(self.index)[self._kept()]
+
+    def _kept(self) -> Tensor:
+        """Which gathered samples count: every unnamed one, and the first copy of each named one."""
         index = _cat(self.index)
         keep = index < 0
         named = (~keep).nonzero().flatten()
         if named.numel():
             keep[named[_first_occurrences(index[named])]] = True
-        return scores[keep], labels[keep], mask[keep]
+        return keep
 
     def has_samples(self) -> bool:
         """Whether any sample was added (after a sync: on any rank)."""

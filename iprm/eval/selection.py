@@ -71,14 +71,20 @@ def _first_true(mask: Tensor) -> Tensor:
     return torch.where(first == n, -1, first)
 
 
-def _best_of_n(grid: _Grid, label: Tensor, score: Tensor, n: int) -> float:
+def _best_of_n_picks(grid: _Grid, label: Tensor, score: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """Per problem: the flat row of the chosen candidate [P] and whether it is correct [P]."""
     rows, valid = _first_n(grid, n)
     scores = score[rows].double()
     # NaN → −inf so it loses to every real score; a row of only NaN then ties at −inf and the earliest wins.
     scores = torch.where(valid & ~scores.isnan(), scores, -math.inf)
     best = scores.max(dim=1, keepdim=True).values
     pick = _first_true(valid & (scores == best))
-    return label[rows.gather(1, pick[:, None])].float().mean().item()
+    chosen = rows.gather(1, pick[:, None]).squeeze(1)
+    return chosen, label[chosen].bool()
+
+
+def _best_of_n(grid: _Grid, label: Tensor, score: Tensor, n: int) -> float:
+    return _best_of_n_picks(grid, label, score, n)[1].float().mean().item()
 
 
 def _check_missing(missing_answers: str) -> None:
@@ -90,6 +96,14 @@ def _vote(
     grid: _Grid, answer: Tensor, label: Tensor, weight: Tensor, n: int, missing_answers: str = "abstain"
 ) -> float:
     """Accuracy of choosing, per problem, the answer with the largest total weight among the first n."""
+    return _vote_picks(grid, answer, label, weight, n, missing_answers)[1].float().mean().item()
+
+
+def _vote_picks(
+    grid: _Grid, answer: Tensor, label: Tensor, weight: Tensor, n: int, missing_answers: str = "abstain"
+) -> tuple[Tensor, Tensor]:
+    """Per problem: the flat row of the first candidate of the winning answer [P] (−1 where none voted)
+    and whether the choice is correct [P]."""
     _check_missing(missing_answers)
     rows, valid = _first_n(grid, n)
     answers = answer[rows]
@@ -110,7 +124,7 @@ def _vote(
     pick = _first_true(votes & (tally == tally.max(dim=1, keepdim=True).values))
     chosen = rows.gather(1, pick.clamp(min=0)[:, None]).squeeze(1)
     correct = label[chosen].bool() & (pick >= 0) & (answer[chosen] >= 0)  # "no answer" is never right
-    return correct.float().mean().item()
+    return torch.where(pick >= 0, chosen, -1), correct
 
 
 def _oracle(grid: _Grid, label: Tensor, n: int) -> float:

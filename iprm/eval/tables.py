@@ -4,8 +4,9 @@ Table 1: one row per method (reference-only, the implicit PRM's best-of-N, major
 majority voting with the PRM, oracle), one column per generator × N, plus the average over columns. The
 columns are the N a set was really evaluated at: those of `TABLE1_NS` it has, and its largest N besides
 when that is not among them (a set of 8 candidates per problem gets @4 and @8, never an empty @64).
-Step table: one row per step scorer, per generator the ProcessBench F1 (at τ tuned on the calibration
-half), that τ, the step AUROC and the step AUROC restricted to steps where the misconception applies.
+Step table: one row per step scorer, per generator the ProcessBench F1 (at τ chosen on the dev sets,
+`iprm.eval.callback`), that τ, the step AUROC and the step AUROC restricted to steps where the
+misconception applies.
 """
 
 import math

@@ -1,0 +1,197 @@
+"""Cost as a frontier: test accuracy against total FLOPs per method, and the FLOPs one method needs to reach
+another's best accuracy.
+
+Each sweep point (a method at one setting: Math-Shepherd at K completions, the implicit PRM at r responses
+per instruction and a fraction of the instructions, each at its dev-chosen lr and epochs) is a point at
+(FLOPs, accuracy): FLOPs the mean over its runs of data + training FLOPs (`flops/total`, or `flops/data` +
+`flops/train`), accuracy the best-of-`n` of the method's own score (`<set>/bon@<n>/method`) averaged over
+seeds within each world, then over worlds; its spread the std over worlds. A method's frontier is its
+cheapest points that beat every cheaper one. The claim is read off the frontiers as step functions (no
+interpolation between settings that were not run):
+
+    to reach B's best accuracy a*_B, A needs  cost_B(a*_B) / cost_A(a*_B)  × fewer FLOPs,
+
+where cost_M(a) is the fewest FLOPs of any of M's points with accuracy ≥ a; when no point of A reaches a*_B
+the claim is "A never reaches it". The reverse (B to reach A's best) is reported too. The same is computed
+within each world, so a ratio that holds on the mean but not per world shows.
+
+    python -m iprm.analysis.frontier runs/sweeps/frontier [more sweeps] --methods implicit_ce math_shepherd \
+        [--sets medium strong] [--n 16] [--output docs/results/frontier]
+
+writes `frontier.md` (a row per set × method pair) and `frontier.png` (one panel per set, in the style of
+`iprm.analysis.figures`) under `--output`.
+"""
+
+import argparse
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
+
+from iprm.analysis.claims import read_results
+from iprm.analysis.figures import _panels
+from iprm.eval.report import to_markdown
+from iprm.io import atomic_write
+
+
+@dataclass(frozen=True)
+class Point:
+    """One setting of one method: mean FLOPs and accuracy (over worlds of seed means), and per world."""
+
+    method: str
+    cell: str
+    flops: float
+    accuracy: float
+    spread: float  # std over worlds of the per-world accuracy (0 for one world)
+    per_world: dict[str, tuple[float, float]]  # world → (FLOPs, accuracy), each a mean over seeds
+
+
+def _flops(run: dict) -> float:
+    if isinstance(run.get("flops/total"), float):
+        return run["flops/total"]
+    return float(run.get("flops/data", math.nan)) + float(run.get("flops/train", math.nan))
+
+
+def _mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def points(runs: list[dict], method: str, key: str) -> list[Point]:
+    """The points of `method` (runs from `iprm.analysis.claims.read_results`) for the metric `key`."""
+    out = []
+    cells = dict.fromkeys(str(r["cell"]) for r in runs if r["method"] == method)
+    for cell in cells:
+        mine = [r for r in runs if r["method"] == method and r["cell"] == cell]
+        per_world = {}
+        for world in sorted({str(r["world"]) for r in mine}):
+            group = [r for r in mine if str(r["world"]) == world]
+            accuracy = _mean([float(r.get(key, math.nan)) for r in group])
+            if math.isfinite(accuracy):
+                per_world[world] = (_mean([_flops(r) for r in group]), accuracy)
+        if not per_world:
+            continue
+        accuracies = [a for _, a in per_world.values()]
+        spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+        flops = _mean([f for f, _ in per_world.values()])
+        out.append(Point(method, cell, flops, statistics.fmean(accuracies), spread, per_world))
+    return out
+
+
+def frontier(pairs: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (FLOPs, accuracy) pairs that beat every cheaper pair, cheapest first."""
+    out: list[tuple[float, float]] = []
+    for flops, accuracy in sorted(pairs):
+        if not out or accuracy > out[-1][1]:
+            out.append((flops, accuracy))
+    return out
+
+
+def cost_to_reach(pairs: list[tuple[float, float]], target: float) -> float | None:
+    """The fewest FLOPs of a pair with accuracy ≥ `target`; None if no pair reaches it."""
+    reaching = [flops for flops, accuracy in pairs if accuracy >= target]
+    return min(reaching) if reaching else None
+
+
+def savings(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float | None:
+    """cost_B(best of B) / cost_A(best of B): how many times fewer FLOPs A needs to reach B's best accuracy;
+    None when A never reaches it."""
+    target = max(accuracy for _, accuracy in b)
+    needed = cost_to_reach(a, target)
+    return None if needed is None else cost_to_reach(b, target) / needed
+
+
+def _say(ratio: float | None) -> str:
+    if ratio is None:
+        return "never reaches it"
+    return f"{ratio:.2f}× fewer FLOPs" if ratio >= 1 else f"{1 / ratio:.2f}× more FLOPs"
+
+
+def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
+    """A row per set × (first method, other method): both ways, on the over-world means and per world."""
+    rows = []
+    for name in sets:
+        key = f"{name}/bon@{n}/method"
+        a_points = points(runs, methods[0], key)
+        for other in methods[1:]:
+            b_points = points(runs, other, key)
+            if not a_points or not b_points:
+                continue
+            a_pairs, b_pairs = ([(p.flops, p.accuracy) for p in ps] for ps in (a_points, b_points))
+            worlds = sorted(set.intersection(*(set(p.per_world) for p in a_points + b_points)))
+            per_world = []
+            for world in worlds:
+                a_w = [p.per_world[world] for p in a_points]
+                b_w = [p.per_world[world] for p in b_points]
+                per_world.append(f"{world}: {_ratio_text(savings(a_w, b_w))}")
+            rows.append({
+                "set": name,
+                "A": methods[0],
+                "B": other,
+                "best of B": max(a for _, a in b_pairs),
+                "A to reach it": _say(savings(a_pairs, b_pairs)),
+                "best of A": max(a for _, a in a_pairs),
+                "B to reach it": _say(savings(b_pairs, a_pairs)),
+                "cost_B / cost_A at B's best, per world": "; ".join(per_world) or "–",
+            })  # fmt: skip
+    return rows
+
+
+def _ratio_text(ratio: float | None) -> str:
+    return "never" if ratio is None else f"{ratio:.2f}×"
+
+
+def frontier_figure(runs: list[dict], methods: list[str], sets: list[str], n: int) -> Figure:
+    """Per set a panel: every point of every method at (FLOPs, accuracy) with the spread over worlds as an
+    error bar, and each method's frontier as a step line; log FLOPs axis."""
+    figure, axes = _panels(len(sets), width=4.5)
+    for ax, name in zip(axes, sets, strict=True):
+        for method in methods:
+            found = points(runs, method, f"{name}/bon@{n}/method")
+            if not found:
+                continue
+            line = ax.errorbar(
+                [p.flops for p in found], [p.accuracy for p in found], yerr=[p.spread for p in found],
+                marker="o", capsize=3, linestyle="none", label=method,
+            )  # fmt: skip
+            steps = frontier([(p.flops, p.accuracy) for p in found])
+            colour = line.lines[0].get_color()
+            ax.step([f for f, _ in steps], [a for _, a in steps], where="post", color=colour, alpha=0.6)
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("FLOPs (data + training)")
+        ax.set_title(name)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"best-of-{n} accuracy (method's own score)")
+    axes[-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    return figure
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.analysis.frontier", description=__doc__.split("\n\n")[0].replace("\n", " ")
+    )
+    parser.add_argument("sweeps", type=Path, nargs="+", help="sweep output directories (with results.csv)")
+    parser.add_argument("--methods", nargs="+", required=True, help="A, then the methods to compare it with")
+    parser.add_argument("--sets", nargs="+", default=["weak", "medium", "strong"])
+    parser.add_argument("--n", type=int, default=16)
+    parser.add_argument("--output", type=Path, help="directory for frontier.md and .png (default: first)")
+    args = parser.parse_args(argv)
+    if len(args.methods) < 2:
+        parser.error("--methods needs a method and at least one other to compare it with")
+    runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv", ns=())]
+    rows = claim_rows(runs, args.methods, args.sets, args.n)
+    output = args.output or args.sweeps[0]
+    markdown = to_markdown(rows)
+    with atomic_write(output / "frontier.md", encoding="utf-8") as file:
+        file.write(markdown)
+    frontier_figure(runs, args.methods, args.sets, args.n).savefig(output / "frontier.png", dpi=110)
+    print(markdown)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Why best-of-N falls as N grows: which wrong candidates win at a larger N, and remedies chosen on dev.
+
+Input: one run's scored candidates, as `python -m iprm predict` writes them (`predictions.jsonl`: each
+best-of-N candidate with its `scores` under every scorer, its `step_labels` and `step_tags` where the task
+supplies them). Problems are the records' `instruction_id`s and candidates their order within one, as the
+data module reads a best-of-N set, so "the first N" are the same candidates the run's metrics used.
+
+Which wrong candidates win: for N = 16 and N = 64, among problems whose best-of-N pick by `--scorer` is wrong,
+the pick's first error — the misconception (its first wrong step is tagged, e.g. a borrowing subtraction:
+`iprm.tasks.arithmetic`), noise (an untagged wrong step), or none (every step right but the outcome wrong:
+a format or answer-line fault) —, its number of steps and characters, whether an answer was extracted, and
+its score's margin over the best-scoring correct candidate of the same problem. The problems that were right
+at the smaller N and wrong at the larger are counted apart: they are the fall.
+
+Remedies, each a named rule selecting among the first N (all in `REMEDIES`):
+`best` (plain best-of-N), `weighted_majority` (σ(score) summed per answer), `length_normalised` (score
+divided by the number of steps), and `mix` (score + λ · the `--mix-scorer` score, the reference policy's
+log-likelihood by default; λ from `--lambdas`). With `--dev`, each rule (and λ) is scored on the dev
+predictions by mean best-of-N over `--ns`, the best is chosen there, and every rule is reported on test at
+every N with the choice marked; no test number chooses.
+
+    python -m iprm.analysis.overoptimisation test-medium.predictions.jsonl \
+        --dev dev-medium.predictions.jsonl [--scorer prm_accumulative_min] [--ns 4 16 64] [--output F]
+"""
+
+import argparse
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from iprm.errors import IPRMError
+from iprm.eval.report import to_markdown
+from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, weighted_majority
+from iprm.io import atomic_write
+
+REMEDIES = ("best", "weighted_majority", "length_normalised", "mix")
+LAMBDAS = (0.1, 0.3, 1.0, 3.0)
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A scored best-of-N set as flat per-candidate columns (rows in file order)."""
+
+    problem: torch.Tensor
+    candidate: torch.Tensor
+    answer: torch.Tensor  # per-problem answer id, −1 where none was extracted
+    label: torch.Tensor
+    scores: dict[str, torch.Tensor]
+    records: list[dict]
+
+
+def read_predictions(path: str | Path) -> Candidates:
+    """A `predictions.jsonl` as `Candidates`; a line without `scores` is refused with its line number."""
+    problems: dict[str, int] = {}
+    counts: dict[int, int] = {}
+    answers: dict[int, dict[str, int]] = {}
+    columns: dict[str, list] = {"problem": [], "candidate": [], "answer": [], "label": []}
+    records = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        record = json.loads(line)
+        if not isinstance(record.get("scores"), dict):
+            raise IPRMError(f"{path}, line {number}, field 'scores': missing (is this a predict output?)")
+        p = problems.setdefault(str(record.get("instruction_id", record.get("prompt"))), len(problems))
+        answer = record.get("answer")
+        columns["problem"].append(p)
+        columns["candidate"].append(counts.get(p, 0))
+        columns["answer"].append(
+            answers.setdefault(p, {}).setdefault(answer, len(answers[p])) if answer else -1
+        )
+        columns["label"].append(bool(record["label"]))
+        counts[p] = counts.get(p, 0) + 1
+        records.append(record)
+    if not records:
+        raise IPRMError(f"{path}: no predictions")
+    names = list(records[0]["scores"])
+    scores = {n: torch.tensor([float(r["scores"].get(n, math.nan)) for r in records]) for n in names}
+    tensors = {k: torch.tensor(v) for k, v in columns.items()}
+    return Candidates(
+        tensors["problem"], tensors["candidate"], tensors["answer"], tensors["label"], scores, records
+    )
+
+
+def _steps(record: dict) -> int:
+    return len(record.get("step_labels") or []) or len(
+        [s for s in record["response"].split("\n") if s.strip()]
+    )
+
+
+def first_error_kind(record: dict) -> str:
+    """`misconception`, `noise` or `none` (see the module docstring)."""
+    labels, tags = record.get("step_labels") or [], record.get("step_tags") or []
+    wrong = next((k for k, ok in enumerate(labels) if not ok), None)
+    if wrong is None:
+        return "none"
+    return "misconception" if wrong < len(tags) and tags[wrong] else "noise"
+
+
+def _picks(data: Candidates, score: torch.Tensor, n: int) -> dict[int, int]:
+    """Per problem, the row of its best-of-n pick, exactly as the run's metrics pick (ties → earliest)."""
+    grid = _grid(data.problem, data.candidate)
+    chosen, _ = _best_of_n_picks(grid, data.label, score, n)
+    return dict(zip(data.problem[grid.rows[:, 0]].tolist(), chosen.tolist(), strict=True))
+
+
+def _value(score: torch.Tensor, row: int) -> float:
+    value = float(score[row])
+    return -math.inf if math.isnan(value) else value
+
+
+def _best_correct(data: Candidates, score: torch.Tensor, n: int) -> dict[int, float]:
+    """Per problem with a correct candidate among its first n, the best score of those."""
+    best: dict[int, float] = {}
+    for row, (p, c, ok) in enumerate(
+        zip(data.problem.tolist(), data.candidate.tolist(), data.label.tolist(), strict=True)
+    ):
+        if ok and c < n:
+            best[p] = max(best.get(p, -math.inf), _value(score, row))
+    return best
+
+
+def winners(data: Candidates, scorer: str, ns: list[int]) -> list[dict]:
+    """A row per N: how many problems the pick gets wrong, by kind of first error, their shape and margin."""
+    score = data.scores[scorer]
+    rows, right_before = [], None
+    for n in ns:
+        picks = _picks(data, score, n)
+        wrong = {p: r for p, r in picks.items() if not data.label[r]}
+        best_correct = _best_correct(data, score, n)
+        margins = [_value(score, r) - best_correct[p] for p, r in wrong.items() if p in best_correct]
+        kinds = [first_error_kind(data.records[r]) for r in wrong.values()]
+        fell = [first_error_kind(data.records[wrong[p]]) for p in wrong if p in (right_before or set())]
+        rows.append({
+            "N": n,
+            "problems": len(picks),
+            "wrong picks": len(wrong),
+            "misconception / noise / none": _split(kinds),
+            "fell since previous N (misc./noise/none)": _split(fell) if right_before is not None else "–",
+            "wrong picks' steps": _mean([_steps(data.records[r]) for r in wrong.values()]),
+            "wrong picks' characters": _mean([len(data.records[r]["response"]) for r in wrong.values()]),
+            "wrong picks without an answer": sum(not data.records[r].get("answer") for r in wrong.values()),
+            "margin over best correct (mean)": _mean(margins),
+        })  # fmt: skip
+        right_before = {p for p, r in picks.items() if data.label[r]}
+    return rows
+
+
+def _split(kinds: list[str]) -> str:
+    return "/".join(str(kinds.count(k)) for k in ("misconception", "noise", "none"))
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scorer: str, lam: float) -> float:
+    """Best-of-n accuracy of one named remedy (see the module docstring)."""
+    score = data.scores[scorer].double()
+    args = (data.problem, data.candidate)
+    if remedy == "best":
+        return best_of_n(*args, data.label, score, n)
+    if remedy == "weighted_majority":
+        return weighted_majority(*args, data.answer, data.label, score, n)
+    if remedy == "length_normalised":
+        steps = torch.tensor([max(1, _steps(r)) for r in data.records], dtype=torch.float64)
+        return best_of_n(*args, data.label, score / steps, n)
+    if remedy == "mix":
+        return best_of_n(*args, data.label, score + lam * data.scores[mix_scorer].double(), n)
+    raise IPRMError(f"unknown remedy {remedy!r}; expected one of {REMEDIES}")
+
+
+def _variants(lambdas: list[float]) -> list[tuple[str, float]]:
+    return [(r, 0.0) for r in REMEDIES if r != "mix"] + [("mix", lam) for lam in lambdas]
+
+
+def remedies_table(
+    test: Candidates,
+    dev: Candidates | None,
+    scorer: str,
+    mix_scorer: str,
+    ns: list[int],
+    lambdas: list[float],
+) -> list[dict]:
+    """A row per remedy (and λ): mean dev accuracy over `ns` (if `dev`), test accuracy at every N, and the
+    dev choice marked."""
+    rows = []
+    for remedy, lam in _variants(lambdas):
+        name = f"mix λ={lam:g}" if remedy == "mix" else remedy
+        row: dict = {"remedy": name}
+        if dev is not None:
+            row["dev (mean over N)"] = _mean(
+                [remedy_accuracy(dev, remedy, n, scorer, mix_scorer, lam) for n in ns]
+            )
+        for n in ns:
+            row[f"test@{n}"] = remedy_accuracy(test, remedy, n, scorer, mix_scorer, lam)
+        rows.append(row)
+    if dev is not None:  # ties → the earlier, simpler rule in the order above
+        chosen = max(range(len(rows)), key=lambda i: (rows[i]["dev (mean over N)"], -i))
+        for i, row in enumerate(rows):
+            row["chosen on dev"] = "✓" if i == chosen else ""
+    return rows
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        prog="python -m iprm.analysis.overoptimisation",
+        description=__doc__.split("\n\n")[0].replace("\n", " "),
+    )
+    parser.add_argument("test", type=Path, help="a test set's predictions.jsonl (python -m iprm predict)")
+    parser.add_argument("--dev", type=Path, help="the matching dev set's predictions, to choose a remedy on")
+    parser.add_argument("--scorer", default="prm_accumulative_min")
+    parser.add_argument("--mix-scorer", default="reference_accumulative_last")
+    parser.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
+    parser.add_argument("--output", type=Path, help="write the report (markdown) here too")
+    args = parser.parse_args(argv)
+    test = read_predictions(args.test)
+    dev = read_predictions(args.dev) if args.dev else None
+    for name in (args.scorer, args.mix_scorer):
+        if name not in test.scores or (dev is not None and name not in dev.scores):
+            parser.error(f"scorer {name!r} is not in the predictions (they have {sorted(test.scores)})")
+    text = "\n".join([
+        f"## Which wrong candidates win ({args.scorer}, {args.test})\n",
+        to_markdown(winners(test, args.scorer, args.ns)),
+        "## Remedies" + (" (chosen on dev by mean accuracy over N)" if dev else "") + "\n",
+        to_markdown(remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas)),
+    ])  # fmt: skip
+    print(text)
+    if args.output:
+        with atomic_write(args.output, encoding="utf-8") as file:
+            file.write(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Over-optimisation on a hand-made predictions file: who wins as N grows, and remedies chosen on dev."""
+
+import json
+
+import pytest
+
+from iprm.analysis.overoptimisation import main, read_predictions, remedies_table, winners
+from iprm.errors import IPRMError
+
+# (problem, answer, correct, first wrong step's tag or None, PRM score, reference score)
+CANDIDATES = [
+    ("a", "5", True, None, 1.0, 0.0),
+    ("a", "7", False, "", 0.0, 0.0),  # noise: an untagged wrong step
+    ("a", "9", False, "borrow", 2.0, -10.0),  # the misconception
+    ("a", "5", True, None, 0.5, 0.0),
+    ("b", None, False, "", 3.0, -10.0),  # no answer extracted
+    ("b", "12", True, None, 1.0, 0.0),
+    ("b", "12", True, None, 0.2, 0.0),
+    ("b", "13", False, "", 0.0, 0.0),
+]
+
+
+def _write(path) -> None:
+    lines = []
+    for problem, answer, correct, tag, prm, reference in CANDIDATES:
+        labels, tags = [True, True, True], ["", "", ""]
+        if tag is not None:
+            labels[1], tags[1] = False, tag
+        record = {
+            "instruction_id": problem, "prompt": f"Q:{problem}", "response": "1+1=2\n2+2=4\nA:4",
+            "label": correct, "answer": answer, "step_labels": labels, "step_tags": tags,
+            "scores": {"prm_accumulative_min": prm, "reference_accumulative_last": reference},
+        }  # fmt: skip
+        lines.append(json.dumps(record))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_the_wrong_winners_are_told_apart_and_the_fall_is_counted(tmp_path):
+    """N = 2: a picks its correct c0, b its unanswered noise c0 (margin 3 − 1). N = 4: a falls to the
+    misconception c2 (margin 2 − 1), b stays wrong: 1 misconception + 1 noise; the misconception fell."""
+    _write(tmp_path / "p.jsonl")
+    rows = winners(read_predictions(tmp_path / "p.jsonl"), "prm_accumulative_min", [2, 4])
+    assert [(r["N"], r["wrong picks"], r["misconception / noise / none"]) for r in rows] == [
+        (2, 1, "0/1/0"), (4, 2, "1/1/0")
+    ]  # fmt: skip
+    assert rows[1]["fell since previous N (misc./noise/none)"] == "1/0/0"
+    assert (rows[0]["margin over best correct (mean)"], rows[1]["margin over best correct (mean)"]) == (
+        2.0,
+        1.5,
+    )
+    assert rows[1]["wrong picks without an answer"] == 1 and rows[1]["wrong picks' steps"] == 3
+
+
+def test_remedies_are_chosen_on_dev_and_reported_on_test_at_every_n(tmp_path, capsys):
+    """Plain best-of-N: 1/2 at N = 2, 0 at N = 4. Weighted majority is right on both at both N (a: σ(1) +
+    σ(.5) for "5" against σ(2) for "9"; b: the unanswered candidate abstains), so dev chooses it. Mixing in
+    the reference's likelihood (λ = 1) sinks both high-scoring wrong candidates: right on both at N = 4."""
+    _write(tmp_path / "p.jsonl")
+    data = read_predictions(tmp_path / "p.jsonl")
+    rows = {r["remedy"]: r for r in remedies_table(data, data, "prm_accumulative_min",
+                                                   "reference_accumulative_last", [2, 4], [1.0])}  # fmt: skip
+    assert (rows["best"]["test@2"], rows["best"]["test@4"]) == (0.5, 0.0)
+    assert (rows["weighted_majority"]["test@2"], rows["weighted_majority"]["test@4"]) == (1.0, 1.0)
+    assert rows["mix λ=1"]["test@4"] == 1.0
+    assert [name for name, r in rows.items() if r["chosen on dev"]] == ["weighted_majority"]
+    text = main([str(tmp_path / "p.jsonl"), "--dev", str(tmp_path / "p.jsonl"), "--ns", "2", "4"])
+    assert "| weighted_majority |" in text and "✓" in text
+
+
+def test_a_file_without_scores_is_refused_with_its_line(tmp_path):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "Q", "response": "A:1", "label": True}) + "\n")
+    with pytest.raises(IPRMError, match=r"bad.jsonl, line 1, field 'scores'"):
+        read_predictions(tmp_path / "bad.jsonl")
