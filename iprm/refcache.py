@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from iprm.data.collate import STEP_CONVENTION, select_rows
+from iprm.distributed import any_rank
 from iprm.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -163,14 +164,17 @@ class ReferenceCache:
         """Cumulative log-probs [B, S + 1] of a batch's rows: each step end (NaN padding), then the total.
 
         Rows missing from the cache are computed together, `compute(sub_batch)` → [b, S + 1] with NaN at
-        padded step ends, and stored; the result is on the batch's device.
+        padded step ends, and stored; the result is on the batch's device. Under several ranks, `compute`
+        runs on every rank or on none (`iprm.distributed.any_rank`), as a sharded reference needs.
         """
         keys = record_keys(batch)
         missing = [row for row, key in enumerate(keys) if key not in self]
-        computed = {}
-        if missing:
-            values = compute(select_rows(batch, torch.tensor(missing, device=batch["input_ids"].device)))
-            for row, value in zip(missing, values, strict=True):
+        computed, device = {}, batch["input_ids"].device
+        # Sharded (FSDP, ZeRO-3), the reference's forward is a collective: when any rank needs it, every
+        # rank runs it, one with nothing missing on its first row, whose values it then discards.
+        if any_rank(bool(missing), device):
+            values = compute(select_rows(batch, torch.tensor(missing or [0], device=device)))
+            for row, value in zip(missing, values, strict=False):
                 computed[keys[row]] = value[~value.isnan()].cpu()
                 self.put(keys[row], computed[keys[row]])
         out = torch.full((len(keys), batch["step_ends"].shape[1] + 1), float("nan"))

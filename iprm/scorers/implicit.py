@@ -58,7 +58,10 @@ class ImplicitPRM(RewardModel):
         offload_reference: keep the reference in CPU memory during training: its log-probs for the
             training set are computed before the first step and the accelerator holds only the policy;
             a record missing from the cache later brings the reference back for that batch.
-        compile: `torch.compile` the policy's and the reference's decoders.
+        compile: `torch.compile` the policy's and the reference's decoders. Off by default: not yet
+            measured to help on an accelerator (docs/speed.md); on a CPU it only costs compilation time.
+        head_chunk_tokens: response tokens per pass of the output head (`iprm.rewards.head_logprobs`):
+            bounds the head's memory by this many rows of logits, forward and backward; None: one pass.
         step_label_weight: add this weight × a cross-entropy of every labelled step's accumulative
             reward against its prefix's correctness (records' `step_labels`): the "added step labels"
             data factor; 0 trains on outcome labels only, as the paper's method does.
@@ -91,6 +94,7 @@ class ImplicitPRM(RewardModel):
         reference_cache_dir: str = ".cache/iprm/reference",
         offload_reference: bool = False,
         compile: bool = False,
+        head_chunk_tokens: int | None = rewards.HEAD_CHUNK_TOKENS,
         step_label_weight: float = 0.0,
         outcome_weight: float = 1.0,
     ):
@@ -102,6 +106,8 @@ class ImplicitPRM(RewardModel):
         if reference_cache not in refcache.MODES:
             raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
         check_settings(self.hparams)
+        if head_chunk_tokens is not None and head_chunk_tokens < 1:
+            raise ConfigError(f"model: head_chunk_tokens must be positive or null, got {head_chunk_tokens}")
         # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
         # reference's checkpoint is known, in `configure_model`).
         self._reference_cache = refcache.ReferenceCache("memory")
@@ -177,7 +183,10 @@ class ImplicitPRM(RewardModel):
         ids, mask, response = (
             batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "response_mask")
         )
-        return rewards.token_logprobs(model, ids, mask, response)
+        packed = rewards.Packed.of(batch, prefix)
+        return rewards.token_logprobs(
+            model, ids, mask, response, packed=packed, head_chunk_tokens=self.hparams.head_chunk_tokens
+        )
 
     @torch.no_grad()
     def _reference_cumulative(self, batch: dict) -> torch.Tensor:
