@@ -78,10 +78,14 @@ def token_logprobs(
         raise ValueError("position 0 cannot be a response position: nothing precedes it to predict it")
     targets = input_ids[response_mask]  # token t is predicted from the hidden state at t − 1
     if response_only and not _head_is_adjusted(model.config):
-        hidden = _predicting(_forward(model.get_decoder(), input_ids, attention_mask, packed), response_mask, packed)
+        hidden = _predicting(
+            _forward(model.get_decoder(), input_ids, attention_mask, packed), response_mask, packed
+        )
         logprobs = head_logprobs(model.get_output_embeddings(), hidden, targets, head_chunk_tokens)
     else:
-        logits = _predicting(_forward(model, input_ids, attention_mask, packed, "logits"), response_mask, packed)
+        logits = _predicting(
+            _forward(model, input_ids, attention_mask, packed, "logits"), response_mask, packed
+        )
         logprobs = _gathered_logprobs(logits, targets)
     # Boolean indexing and masked_scatter both walk the mask in row-major order, so values land back in place.
     return torch.zeros(input_ids.shape, dtype=torch.float32, device=logprobs.device).masked_scatter(
@@ -114,7 +118,9 @@ def _predicting(states: Tensor, response_mask: Tensor, packed: Packed | None) ->
     return states.flatten(0, 1)[packed.index[response_mask] - 1]
 
 
-def head_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens: int | None = None) -> Tensor:
+def head_logprobs(
+    head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens: int | None = None
+) -> Tensor:
     """log softmax(head(hidden))[targets] in float32, `chunk_tokens` rows at a time (None: all at once).
 
     Under autograd each chunk's logits are recomputed in the backward pass (activation checkpointing), so
@@ -125,7 +131,9 @@ def head_logprobs(head: nn.Module, hidden: Tensor, targets: Tensor, chunk_tokens
         return _head_chunk(head, hidden, targets)
     parts = []
     for states, chunk_targets in zip(hidden.split(chunk_tokens), targets.split(chunk_tokens), strict=True):
-        if torch.is_grad_enabled() and (states.requires_grad or any(p.requires_grad for p in head.parameters())):
+        if torch.is_grad_enabled() and (
+            states.requires_grad or any(p.requires_grad for p in head.parameters())
+        ):
             parts.append(checkpoint(_head_chunk, head, states, chunk_targets, use_reentrant=False))
         else:
             parts.append(_head_chunk(head, states, chunk_targets))

@@ -313,9 +313,7 @@ def select_rows(batch: dict, rows: Tensor) -> dict:
     size = len(batch["input_ids"])
     packed = {key for key in batch if key.removeprefix("kl_").startswith("packed_")}
     per_row = {k for k, v in batch.items() if isinstance(v, Tensor) and v.dim() > 0 and len(v) == size}
-    out = {
-        key: value[rows] if key in per_row else value for key, value in batch.items() if key not in packed
-    }
+    out = {key: value[rows] if key in per_row else value for key, value in batch.items() if key not in packed}
     if "packed_row_tokens" in batch:
         out["packed_row_tokens"] = batch["packed_row_tokens"]
         for prefix in ("", "kl_"):
@@ -368,4 +366,3 @@ def pack(batch: dict[str, Tensor], row_tokens: int = 0, prefix: str = "") -> dic
         f"{prefix}packed_position_ids": positions,
         f"{prefix}packed_index": index,
     }
-

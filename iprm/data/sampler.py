@@ -121,7 +121,9 @@ class InstructionBatchSampler(Sampler[list[int]]):
         self.lengths = lengths
         self.min_instructions = min_instructions
         if max_tokens is not None and (max_tokens < 1 or tokens is None or len(tokens) != len(groups)):
-            raise ValueError(f"a token budget ({max_tokens=}) needs a positive budget and tokens per instruction")
+            raise ValueError(
+                f"a token budget ({max_tokens=}) needs a positive budget and tokens per instruction"
+            )
         self.tokens = tokens
         self.max_tokens = max_tokens
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
@@ -161,7 +163,9 @@ class InstructionBatchSampler(Sampler[list[int]]):
         if self.max_tokens is not None:
             sizes = [self.tokens[instruction] for instruction in order]
             least = self.num_replicas * self.min_instructions
-            batches = [order[run.start : run.stop] for run in balanced_cuts(sizes, self._token_batches, least)]
+            batches = [
+                order[run.start : run.stop] for run in balanced_cuts(sizes, self._token_batches, least)
+            ]
         else:
             batches = [order[start : start + size] for start in range(0, len(order), size)]
         if self.max_tokens is None and len(batches) > 1 and len(batches[-1]) < self._smallest_last:
