@@ -17,6 +17,8 @@ from test_ddp import _free_port
 from iprm import rewards
 from iprm.data.collate import Collator, pack, pack_rows, select_rows
 from iprm.data.records import Record
+from iprm.data.sampler import InstructionBatchSampler, balanced_cuts
+from iprm.errors import ConfigError
 from iprm.objectives import CE, DPO, KTO, NCA, CEDatasetBalanced, CEInstructionBalanced
 
 RECORDS = [
@@ -179,3 +181,63 @@ def _rank_with(objective_class, rank: int, port: int, model_dir: str, batch: dic
     if rank == 0:
         queue.put(gradient / 2)
     dist.destroy_process_group()
+
+
+def _budget_sampler(tokens: list[int], max_tokens: int, replicas: int = 1, rank: int = 0, **kwargs):
+    groups = [[2 * i, 2 * i + 1] for i in range(len(tokens))]
+    return InstructionBatchSampler(
+        groups, 1, True, 0, replicas, rank, tokens=tokens, max_tokens=max_tokens, **kwargs
+    )
+
+
+def test_token_budget_batches_are_balanced_and_as_many_in_every_epoch():
+    """40 instructions of 50–800 tokens (seeded), a budget of 2,000 tokens: ⌈total / 2,000⌉ batches in
+    every epoch, each within one instruction of the budget, every instruction once per epoch."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randint(50, 800, (40,), generator=generator).tolist()
+    sampler = _budget_sampler(tokens, 2000, lengths=tokens)
+    for epoch in range(3):
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == -(-sum(tokens) // 2000)
+        sums = [sum(tokens[item // 2] for item in batch[::2]) for batch in batches]
+        assert max(sums) <= 2000 + max(tokens) and min(sums) >= 2000 - 2 * max(tokens)
+        assert sorted(item for batch in batches for item in batch) == list(range(80))
+
+
+def test_token_budget_ranks_split_the_one_process_batches_by_tokens():
+    """Two ranks × 1,000 tokens: each global batch is one process's batch at 2,000 tokens, cut in two parts
+    of nearly equal tokens, each with the two instructions mismatched pairs need."""
+    tokens = [100 + 37 * (i % 11) for i in range(30)]
+    one = list(_budget_sampler(tokens, 2000, min_instructions=2))
+    ranks = [list(_budget_sampler(tokens, 1000, 2, r, min_instructions=2)) for r in range(2)]
+    assert len(ranks[0]) == len(ranks[1]) == len(one)
+    for batch, part0, part1 in zip(one, *ranks, strict=True):
+        assert part0 + part1 == batch and len(part0) >= 4 and len(part1) >= 4
+        sums = [sum(tokens[item // 2] for item in part[::2]) for part in (part0, part1)]
+        assert abs(sums[0] - sums[1]) <= max(tokens)
+
+
+def test_balanced_cuts_keep_the_fewest_items_per_part():
+    assert balanced_cuts([5, 1, 1, 1, 1, 1, 10, 2, 2], 3) == [range(0, 4), range(4, 7), range(7, 9)]
+    assert balanced_cuts([100, 1, 1, 1], 2, least=2) == [range(0, 2), range(2, 4)]
+
+
+def test_the_data_module_serves_packed_token_budget_batches(tmp_path, tiny_model_dir):
+    from conftest import write_own_records
+
+    from iprm.data.datamodule import PRMDataModule
+
+    data = PRMDataModule(
+        tiny_model_dir, str(write_own_records(tmp_path)), layout="packed", max_tokens_per_batch=120
+    )
+    data.setup("fit")
+    batches = list(data.train_dataloader())
+    assert len(batches) > 1 and sum(len(b["input_ids"]) for b in batches) == 16
+    for batch in batches:
+        real = batch["attention_mask"].bool()
+        assert torch.equal(
+            batch["packed_input_ids"].flatten()[batch["packed_index"][real]], batch["input_ids"][real]
+        )
+    with pytest.raises(ConfigError, match="layout"):
+        PRMDataModule(tiny_model_dir, layout="rows")
