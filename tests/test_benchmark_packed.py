@@ -105,3 +105,16 @@ def test_a_tiny_cpu_comparison_with_trl(tmp_path):
     report = json.loads(output.read_text())
     assert report["data"]["pairs"] == 16 and report["speedup_over_trl"] > 0
     assert all(len(r["epoch_s"]) == 2 for r in report["results"].values())
+
+
+def test_the_8b_configs_follow_the_memory_plan():
+    """Packed records, the head in chunks, FSDP checkpointing its decoder layers (the plan's assumptions);
+    the DeepSpeed overlay at ZeRO-3 with the models' own checkpointing and nothing offloaded."""
+    config = yaml.safe_load((ROOT / "configs/real/llama3_8b_math.yaml").read_text())
+    assert config["data"]["init_args"]["layout"] == "packed"
+    assert config["model"]["head_chunk_tokens"] == 4096
+    assert config["trainer"]["strategy"]["init_args"]["activation_checkpointing_policy"]
+    overlay = yaml.safe_load((ROOT / "configs/real/llama3_8b_math_deepspeed.yaml").read_text())
+    assert overlay["trainer"]["strategy"]["init_args"]["stage"] == 3
+    assert not overlay["trainer"]["strategy"]["init_args"]["offload_optimizer"]
+    assert overlay["model"]["gradient_checkpointing"] is True
