@@ -100,13 +100,26 @@ def _forward(
 
     Packed rows go in with position ids that restart at every record and no attention mask: transformers
     then finds the records' boundaries from the position ids and attends block-diagonally (a 4-D mask for
-    sdpa and eager, the variable-length kernel for flash-attention), so no record sees another.
+    sdpa and eager, checked in tests/test_packed.py; flash-attention's variable-length kernel, read from
+    transformers' code, not run here), so no record sees another.
     """
     if packed is None:
         out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     else:
-        out = model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False)
-    return out.logits if output == "logits" else out.last_hidden_state
+        out = model(**_packed_inputs(model, packed), use_cache=False)
+    states = out.logits if output == "logits" else out.last_hidden_state
+    return states if packed is None else states.view(*packed.input_ids.shape, -1)
+
+
+def _packed_inputs(model: nn.Module, packed: Packed) -> dict[str, Tensor]:
+    """The packed rows as the model's attention kernel needs them. transformers' flash-attention path
+    finds packed records from the position ids only in a batch of one row (more rows would let records
+    attend to each other), so for it the rows run as one long row; `Packed.index` is flat, hence valid
+    either way."""
+    ids, positions = packed.input_ids, packed.position_ids
+    if "flash" in str(getattr(model.config, "_attn_implementation", "")):
+        ids, positions = ids.reshape(1, -1), positions.reshape(1, -1)
+    return {"input_ids": ids, "position_ids": positions}
 
 
 def _predicting(states: Tensor, response_mask: Tensor, packed: Packed | None) -> Tensor:

@@ -266,3 +266,18 @@ def test_a_packed_fit_trains_as_the_padded_one(tmp_path, smoke_world_root):
     assert len(losses) > 1 and _train_losses(runs["packed"]) == pytest.approx(losses, rel=1e-5)
     padded, packed = (load_file(run / "policy" / "model.safetensors") for run in runs.values())
     assert max((padded[k] - packed[k]).abs().max().item() for k in padded) < 1e-6
+
+
+def test_flash_attention_reads_the_packed_rows_as_one_row(char_tokenizer):
+    """transformers' flash-attention path detects packed records only in a one-row batch: the rows are
+    joined (the flat index stays valid); other kernels read the rows as they are."""
+    from types import SimpleNamespace
+
+    packed = rewards.Packed.of(_batch(char_tokenizer, "packed"))
+    rows, width = packed.input_ids.shape
+    flash = SimpleNamespace(config=SimpleNamespace(_attn_implementation="flash_attention_2"))
+    inputs = rewards._packed_inputs(flash, packed)
+    assert inputs["input_ids"].shape == (1, rows * width) and rows > 1
+    assert torch.equal(inputs["position_ids"].flatten(), packed.position_ids.flatten())
+    sdpa = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
+    assert rewards._packed_inputs(sdpa, packed)["input_ids"] is packed.input_ids
