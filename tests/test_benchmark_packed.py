@@ -32,7 +32,7 @@ def _tiny_config(**changes) -> dict:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_the_recorded_lengths_are_the_shipped_data_s(path):
     recorded = yaml.safe_load(path.read_text())["lengths"]
-    derived = packed.lengths_block(recorded["source"], 3.5, None)
+    derived = packed.lengths_block([str(ROOT / path) for path in recorded["source"]], 3.5, None)
     assert {k: derived[k] for k in ("prompt_percentiles", "response_percentiles", "records")} == {
         k: recorded[k] for k in ("prompt_percentiles", "response_percentiles", "records")
     }

@@ -213,7 +213,9 @@ class Collator:
     `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
     label), `step_targets` [B, S] (each step prefix's training target in [0, 1], NaN unknown or padding:
     see `_step_targets`), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`,
-    `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them.
+    `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them. In the packed layout also
+    `packed_input_ids`, `packed_position_ids` [R, L] and `packed_index` [B, T] (`pack`; the same with the
+    `kl_` prefix for mismatched pairs) and `packed_row_tokens` (a scalar).
 
     Args:
         tokenizer: A fast tokenizer (character offsets are needed to find step ends).
