@@ -281,3 +281,31 @@ def test_flash_attention_reads_the_packed_rows_as_one_row(char_tokenizer):
     assert torch.equal(inputs["position_ids"].flatten(), packed.position_ids.flatten())
     sdpa = SimpleNamespace(config=SimpleNamespace(_attn_implementation="sdpa"))
     assert rewards._packed_inputs(sdpa, packed)["input_ids"] is packed.input_ids
+
+
+@pytest.mark.integration
+def test_two_ranks_on_packed_token_budget_batches_train_as_one_process(tmp_path, smoke_world_root):
+    """`fit` with `--data.layout packed` and a token budget: one process at 1,440 tokens per batch against
+    two DDP ranks (gloo) at 720 each: the same global batches, so the same losses and exported weights."""
+    from safetensors.torch import load_file
+    from test_ddp import _args, _run_two_ranks, _train_losses
+
+    from iprm.cli import main
+
+    world = next(smoke_world_root.glob("world-*/train.jsonl")).parent
+
+    def fit(name: str, budget: int) -> list[str]:
+        return [
+            "fit",
+            *_args(
+                tmp_path / name, world, "--data.layout", "packed", "--data.max_tokens_per_batch", str(budget)
+            ),
+        ]
+
+    main(fit("one", 1440))
+    _run_two_ranks([fit("two", 720)])
+    (one,), (two,) = ((tmp_path / name / "smoke").glob("version_*") for name in ("one", "two"))
+    losses = _train_losses(one)
+    assert len(losses) > 1 and _train_losses(two) == pytest.approx(losses, rel=1e-5)
+    weights, ddp_weights = (load_file(run / "policy" / "model.safetensors") for run in (one, two))
+    assert max((weights[k] - ddp_weights[k]).abs().max().item() for k in weights) < 1e-6
