@@ -224,6 +224,8 @@ def time_steps(step: Callable[[], None], warmup: int, steps: int, device: torch.
 def steps_to_time(config, policy, reference, batch) -> dict[str, Callable[[], Callable[[], None]]]:
     """Per measurement, a setup that returns its step: the train setups make a fresh AdamW each."""
     beta = config["beta"]
+    # The head in one pass unless the config says otherwise, as when the earlier numbers were measured.
+    iprm_logprobs = partial(token_logprobs, head_chunk_tokens=config.get("head_chunk_tokens"))
 
     def trainer(logprobs: Callable, reference_logprobs: Callable[[], Tensor]) -> Callable[[], None]:
         policy.train()
@@ -236,16 +238,16 @@ def steps_to_time(config, policy, reference, batch) -> dict[str, Callable[[], Ca
         return partial(score_step, policy, reference, batch, logprobs)
 
     def cached_reference() -> Callable[[], Tensor]:
-        cache = frozen_logprobs(token_logprobs, reference, batch)
+        cache = frozen_logprobs(iprm_logprobs, reference, batch)
         return lambda: cache
 
     return {
         "train/plain": lambda: trainer(
             plain_logprobs, partial(frozen_logprobs, plain_logprobs, reference, batch)
         ),
-        "train/iprm": lambda: trainer(token_logprobs, cached_reference()),
+        "train/iprm": lambda: trainer(iprm_logprobs, cached_reference()),
         "score/plain": lambda: scorer(plain_logprobs),
-        "score/iprm": lambda: scorer(token_logprobs),
+        "score/iprm": lambda: scorer(iprm_logprobs),
     }
 
 

@@ -54,7 +54,7 @@ class _Forgetful(ReferenceCache):
 class NoReferenceCache(ImplicitPRM):
     def configure_model(self) -> None:
         super().configure_model()
-        self._reference_cache = _Forgetful()
+        self.frozen_reference.cache = _Forgetful()
 
 
 class EveryRowScored(ImplicitPRM):

@@ -15,6 +15,10 @@ around so every rank runs the same number of steps, and a rank short of a batch 
 Results are gathered on every rank (torchmetrics states; predictions with `gather_objects`) and the
 repeated rows dropped by their row index, so the tables and files are those of one process.
 
+Agreement. A decision that changes which collectives run (a reference forward that FSDP or DeepSpeed shards
+is one: every rank must join it) is taken by all ranks together (`any_rank`), never by each rank from its
+own batch, or one rank waits forever in a collective the other skipped.
+
 Files. Rank 0 alone writes (export, `flops.json`, metrics, tables, predictions); anything that is a
 collective (`trainer.log_dir`, reductions, gathers) is asked on every rank, never behind a rank check.
 """
@@ -52,3 +56,14 @@ def gather_objects(value: object) -> list:
     gathered = [None] * size
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def any_rank(flag: bool, device: torch.device | str = "cpu") -> bool:
+    """Whether `flag` holds on any rank: the same answer on every rank (a collective, so every rank must
+    call it). `device` is where the process group's backend can reduce (CUDA for NCCL)."""
+    size, _ = world()
+    if size == 1:
+        return flag
+    value = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

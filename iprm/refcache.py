@@ -1,4 +1,5 @@
-"""The frozen reference's log-probabilities, computed once per record and reused: in memory or on disk.
+"""The frozen reference: its model's log-probabilities, computed once per record and reused (in memory or on
+disk), and its offloading (`FrozenReference`).
 
 What training and scoring need from π_ref (the cumulative log-prob at each step end, then the response
 total) depends only on the record's tokens and on the reference checkpoint, so it is computed once.
@@ -19,13 +20,15 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from iprm import rewards
 from iprm.data.collate import STEP_CONVENTION, select_rows
+from iprm.distributed import any_rank
 from iprm.io import atomic_write
 
 log = logging.getLogger(__name__)
@@ -163,14 +166,17 @@ class ReferenceCache:
         """Cumulative log-probs [B, S + 1] of a batch's rows: each step end (NaN padding), then the total.
 
         Rows missing from the cache are computed together, `compute(sub_batch)` → [b, S + 1] with NaN at
-        padded step ends, and stored; the result is on the batch's device.
+        padded step ends, and stored; the result is on the batch's device. Under several ranks, `compute`
+        runs on every rank or on none (`iprm.distributed.any_rank`), as a sharded reference needs.
         """
         keys = record_keys(batch)
         missing = [row for row, key in enumerate(keys) if key not in self]
-        computed = {}
-        if missing:
-            values = compute(select_rows(batch, torch.tensor(missing, device=batch["input_ids"].device)))
-            for row, value in zip(missing, values, strict=True):
+        computed, device = {}, batch["input_ids"].device
+        # Sharded (FSDP, ZeRO-3), the reference's forward is a collective: when any rank needs it, every
+        # rank runs it, one with nothing missing on its first row, whose values it then discards.
+        if any_rank(bool(missing), device):
+            values = compute(select_rows(batch, torch.tensor(missing or [0], device=device)))
+            for row, value in zip(missing, values, strict=False):
                 computed[keys[row]] = value[~value.isnan()].cpu()
                 self.put(keys[row], computed[keys[row]])
         out = torch.full((len(keys), batch["step_ends"].shape[1] + 1), float("nan"))
@@ -214,3 +220,70 @@ class ReferenceCache:
             self._values.update(zip(shard["keys"], values, strict=True))
         if self._values:
             log.info("reference cache: %d records from %s", len(self._values), self.directory)
+
+
+class FrozenReference:
+    """The frozen reference π_ref as training and scoring use it: its model, the cache of what it computes
+    (cumulative log-probs per record, `ReferenceCache`) and its offloading to CPU memory.
+
+    The model itself stays a submodule of the LightningModule that owns it (so strategies move, wrap and
+    shard it); this object reaches it through `model()`, and computes token log-probs with `logprobs`
+    (model, batch, key prefix) → [B, T], the owner's one way of turning a model and a batch into log-probs.
+
+    Args:
+        model: Returns the reference model (None when the owner has none).
+        logprobs: Token log-probs of a model on a batch's `<prefix>input_ids`, ... (`iprm.rewards`).
+        cache: Where computed values are kept; a fresh in-memory cache by default.
+    """
+
+    def __init__(
+        self,
+        model: Callable[[], nn.Module | None],
+        logprobs: Callable[[nn.Module, dict, str], Tensor],
+        cache: ReferenceCache | None = None,
+    ):
+        self.model = model
+        self.logprobs = logprobs
+        self.cache = cache if cache is not None else ReferenceCache("memory")
+
+    @torch.no_grad()
+    def token_logprobs(self, batch: dict[str, Tensor], prefix: str = "") -> Tensor:
+        """The reference's token log-probs [B, T], brought onto the batch's device for the call when
+        offloaded, and back."""
+        model, device = self.model(), batch[f"{prefix}input_ids"].device
+        offloaded = next(model.parameters()).device != device
+        if offloaded:
+            model.to(device)
+        try:
+            return self.logprobs(model, batch, prefix)
+        finally:
+            if offloaded:
+                model.to("cpu")
+
+    @torch.no_grad()
+    def cumulative(self, batch: dict[str, Tensor]) -> Tensor:
+        """Cumulative log-probs [B, S + 1]: each step end (NaN padding), then the response total; records
+        missing from the cache are forwarded (on every rank together: `ReferenceCache.fetch`)."""
+
+        def forward(rows: dict) -> Tensor:
+            token_logps = self.token_logprobs(rows)
+            ends = rewards.cumulative_at(token_logps, rows["step_ends"])
+            return torch.cat([ends, token_logps.sum(-1, keepdim=True)], -1)
+
+        return self.cache.fetch(batch, forward)
+
+    def fill_and_offload(self, batches: Iterable[dict[str, Tensor]]) -> None:
+        """Cache the values of every batch (a rank's training set), write them (disk mode), then move the
+        model to CPU memory: the accelerator holds the policy alone from here."""
+        for batch in batches:
+            self.cumulative(batch)
+        self.cache.flush()
+        self.offload()
+
+    def offload(self) -> None:
+        """Move the model to CPU memory and give its accelerator memory back."""
+        model = self.model()
+        on_cuda = next(model.parameters()).device.type == "cuda"
+        model.to("cpu")
+        if on_cuda:
+            torch.cuda.empty_cache()

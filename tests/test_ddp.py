@@ -234,3 +234,58 @@ def test_ddp_predict_writes_the_one_process_file(runs):
     one, two = runs["one-predict"] / "predictions.jsonl", runs["two-predict"] / "predictions.jsonl"
     assert len(one.read_text().splitlines()) == 48
     assert two.read_bytes() == one.read_bytes()
+
+
+def _sharded_forward(rows: dict) -> torch.Tensor:
+    """A stand-in for a sharded reference's forward: a collective (every rank must join it), then
+    per-row values [b, S + 1] that depend on the row's tokens only (NaN at padded step ends)."""
+    joined = torch.ones(1)
+    dist.all_reduce(joined)
+    assert joined.item() == 2, "a rank skipped the forward"
+    ends = rows["step_ends"]
+    cumulative = (rows["input_ids"].cumsum(-1).gather(-1, ends.clamp(min=0)) / 7.0).masked_fill(
+        ends < 0, torch.nan
+    )
+    return torch.cat([cumulative, rows["input_ids"].sum(-1, keepdim=True) / 3.0], -1)
+
+
+def _cache_rank(rank: int, port: int, batch: dict, cached: dict, queue) -> None:
+    from iprm.refcache import ReferenceCache, record_keys
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    cache = ReferenceCache("memory")
+    rows = select_rows(batch, torch.tensor(PARTS[rank]))
+    if rank == 0:  # this rank's whole batch is cached (an earlier epoch); rank 1's is not
+        for key in record_keys(rows):
+            cache.put(key, cached[key])
+    # As a list: a tensor would be passed by a file descriptor, gone once this process has exited.
+    queue.put((rank, cache.fetch(rows, _sharded_forward).tolist()))
+    dist.destroy_process_group()
+
+
+def test_a_rank_whose_batch_is_cached_still_joins_the_sharded_reference_forward(char_tokenizer):
+    """Rank 0's batch is all cached, rank 1's is not: both run the reference's forward (a collective under
+    FSDP; skipping it on rank 0 hangs rank 1), and both return the one-process values."""
+    from iprm.refcache import ReferenceCache, record_keys
+
+    batch = collate(char_tokenizer, RECORDS)
+    one = ReferenceCache("memory")
+    with pytest.MonkeyPatch.context() as patch:  # one process: the collective is a no-op
+        patch.setattr(dist, "all_reduce", lambda tensor: tensor.mul_(2))
+        expected = one.fetch(batch, _sharded_forward)
+    cached = {key: one[key] for key in record_keys(batch)}
+    fork, port = multiprocessing.get_context("fork"), _free_port()
+    queue = fork.Queue()
+    ranks = [fork.Process(target=_cache_rank, args=(r, port, batch, cached, queue)) for r in range(2)]
+    for rank in ranks:
+        rank.start()
+    results = dict(queue.get(timeout=60) for _ in ranks)  # a hang fails here, after a minute
+    for rank in ranks:
+        rank.join(timeout=30)
+        rank.kill()
+    assert [rank.exitcode for rank in ranks] == [0, 0]
+    for rank, rows in enumerate(PARTS):
+        values = torch.tensor(results[rank])
+        width = values.shape[1]
+        torch.testing.assert_close(values[:, :-1], expected[rows, : width - 1], equal_nan=True)
+        torch.testing.assert_close(values[:, -1], expected[rows, -1])

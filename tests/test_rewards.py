@@ -10,6 +10,7 @@ from iprm.rewards import (
     SCORE_MODES,
     aggregate,
     cumulative_at,
+    head_logprobs,
     logratio,
     response_scores,
     step_scores,
@@ -167,3 +168,33 @@ def test_policy_equal_to_reference_gives_zero_logratios_and_step_scores(tiny_lla
     for mode in SCORE_MODES:
         scores = step_scores(cumulative_at(token_logratios, ends), 0.05, mode)
         assert (scores[ends >= 0] == 0).all() and scores[ends < 0].isnan().all()
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16])
+def test_chunked_head_equals_one_pass_in_values_and_gradients(tiny_llama, char_tokenizer, chunk):
+    """Head in chunks of 1, 5 and 16 response tokens (the batch has 29), checkpointed under autograd."""
+    batch = make_batch(char_tokenizer)
+    expected = token_logprobs(tiny_llama, **batch, head_chunk_tokens=None)
+    expected_grads = torch.autograd.grad(expected.sum(), list(tiny_llama.parameters()))
+    logprobs = token_logprobs(tiny_llama, **batch, head_chunk_tokens=chunk)
+    grads = torch.autograd.grad(logprobs.sum(), list(tiny_llama.parameters()))
+    torch.testing.assert_close(logprobs, expected, atol=1e-6, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(grad, expected_grad, atol=1e-6, rtol=1e-5)
+
+
+def test_chunked_head_keeps_no_vocabulary_wide_tensor_for_backward():
+    """What autograd saves between forward and backward: a [N, V] tensor (logits) in one pass, at most
+    the chunk's hidden states with the chunked head (the logits are recomputed in backward)."""
+    torch.manual_seed(0)
+    head, hidden = torch.nn.Linear(8, 1000, bias=False), torch.randn(64, 8, requires_grad=True)
+    targets = torch.randint(0, 1000, (64,))
+
+    def saved_widths(chunk: int | None) -> list[int]:
+        widths = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: widths.append(t.numel()) or t, lambda t: t):
+            head_logprobs(head, hidden, targets, chunk).sum().backward()
+        return widths
+
+    assert max(saved_widths(None)) >= 64 * 1000
+    assert max(saved_widths(16)) < 16 * 1000  # no chunk's logits outlive its forward

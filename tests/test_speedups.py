@@ -160,3 +160,57 @@ def test_length_grouped_batches_cover_every_instruction_once_and_pack_similar_le
     assert LENGTH_WINDOW * size < count  # the test exercises more than one window
     sampler.set_epoch(1)
     assert list(sampler) != batches  # reshuffled every epoch
+
+
+def _step(module: ImplicitPRM, batch: dict) -> tuple[float, torch.Tensor]:
+    module.policy.zero_grad()
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    return loss.item(), torch.cat([p.grad.flatten() for p in module.policy.parameters()])
+
+
+def test_bf16_mixed_precision_changes_no_number_beyond_bf16_tolerance(tiny_model_dir, char_tokenizer):
+    """`--trainer.precision bf16-mixed` (Lightning's autocast, here on the CPU): loss, gradients and step
+    scores within bf16's rounding (8 mantissa bits: ~0.4 % per operation) of float32's."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    batch = _batch(char_tokenizer)
+    module = _module(tiny_model_dir, DPO(beta=0.5))
+    loss, grads = _step(module, batch)
+    with torch.no_grad():
+        scores = module.step_scores(batch)
+    with MixedPrecision("bf16-mixed", "cpu").forward_context():
+        bf16_loss, bf16_grads = _step(module, batch)
+        with torch.no_grad():
+            bf16_scores = module.step_scores(batch)
+    assert bf16_loss == pytest.approx(loss, rel=2e-2)
+    assert (bf16_grads - grads).norm() <= 5e-2 * grads.norm()
+    assert not torch.equal(bf16_grads, grads)  # autocast did run in bf16
+    for name, value in scores.items():
+        torch.testing.assert_close(bf16_scores[name], value, atol=2e-2, rtol=2e-2, equal_nan=True, msg=name)
+
+
+@pytest.mark.integration
+def test_compile_changes_no_number_beyond_float_tolerance(tiny_model_dir, char_tokenizer):
+    """`--model.compile true` (inductor on the CPU; ~30 s of compilation, hence `integration`)."""
+    batch = _batch(char_tokenizer)
+    eager = _module(tiny_model_dir, DPO(beta=0.5))
+    compiled = _module(tiny_model_dir, DPO(beta=0.5), compile=True)
+    for module in (eager, compiled):  # the same perturbed weights: `compile` wraps the same modules
+        module.policy.load_state_dict(eager.policy.state_dict())
+    loss, grads = _step(eager, batch)
+    compiled_loss, compiled_grads = _step(compiled, batch)
+    assert compiled_loss == pytest.approx(loss, abs=1e-5)
+    torch.testing.assert_close(compiled_grads, grads, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_changes_no_number(tiny_model_dir, char_tokenizer):
+    """`--model.gradient_checkpointing true`: the decoder layers recomputed in backward, the same numbers."""
+    batch = _batch(char_tokenizer)
+    plain = _module(tiny_model_dir, DPO(beta=0.5))
+    checkpointed = _module(tiny_model_dir, DPO(beta=0.5), gradient_checkpointing=True)
+    assert checkpointed.policy.is_activation_checkpointing and not plain.policy.is_activation_checkpointing
+    loss, grads = _step(plain, batch)
+    checkpointed_loss, checkpointed_grads = _step(checkpointed, batch)
+    assert checkpointed_loss == pytest.approx(loss, abs=1e-6)
+    torch.testing.assert_close(checkpointed_grads, grads, atol=1e-6, rtol=1e-5)

@@ -198,6 +198,8 @@ def mismatched_partners(groups: list[int]) -> list[int]:
     return partners
 
 
+LAYOUTS = ("padded", "packed")
+
 # Evaluation items carry these; they become batch tensors of the same name (answer_id → answer).
 EVAL_KEYS = {"problem": "problem", "candidate": "candidate", "answer_id": "answer"}
 
@@ -211,7 +213,9 @@ class Collator:
     `attention_mask`, `response_mask` [B, T]; `step_ends`, `step_labels` [B, S] (−1 padding, −1 unknown
     label), `step_targets` [B, S] (each step prefix's training target in [0, 1], NaN unknown or padding:
     see `_step_targets`), `step_tagged` [B, S] (the step carries a non-empty tag); `labels`, `groups`,
-    `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them.
+    `index` [B]; and `problem`, `candidate`, `answer` [B] when items carry them. In the packed layout also
+    `packed_input_ids`, `packed_position_ids` [R, L] and `packed_index` [B, T] (`pack`; the same with the
+    `kl_` prefix for mismatched pairs) and `packed_row_tokens` (a scalar).
 
     Args:
         tokenizer: A fast tokenizer (character offsets are needed to find step ends).
@@ -222,6 +226,10 @@ class Collator:
             template is a ConfigError.
         mismatched_pairs: Also return `kl_input_ids`, `kl_attention_mask`, `kl_response_mask`: each item's
             prompt with the response of an item from a different instruction (KTO's reference point).
+        layout: "padded": the model reads the [B, T] tensors; "packed": the batch also carries its records
+            packed into rows (`pack`), which the model reads instead, the padded tensors then only saying
+            where each record's tokens are.
+        packed_row_tokens: Tokens per packed row; 0 (or None), as many as the batch's longest record.
     """
 
     def __init__(
@@ -231,7 +239,11 @@ class Collator:
         max_length: int | None = None,
         mismatched_pairs: bool = False,
         chat_template: bool = False,
+        layout: str = "padded",
+        packed_row_tokens: int | None = None,
     ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown batch layout {layout!r}; expected one of {LAYOUTS}")
         if chat_template:
             format_prompt(tokenizer, "", True)  # no template: a ConfigError now, not at the first batch
         self.tokenizer = tokenizer
@@ -240,6 +252,8 @@ class Collator:
         self.mismatched_pairs = mismatched_pairs
         self.chat_template = chat_template
         self.pad_id = pad_token_id(tokenizer)
+        self.layout = layout
+        self.packed_row_tokens = packed_row_tokens or 0
 
     def prompt(self, record: Record) -> str:
         """The record's prompt as the model reads it (through the chat template when it is set)."""
@@ -271,6 +285,10 @@ class Collator:
                 batch[name] = torch.tensor([item[key] for item in items], dtype=torch.long)
         if self.mismatched_pairs:
             batch.update(self._mismatched(records, batch["groups"].tolist()))
+        if self.layout == "packed":
+            batch["packed_row_tokens"] = torch.tensor(self.packed_row_tokens)
+            for prefix in ("", "kl_") if self.mismatched_pairs else ("",):
+                batch.update(pack(batch, self.packed_row_tokens, prefix))
         return batch
 
     def _sequences(
@@ -292,7 +310,61 @@ class Collator:
 
 
 def select_rows(batch: dict, rows: Tensor) -> dict:
-    """The batch restricted to (or repeating) the given rows: every per-row tensor indexed by `rows`."""
+    """The batch restricted to (or repeating) the given rows: every per-row tensor indexed by `rows`; a
+    packed batch's rows are packed again (`pack`)."""
     size = len(batch["input_ids"])
+    packed = {key for key in batch if key.removeprefix("kl_").startswith("packed_")}
     per_row = {k for k, v in batch.items() if isinstance(v, Tensor) and v.dim() > 0 and len(v) == size}
-    return {key: value[rows] if key in per_row else value for key, value in batch.items()}
+    out = {key: value[rows] if key in per_row else value for key, value in batch.items() if key not in packed}
+    if "packed_row_tokens" in batch:
+        out["packed_row_tokens"] = batch["packed_row_tokens"]
+        for prefix in ("", "kl_"):
+            if f"{prefix}packed_index" in batch:
+                out.update(pack(out, int(batch["packed_row_tokens"]), prefix))
+    return out
+
+
+def pack_rows(lengths: list[int], capacity: int) -> list[tuple[int, int]]:
+    """(row, offset) of each record when records of these lengths are packed into rows of `capacity`
+    tokens, first-fit by decreasing length (a record longer than `capacity` gets a row of its own)."""
+    fill: list[int] = []
+    places: list[tuple[int, int]] = [(0, 0)] * len(lengths)
+    for record in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r, used in enumerate(fill) if used + lengths[record] <= capacity), len(fill))
+        if row == len(fill):
+            fill.append(0)
+        places[record] = (row, fill[row])
+        fill[row] += lengths[record]
+    return places
+
+
+def pack(batch: dict[str, Tensor], row_tokens: int = 0, prefix: str = "") -> dict[str, Tensor]:
+    """The padded batch's records packed into rows: `<prefix>packed_input_ids` and
+    `<prefix>packed_position_ids` [R, L] and `<prefix>packed_index` [B, T] (`iprm.rewards.Packed`).
+
+    Rows hold `row_tokens` tokens at most, or, with 0, as many as the batch's longest record: then the
+    attention of a row costs what one padded row's does, and the batch needs fewer rows. Each row ends
+    with padding that forms a record of its own (positions from 0), so no real token attends to it.
+    """
+    input_ids, attention_mask = batch[f"{prefix}input_ids"], batch[f"{prefix}attention_mask"]
+    lengths = attention_mask.sum(-1).tolist()
+    places = pack_rows(lengths, max(row_tokens, *lengths))
+    rows = 1 + max(row for row, _ in places)
+    width = max(offset + length for (_, offset), length in zip(places, lengths, strict=True))
+    ids = torch.zeros(rows, width, dtype=input_ids.dtype, device=input_ids.device)
+    positions = torch.zeros(rows, width, dtype=torch.long, device=input_ids.device)
+    index = torch.full(input_ids.shape, -1, dtype=torch.long, device=input_ids.device)
+    fill = [0] * rows
+    for record, ((row, offset), length) in enumerate(zip(places, lengths, strict=True)):
+        ids[row, offset : offset + length] = input_ids[record, :length]
+        positions[row, offset : offset + length] = torch.arange(length, device=input_ids.device)
+        start = row * width + offset
+        index[record, :length] = torch.arange(start, start + length, device=input_ids.device)
+        fill[row] = max(fill[row], offset + length)
+    for row, used in enumerate(fill):
+        positions[row, used:] = torch.arange(width - used, device=input_ids.device)
+    return {
+        f"{prefix}packed_input_ids": ids,
+        f"{prefix}packed_position_ids": positions,
+        f"{prefix}packed_index": index,
+    }

@@ -126,6 +126,14 @@ class PRMDataModule(L.LightningDataModule):
             (`iprm.distributed`).
         group_by_length: Batch instructions of similar length together (their longest prompt + response,
             in characters), so batches waste little on padding; the batches' order stays shuffled.
+        max_tokens_per_batch: Form training batches by a token budget instead of `instructions_per_batch`:
+            about this many tokens (prompts and responses, whole instructions) per device and batch
+            (`iprm.data.sampler.InstructionBatchSampler`); None counts instructions.
+        layout: "padded": the model reads right-padded [B, T] batches; "packed": each batch's records are
+            packed into rows with position ids restarting at every record, attended block-diagonally
+            (`iprm.data.collate.pack`), so no compute goes to padding. The same numbers either way.
+        packed_row_tokens: Tokens per packed row; None: the batch's longest record (the attention of a row
+            then costs what a padded row's does). With flash-attention, one row per batch is cheapest.
         eval_batch_size: Responses per evaluation and prediction batch (the batches are shared among
             devices).
         step_separator: The string between consecutive steps of a response.
@@ -162,6 +170,9 @@ class PRMDataModule(L.LightningDataModule):
         deduplicate: bool = False,
         instructions_per_batch: int = 8,
         group_by_length: bool = False,
+        max_tokens_per_batch: int | None = None,
+        layout: Literal["padded", "packed"] = "padded",
+        packed_row_tokens: int | None = None,
         eval_batch_size: int = 64,
         step_separator: str = "\n",
         official_steps: bool = False,
@@ -187,6 +198,9 @@ class PRMDataModule(L.LightningDataModule):
         self.instructions_per_batch = instructions_per_batch
         self.group_by_length = group_by_length
         self.eval_batch_size = eval_batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.layout = layout
+        self.packed_row_tokens = packed_row_tokens
         self.step_separator = step_separator
         self.official_steps = official_steps
         self.max_length = max_length
@@ -225,6 +239,11 @@ class PRMDataModule(L.LightningDataModule):
             problems.append("mismatched_pairs needs instructions_per_batch >= 2 (pairs cross instructions)")
         if not self.step_separator:
             problems.append("step_separator must be a non-empty string")
+        if self.layout not in ("padded", "packed"):
+            problems.append(f"layout must be 'padded' or 'packed', got {self.layout!r}")
+        for name in ("max_tokens_per_batch", "packed_row_tokens"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append(f"{name} must be positive or null, got {getattr(self, name)}")
         if problems:
             raise ConfigError("data: " + "; ".join(problems))
 
@@ -410,7 +429,13 @@ class PRMDataModule(L.LightningDataModule):
 
     def _collator(self, mismatched_pairs: bool = False) -> Collator:
         return Collator(
-            self.tokenizer, self.step_separator, self.max_length, mismatched_pairs, self.chat_template
+            self.tokenizer,
+            self.step_separator,
+            self.max_length,
+            mismatched_pairs,
+            self.chat_template,
+            self.layout,
+            self.packed_row_tokens,
         )
 
     def _ranks(self) -> tuple[int, int]:
@@ -437,6 +462,8 @@ class PRMDataModule(L.LightningDataModule):
             rank,
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
             min_instructions=2 if self.mismatched_pairs else 1,
+            tokens=self._instruction_tokens(items, list(groups)) if self.max_tokens_per_batch else None,
+            max_tokens=self.max_tokens_per_batch,
         )
         fit_loop = getattr(self.trainer, "fit_loop", None)
         if fit_loop is not None:
@@ -447,6 +474,15 @@ class PRMDataModule(L.LightningDataModule):
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
         )
         return self._train_loader
+
+    def _instruction_tokens(self, items: list[dict[str, Any]], groups: list[int]) -> list[int]:
+        """Tokens of each instruction's records (prompt as the model reads it, response, <eos>), truncated
+        at `max_length`, for the token budget; in the order of `groups`."""
+        collator, tokens = self._collator(), defaultdict(int)
+        texts = [collator.prompt(item["record"]) + item["record"].response for item in items]
+        for item, ids in zip(items, self.tokenizer(texts)["input_ids"], strict=True):
+            tokens[item["group"]] += min(len(ids) + 1, self.max_length or len(ids) + 1)
+        return [tokens[group] for group in groups]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called for each batch the fit loop takes to train on, not for the one it fetched ahead: the

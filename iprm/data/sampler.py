@@ -8,7 +8,9 @@ together: `iprm.distributed`.
 """
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterator
+from itertools import accumulate
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -16,6 +18,20 @@ from torch.utils.data import DataLoader, Sampler
 # Length grouping sorts instructions within windows of this many batches: long enough to find similar
 # lengths, short enough that the epoch's order stays random at larger scales.
 LENGTH_WINDOW = 32
+
+
+def balanced_cuts(sizes: list[int], parts: int, least: int = 1) -> list[range]:
+    """Cut a sequence of items into `parts` consecutive runs of nearly equal total size, each of `least`
+    items or more (`len(sizes) >= parts * least`): each cut is the one nearest to k/parts of the total."""
+    cumulative, bounds = list(accumulate(sizes)), [0]
+    for k in range(1, parts):
+        target = cumulative[-1] * k / parts
+        cut = bisect_left(cumulative, target) + 1  # the first cut whose left part reaches the target
+        if cut >= 2 and target - cumulative[cut - 2] < cumulative[cut - 1] - target:
+            cut -= 1
+        bounds.append(min(max(cut, bounds[-1] + least), len(sizes) - (parts - k) * least))
+    bounds.append(len(sizes))
+    return [range(start, end) for start, end in zip(bounds, bounds[1:], strict=False)]
 
 
 class InstructionSampler(Sampler[int]):
@@ -65,6 +81,13 @@ class InstructionBatchSampler(Sampler[list[int]]):
             of the epoch are shuffled (seeded). None: batches follow the shuffled order as is.
         min_instructions: The fewest instructions of a rank's batch: 2 where mismatched pairs cross
             instructions, else 1.
+        tokens: Tokens of each instruction (all its records' prompts and responses); needed by
+            `max_tokens`.
+        max_tokens: Form batches by tokens instead of `instructions_per_batch`: the epoch's order is cut
+            into ⌈total tokens / (R · max_tokens)⌉ global batches of nearly equal tokens, and each global
+            batch into R parts of nearly equal tokens, so a rank's batch holds about `max_tokens` tokens
+            (one instruction more at most). The count of batches is the same in every epoch, as
+            Lightning's loop and learning-rate schedule expect.
     """
 
     def __init__(
@@ -77,6 +100,8 @@ class InstructionBatchSampler(Sampler[list[int]]):
         rank: int = 0,
         lengths: list[int] | None = None,
         min_instructions: int = 1,
+        tokens: list[int] | None = None,
+        max_tokens: int | None = None,
     ):
         if not groups or not all(groups):
             raise ValueError("every instruction group must hold at least one item, and there must be one")
@@ -95,6 +120,12 @@ class InstructionBatchSampler(Sampler[list[int]]):
             raise ValueError(f"{len(lengths)} lengths for {len(groups)} instruction groups")
         self.lengths = lengths
         self.min_instructions = min_instructions
+        if max_tokens is not None and (max_tokens < 1 or tokens is None or len(tokens) != len(groups)):
+            raise ValueError(
+                f"a token budget ({max_tokens=}) needs a positive budget and tokens per instruction"
+            )
+        self.tokens = tokens
+        self.max_tokens = max_tokens
         # Lightning calls `set_epoch` on `dataloader.batch_sampler.sampler`, not on the batch sampler itself.
         self.sampler = InstructionSampler(len(groups), shuffle, seed)
         self.start = 0  # batches of the epoch the next iteration skips (a resumed epoch); then 0 again
@@ -112,8 +143,16 @@ class InstructionBatchSampler(Sampler[list[int]]):
         lone = 2 if self.instructions_per_batch * self.num_replicas > 1 else 1
         return max(lone, self.num_replicas * self.min_instructions)
 
+    @property
+    def _token_batches(self) -> int:
+        """The number of global batches under the token budget: the same in every epoch."""
+        budget, least = self.max_tokens * self.num_replicas, self.num_replicas * self.min_instructions
+        return max(1, min(math.ceil(sum(self.tokens) / budget), len(self.groups) // least))
+
     def _global_batches(self) -> list[list[int]]:
         order, size = list(self.sampler), self.instructions_per_batch * self.num_replicas
+        if self.max_tokens is not None:
+            size = math.ceil(len(order) / self._token_batches)  # the instructions of an average batch
         if self.lengths is not None:
             window = size * LENGTH_WINDOW
             order = [
@@ -121,8 +160,15 @@ class InstructionBatchSampler(Sampler[list[int]]):
                 for start in range(0, len(order), window)
                 for instruction in sorted(order[start : start + window], key=self.lengths.__getitem__)
             ]
-        batches = [order[start : start + size] for start in range(0, len(order), size)]
-        if len(batches) > 1 and len(batches[-1]) < self._smallest_last:
+        if self.max_tokens is not None:
+            sizes = [self.tokens[instruction] for instruction in order]
+            least = self.num_replicas * self.min_instructions
+            batches = [
+                order[run.start : run.stop] for run in balanced_cuts(sizes, self._token_batches, least)
+            ]
+        else:
+            batches = [order[start : start + size] for start in range(0, len(order), size)]
+        if self.max_tokens is None and len(batches) > 1 and len(batches[-1]) < self._smallest_last:
             last = batches.pop()
             batches[-1] = batches[-1] + last
         if self.lengths is not None and self.sampler.shuffle:
@@ -137,10 +183,17 @@ class InstructionBatchSampler(Sampler[list[int]]):
     def _parts(self, start: int) -> Iterator[list[int]]:
         for instructions in self._global_batches()[start:]:
             count, ranks = len(instructions), self.num_replicas
-            part = instructions[count * self.rank // ranks : count * (self.rank + 1) // ranks]
+            if self.max_tokens is not None:
+                sizes = [self.tokens[instruction] for instruction in instructions]
+                run = balanced_cuts(sizes, ranks, self.min_instructions)[self.rank]
+                part = instructions[run.start : run.stop]
+            else:
+                part = instructions[count * self.rank // ranks : count * (self.rank + 1) // ranks]
             yield [item for instruction in part for item in self.groups[instruction]]
 
     def __len__(self) -> int:
+        if self.max_tokens is not None:
+            return self._token_batches
         count, size = len(self.groups), self.instructions_per_batch * self.num_replicas
         batches = math.ceil(count / size)
         return batches - (batches > 1 and count - (batches - 1) * size < self._smallest_last)

@@ -58,7 +58,13 @@ class ImplicitPRM(RewardModel):
         offload_reference: keep the reference in CPU memory during training: its log-probs for the
             training set are computed before the first step and the accelerator holds only the policy;
             a record missing from the cache later brings the reference back for that batch.
-        compile: `torch.compile` the policy's and the reference's decoders.
+        compile: `torch.compile` the policy's and the reference's decoders. Off by default: not yet
+            measured to help on an accelerator (docs/speed.md); on a CPU it only costs compilation time.
+        gradient_checkpointing: recompute the policy's decoder layers in the backward pass instead of keeping
+            their activations (transformers' own, non-reentrant); FSDP users may instead set the
+            strategy's `activation_checkpointing_policy`, DeepSpeed users need this.
+        head_chunk_tokens: response tokens per pass of the output head (`iprm.rewards.head_logprobs`):
+            bounds the head's memory by this many rows of logits, forward and backward; None: one pass.
         step_label_weight: add this weight × a cross-entropy of every labelled step's accumulative
             reward against its prefix's correctness (records' `step_labels`): the "added step labels"
             data factor; 0 trains on outcome labels only, as the paper's method does.
@@ -91,6 +97,8 @@ class ImplicitPRM(RewardModel):
         reference_cache_dir: str = ".cache/iprm/reference",
         offload_reference: bool = False,
         compile: bool = False,
+        gradient_checkpointing: bool = False,
+        head_chunk_tokens: int | None = rewards.HEAD_CHUNK_TOKENS,
         step_label_weight: float = 0.0,
         outcome_weight: float = 1.0,
     ):
@@ -102,13 +110,22 @@ class ImplicitPRM(RewardModel):
         if reference_cache not in refcache.MODES:
             raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
         check_settings(self.hparams)
-        # Record digest → reference cumulative log-prob at each step end, then the total (on disk once the
-        # reference's checkpoint is known, in `configure_model`).
-        self._reference_cache = refcache.ReferenceCache("memory")
+        if head_chunk_tokens is not None and head_chunk_tokens < 1:
+            raise ConfigError(f"model: head_chunk_tokens must be positive or null, got {head_chunk_tokens}")
+        # The reference's cache and offloading (record digest → cumulative log-prob at each step end, then
+        # the total; on disk once the reference's checkpoint is known, in `configure_model`).
+        self.frozen_reference = refcache.FrozenReference(self._reference_model, self._logprobs)
         # The reference is reloadable from its path; checkpoints carry the policy only.
         self.strict_loading = False
 
     # --- models -----------------------------------------------------------------------------------
+
+    def _reference_model(self) -> PreTrainedModel | None:
+        return self.reference
+
+    @property
+    def _reference_cache(self) -> refcache.ReferenceCache:
+        return self.frozen_reference.cache
 
     @property
     def trained_model(self) -> PreTrainedModel:
@@ -127,14 +144,23 @@ class ImplicitPRM(RewardModel):
             return
         if self.hparams.model_path is None:
             raise ValueError("model.model_path is not set: give data.model_path (or a data source of it)")
+        self._tell_transformers_about_zero3()
         self.policy = self.load_causal_lm(self.hparams.model_path).train()
+        if self.hparams.gradient_checkpointing:
+            enable = getattr(self.policy, "activation_checkpointing_enable", None)  # transformers >= 5.x
+            if enable is not None:
+                enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.policy.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
         needs_reference = not (self.hparams.reference_free and self.hparams.reference_free_inference)
         if needs_reference:
             self.reference = self.load_causal_lm(self.hparams.reference_path or self.hparams.model_path)
             self.reference.eval().requires_grad_(False)
             if self.hparams.reference_cache == "disk":
                 path = self.hparams.reference_path or self.hparams.model_path
-                self._reference_cache = refcache.ReferenceCache(
+                self.frozen_reference.cache = refcache.ReferenceCache(
                     "disk",
                     self.hparams.reference_cache_dir,
                     refcache.fingerprint(path, self.hparams.torch_dtype),
@@ -143,6 +169,19 @@ class ImplicitPRM(RewardModel):
             for model in (self.policy, self.reference):
                 if model is not None:
                     model.get_decoder().compile()
+
+    def _tell_transformers_about_zero3(self) -> None:
+        """Under DeepSpeed ZeRO-3, Lightning builds the models inside `deepspeed.zero.Init`, where parameters
+        are partitioned as they are made; transformers must know (`HfDeepSpeedConfig`, held while the
+        module lives), or `from_pretrained` loads the weights into empty partitions. Untested on GPUs."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        config = getattr(strategy, "config", None)
+        if type(strategy).__name__ != "DeepSpeedStrategy" or not isinstance(config, dict):
+            return
+        if config.get("zero_optimization", {}).get("stage") == 3:
+            from transformers.integrations import HfDeepSpeedConfig
+
+            self._hf_deepspeed_config = HfDeepSpeedConfig(config)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint["state_dict"]
@@ -177,46 +216,25 @@ class ImplicitPRM(RewardModel):
         ids, mask, response = (
             batch[f"{prefix}{key}"] for key in ("input_ids", "attention_mask", "response_mask")
         )
-        return rewards.token_logprobs(model, ids, mask, response)
+        packed = rewards.Packed.of(batch, prefix)
+        return rewards.token_logprobs(
+            model, ids, mask, response, packed=packed, head_chunk_tokens=self.hparams.head_chunk_tokens
+        )
 
-    @torch.no_grad()
     def _reference_cumulative(self, batch: dict) -> torch.Tensor:
-        """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total;
-        records missing from the cache are forwarded."""
-
-        def forward(rows: dict) -> torch.Tensor:
-            token_logps = self._reference_logprobs(rows)
-            ends = rewards.cumulative_at(token_logps, rows["step_ends"])
-            return torch.cat([ends, token_logps.sum(-1, keepdim=True)], -1)
-
-        return self._reference_cache.fetch(batch, forward)
-
-    def _reference_logprobs(self, batch: dict, prefix: str = "") -> torch.Tensor:
-        """The reference's token log-probs, bringing it onto the batch's device for the call if offloaded."""
-        device = batch[f"{prefix}input_ids"].device
-        offloaded = self.reference.device != device
-        if offloaded:
-            self.reference.to(device)
-        try:
-            return self._logprobs(self.reference, batch, prefix)
-        finally:
-            if offloaded:
-                self.reference.to("cpu")
+        """Reference cumulative log-probs [B, S+1]: each step end (NaN padding), then the response total."""
+        return self.frozen_reference.cumulative(batch)
 
     def on_train_start(self) -> None:
         if not (self.hparams.offload_reference and self.reference is not None):
             return
         if self.hparams.reference_free:
-            self.reference.to("cpu")
+            self.frozen_reference.offload()
             return
         # Fill the cache for this rank's training records, then free the accelerator of the reference.
-        for batch in self.trainer.datamodule.train_dataloader():
-            batch = self.trainer.strategy.batch_to_device(batch, self.device)
-            self._reference_cumulative(batch)
-        self._reference_cache.flush()
-        self.reference.to("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
+        loader = self.trainer.datamodule.train_dataloader()
+        to_device = self.trainer.strategy.batch_to_device
+        self.frozen_reference.fill_and_offload(to_device(batch, self.device) for batch in loader)
 
     def _flush_reference_cache(self) -> None:
         self._reference_cache.flush()
@@ -231,10 +249,12 @@ class ImplicitPRM(RewardModel):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         """The objective on the global batch: this rank's responses and, under DDP, every other rank's
         (`gather_rows`); the loss returned for backward is R·L (see `iprm.distributed`)."""
-        policy_logps = self._logprobs(self.policy, batch)
         reference = None
-        if not self.hparams.reference_free:
+        if (
+            not self.hparams.reference_free
+        ):  # first: its transient memory never meets the policy's activations
             reference = self._reference_cumulative(batch)
+        policy_logps = self._logprobs(self.policy, batch)
         logratio = rewards.logratio(policy_logps.sum(-1), None if reference is None else reference[:, -1])
         kl_logratio = self._mismatched_logratio(batch) if self.objective.requires_kl else None
         labels, groups = gather_rows(batch["labels"]), gather_rows(batch["groups"])
@@ -279,7 +299,7 @@ class ImplicitPRM(RewardModel):
         policy = self._logprobs(self.policy, batch, "kl_").sum(-1)
         if self.hparams.reference_free:
             return rewards.logratio(policy, None)
-        reference = self._reference_logprobs(batch, "kl_").sum(-1)
+        reference = self.frozen_reference.token_logprobs(batch, "kl_").sum(-1)
         return rewards.logratio(policy, reference)
 
     # --- scoring -----------------------------------------------------------------------------------
