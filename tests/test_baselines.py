@@ -173,7 +173,7 @@ def test_monte_carlo_hard_labels_with_many_completions_equal_prefix_solvable(tin
 def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir, tmp_path, char_tokenizer):
     """Hand count with the character tokenizer: each completion costs <bos> + its prompt and prefix + its
     characters + the <eos> that ended it; each prefix's K completions are one KV-cached sampling."""
-    records = _world_records(3)
+    records = _world_records(6)  # prefixes of both classes (labels of one class are refused)
     labeller = StudentLabels(completions=4)
     _, cost = labeller.label(records, _context(tiny_model_dir, tmp_path))
     forward = ForwardCost.of(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
@@ -183,14 +183,14 @@ def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir,
     groups = [tokens[i : i + 4] for i in range(0, len(tokens), 4)]
     assert cost["tokens"] == sum(tokens)
     assert cost["flops"] == pytest.approx(sum(forward.sampling(sum(g), 4) for g in groups), rel=1e-12)
-    assert cost["records"] == cost["distinct_records"] == 3
+    assert cost["records"] == cost["distinct_records"] == 6
     _, repeated = labeller.label([*records, records[0]], _context(tiny_model_dir, tmp_path))
-    assert repeated["records"] == 4 and repeated["flops"] == cost["flops"]  # a repeat is labelled once
+    assert repeated["records"] == 7 and repeated["flops"] == cost["flops"]  # a repeat is labelled once
 
 
 def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):
     records = _world_records(6)
-    first, cost = StudentLabels(completions=4).label(records[:4], _context(tiny_model_dir, tmp_path))
+    first, cost = StudentLabels(completions=4).label(records[2:], _context(tiny_model_dir, tmp_path))
 
     class Refusing(StudentLabels):
         def sample(self, prompts, seed, context):
@@ -198,8 +198,8 @@ def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):
             return super().sample(prompts, seed, context)
 
     again, again_cost = Refusing(completions=4).label(records, _context(tiny_model_dir, tmp_path))
-    assert again[:4] == first and again_cost["flops"] > cost["flops"]
-    assert len(list((tmp_path / "labels").glob("*/part-*.jsonl"))) == 2
+    assert again[2:] == first and again_cost["flops"] > cost["flops"]
+    assert len(list((tmp_path / "labels").glob("*/labels-*.jsonl"))) == 2
 
 
 def test_autopsv_rule_on_a_hand_example():
@@ -247,7 +247,7 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
     shepherd = fit("math_shepherd", "--data.step_labels.completions", "2")
     sampled = shepherd["flops"]["data_tokens"]["labelling"]
     assert sampled["method"] == "math_shepherd" and sampled["flops"] > 0
-    assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/part-*.jsonl"))
+    assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/labels-*.jsonl"))
     assert "val/strong/process/math_shepherd_step/step_auroc" in shepherd
 
 
