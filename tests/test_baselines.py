@@ -241,7 +241,7 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
     tested = json.loads(next((tmp_path / "orm-test").glob("smoke/version_*/test-metrics.json")).read_text())
     assert "test/strong/bon@1/orm_step_last" in tested
     assert "val/strong/bon@1/orm_step_last" in orm and "val/strong/bon@1/method" in orm
-    osv = fit("osv")  # AutoPSV's verifier: the outcome label at every step end
+    osv = fit("osv", "--trainer.max_epochs", "1")  # AutoPSV's verifier: the outcome label at every step end
     assert "val/strong/bon@1/osv_step_last" in osv
     # θ = 0.1: here about 3/4 of the prefixes good (θ = 0.5, AutoPSV's code's, labels all good and is refused)
     autopsv = fit("autopsv", "--data.step_labels.orm", str(tmp_path / "osv" / "export"),
