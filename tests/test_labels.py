@@ -15,7 +15,7 @@ from iprm.data.collate import Collator
 from iprm.data.records import Record
 from iprm.scorers import ExplicitPRM
 from iprm.scorers.explicit import every_step_targets, load_exported, prompt_and_step_ends, step_target_loss
-from iprm.scorers.label_cache import LabelCache
+from iprm.scorers.label_cache import LabelCache, record_key
 from iprm.scorers.label_report import DegenerateLabelsError, check_two_classes, label_report
 from iprm.scorers.labels import (
     AutoPSVLabels,
@@ -247,3 +247,33 @@ def test_a_truncated_shard_is_relabelled_and_a_legacy_shard_is_used_with_a_warni
     with caplog.at_level(logging.WARNING):
         assert LabelCache(directory).entries == {"c": {"values": [1.0]}}
     assert "written before label shards carried checksums (part-0123.jsonl" in caplog.text
+
+
+def test_under_ddp_a_rank_labels_its_chunks_and_gathers_the_others(tiny_model_dir, tmp_path, monkeypatch):
+    """Rank 1 of 2, faked in one process: 6 distinct records in chunks of 2 are chunks 0, 1, 2; rank 1
+    labels chunk 1 only, writes it as one shard, and takes rank 0's chunks 0 and 2 from the gather, ending
+    with every record labelled as one process labels them."""
+    import iprm.scorers.labels as labels
+
+    records = _world_records(6)
+    context = LabellingContext(tiny_model_dir, "\n", grade, tmp_path / "alone")
+    alone, _ = Counting().label(records, context)
+    keys = [record_key(r) for r in records]
+    rank0 = {
+        k: {"values": list(r.step_values), "flops": 1.0, "tokens": 1}
+        for k, r in zip(keys, alone, strict=True)
+    }
+    rank0 = {k: v for i, (k, v) in enumerate(rank0.items()) if i // 2 != 1}  # chunks 0 and 2
+
+    def gather(value):
+        return [value, value] if isinstance(value, set) else [rank0, value]
+
+    monkeypatch.setattr(labels, "world", lambda: (2, 1))
+    monkeypatch.setattr(labels, "gather_objects", gather)
+    rank1 = Counting()
+    rank1.chunk_records = 2
+    shared = LabellingContext(tiny_model_dir, "\n", grade, tmp_path / "shared")
+    labelled, _ = rank1.label(records, shared)
+    assert rank1.labelled == 2 and labelled == alone
+    (shard,) = (tmp_path / "shared").glob("counting-*/labels-*.jsonl")
+    assert {json.loads(line)["key"] for line in shard.read_text().splitlines()} == set(keys[2:4])
