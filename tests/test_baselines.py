@@ -173,7 +173,7 @@ def test_monte_carlo_hard_labels_with_many_completions_equal_prefix_solvable(tin
 def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir, tmp_path, char_tokenizer):
     """Hand count with the character tokenizer: each completion costs <bos> + its prompt and prefix + its
     characters + the <eos> that ended it; each prefix's K completions are one KV-cached sampling."""
-    records = _world_records(3)
+    records = _world_records(6)  # prefixes of both classes (labels of one class are refused)
     labeller = StudentLabels(completions=4)
     _, cost = labeller.label(records, _context(tiny_model_dir, tmp_path))
     forward = ForwardCost.of(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
@@ -183,14 +183,14 @@ def test_monte_carlo_cost_is_every_prompt_and_sampled_token_once(tiny_model_dir,
     groups = [tokens[i : i + 4] for i in range(0, len(tokens), 4)]
     assert cost["tokens"] == sum(tokens)
     assert cost["flops"] == pytest.approx(sum(forward.sampling(sum(g), 4) for g in groups), rel=1e-12)
-    assert cost["records"] == cost["distinct_records"] == 3
+    assert cost["records"] == cost["distinct_records"] == 6
     _, repeated = labeller.label([*records, records[0]], _context(tiny_model_dir, tmp_path))
-    assert repeated["records"] == 4 and repeated["flops"] == cost["flops"]  # a repeat is labelled once
+    assert repeated["records"] == 7 and repeated["flops"] == cost["flops"]  # a repeat is labelled once
 
 
 def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):
     records = _world_records(6)
-    first, cost = StudentLabels(completions=4).label(records[:4], _context(tiny_model_dir, tmp_path))
+    first, cost = StudentLabels(completions=4).label(records[2:], _context(tiny_model_dir, tmp_path))
 
     class Refusing(StudentLabels):
         def sample(self, prompts, seed, context):
@@ -198,8 +198,8 @@ def test_labels_are_cached_and_reused(tiny_model_dir, tmp_path):
             return super().sample(prompts, seed, context)
 
     again, again_cost = Refusing(completions=4).label(records, _context(tiny_model_dir, tmp_path))
-    assert again[:4] == first and again_cost["flops"] > cost["flops"]
-    assert len(list((tmp_path / "labels").glob("*/part-*.jsonl"))) == 2
+    assert again[2:] == first and again_cost["flops"] > cost["flops"]
+    assert len(list((tmp_path / "labels").glob("*/labels-*.jsonl"))) == 2
 
 
 def test_autopsv_rule_on_a_hand_example():
@@ -212,8 +212,9 @@ def test_autopsv_rule_on_a_hand_example():
 @pytest.mark.integration
 def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_path):
     """The baselines' configs end to end on the miniature world: the ORM exports its head and its cost,
-    AutoPSV labels with it and counts that cost in its data FLOPs, Math-Shepherd samples its labels (cached
-    for the next run) and counts their sampling; each reports its own method scorer."""
+    AutoPSV's every-step verifier too, AutoPSV labels with the verifier and counts its cost in its data
+    FLOPs, Math-Shepherd samples its labels (cached for the next run) and counts their sampling; each
+    reports its own method scorer, and each labeller its labels' share good and agreement."""
 
     def fit(name: str, *extra: str) -> dict:
         main([
@@ -240,15 +241,23 @@ def test_orm_then_autopsv_and_math_shepherd_from_the_cli(smoke_world_root, tmp_p
     tested = json.loads(next((tmp_path / "orm-test").glob("smoke/version_*/test-metrics.json")).read_text())
     assert "test/strong/bon@1/orm_step_last" in tested
     assert "val/strong/bon@1/orm_step_last" in orm and "val/strong/bon@1/method" in orm
-    autopsv = fit("autopsv", "--data.step_labels.orm", str(tmp_path / "orm" / "export"))
+    osv = fit("osv", "--trainer.max_epochs", "1")  # AutoPSV's verifier: the outcome label at every step end
+    assert "val/strong/bon@1/osv_step_last" in osv
+    # θ = 0.1: here about 3/4 of the prefixes good (θ = 0.5, AutoPSV's code's, labels all good and is refused)
+    autopsv = fit("autopsv", "--data.step_labels.orm", str(tmp_path / "osv" / "export"),
+                  "--data.step_labels.threshold", "0.1")  # fmt: skip
     labelling = autopsv["flops"]["data_tokens"]["labelling"]
-    assert labelling["method"] == "autopsv" and labelling["flops"] > orm["flops"]["train"]
-    assert autopsv["flops"]["data"] == pytest.approx(orm["flops"]["data"] + labelling["flops"])
+    assert labelling["method"] == "autopsv" and labelling["flops"] > osv["flops"]["train"]
+    assert autopsv["flops"]["data"] == pytest.approx(osv["flops"]["data"] + labelling["flops"])
+    # the labels' report, against the world's true step labels, with the run's metrics
+    assert 0 < autopsv["labels/good_share"] < 1 and 0 <= autopsv["labels/agreement"] <= 1
+    assert autopsv["labels/prefixes"] == labelling["report"]["prefixes"] > 0
     shepherd = fit("math_shepherd", "--data.step_labels.completions", "2")
     sampled = shepherd["flops"]["data_tokens"]["labelling"]
     assert sampled["method"] == "math_shepherd" and sampled["flops"] > 0
-    assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/part-*.jsonl"))
+    assert list(smoke_world_root.glob("world-*/labels/math_shepherd-*/labels-*.jsonl"))
     assert "val/strong/process/math_shepherd_step/step_auroc" in shepherd
+    assert 0 < shepherd["labels/good_share"] < 1 and 0 <= shepherd["labels/good_recall"] <= 1
 
 
 def test_as_policy_grades_greedy_and_sampled_answers_of_held_out_problems(smoke_world_root, tmp_path, capsys):

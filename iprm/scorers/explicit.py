@@ -6,15 +6,22 @@ These are the paper's baselines beside the implicit PRM, on the same data path a
 
 with h_k read off the hidden state at the last token of step k, by a linear head ("linear") or by the LM's
 own next-token logits of a positive and a negative token, h_k = logit(+) − logit(−) ("generative",
-Math-Shepherd's parameterisation). Two targets:
+Math-Shepherd's parameterisation). Three targets:
 
     outcome   an ORM: −[l·log σ(h_S) + (1 − l)·log σ(−h_S)] at the last step end S, l the outcome label
+    outcome_every_step   an outcome-supervised verifier as AutoPSV trains it: the same cross-entropy against
+              the outcome label l at the prompt's end (k = 0) and at every step end, averaged over them, so
+              σ(h_k) estimates P(correct | steps 1..k) at every k, not at the last step only (AutoPSV's
+              reference code regresses every response token on l with a squared error; we keep the
+              cross-entropy of the other targets and read the step ends the labeller reads)
     steps     a PRM: the mean over known steps of −[t_k·log σ(h_k) + (1 − t_k)·log σ(−h_k)], t_k the batch's
               `step_targets` (whether steps 1..k are all correct, or a labelling method's estimate in
               [0, 1]: Math-Shepherd's Monte-Carlo values, AutoPSV's, `iprm.scorers.labels`)
 
 Its one scorer, named by `name`, reads v_k ("step"); the method scores a response by the last step's value
-(ORM) or the minimum over steps (PRM, as Math-Shepherd does).
+(the outcome targets) or the minimum over steps (PRM, as Math-Shepherd does). A run trained on a labeller's
+step values logs that labelling's report (`labels/good_share`, `labels/agreement`, …,
+`iprm.scorers.label_report`) with its metrics.
 """
 
 import inspect
@@ -31,10 +38,12 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from iprm.distributed import gather_rows, world
 from iprm.errors import ConfigError
+from iprm.results import record_scalars
 from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
 
 log = logging.getLogger(__name__)
 HEAD_FILE, HEAD_CONFIG = "value_head.safetensors", "value_head.json"
+TARGETS = ("outcome", "outcome_every_step", "steps")
 
 
 class ExplicitPRM(RewardModel):
@@ -45,8 +54,9 @@ class ExplicitPRM(RewardModel):
             implicit PRM starts from.
         name: the scorer's name in every table and metric (`<name>_step_min`, …), e.g. "orm",
             "math_shepherd", "autopsv", "oracle".
-        target: "outcome" trains an ORM on the outcome label at the last step end; "steps" a PRM on every
-            known step target.
+        target: "outcome" trains an ORM on the outcome label at the last step end; "outcome_every_step" on
+            the outcome label at the prompt's end and every step end (AutoPSV's verifier); "steps" a PRM on
+            every known step target.
         head: "linear" (a linear layer on the last hidden state) or "generative" (logit of
             `positive_token` minus logit of `negative_token`, from the LM's own head).
         positive_token: the token read as "good step" by the generative head (one token of the tokenizer).
@@ -66,7 +76,7 @@ class ExplicitPRM(RewardModel):
         self,
         model_path: str | None = None,
         name: str = "explicit",
-        target: Literal["outcome", "steps"] = "steps",
+        target: Literal["outcome", "outcome_every_step", "steps"] = "steps",
         head: Literal["linear", "generative"] = "linear",
         positive_token: str = "+",
         negative_token: str = "-",
@@ -79,9 +89,9 @@ class ExplicitPRM(RewardModel):
         export_dir: str | None = None,
     ):
         super().__init__()
-        if target not in ("outcome", "steps") or head not in ("linear", "generative"):
+        if target not in TARGETS or head not in ("linear", "generative"):
             raise ConfigError(
-                f"model: target must be 'outcome' or 'steps' and head 'linear' or 'generative', got "
+                f"model: target must be one of {', '.join(TARGETS)} and head 'linear' or 'generative', got "
                 f"{target!r}, {head!r}"
             )
         if not name.isidentifier():
@@ -98,7 +108,7 @@ class ExplicitPRM(RewardModel):
 
     @property
     def method_scorer(self) -> str:
-        return f"{self.hparams.name}_step_{'last' if self.hparams.target == 'outcome' else 'min'}"
+        return f"{self.hparams.name}_step_{'min' if self.hparams.target == 'steps' else 'last'}"
 
     @property
     def table_scorers(self) -> tuple[str, ...]:
@@ -126,6 +136,13 @@ class ExplicitPRM(RewardModel):
             head_file = Path(self.hparams.model_path) / HEAD_FILE
             if head_file.is_file():  # continuing from an exported explicit PRM
                 self.value_head.load_state_dict(load_file(head_file))
+
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        labelling = getattr(self.trainer.datamodule, "labelling_cost", None) or {}
+        report = labelling.get("report")
+        if report:  # the labels this PRM trains on, against the world's true ones where known
+            record_scalars(self.trainer, {f"labels/{key}": value for key, value in report.items()}, step=0)
 
     def setup(self, stage: str) -> None:
         if self.hparams.head == "generative" and self.trainer is not None and self.trainer.datamodule:
@@ -170,11 +187,16 @@ class ExplicitPRM(RewardModel):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         # The loss of the global batch: every rank's rows (`iprm.distributed`), flat where S differs.
-        logits = self.step_logits(batch)
-        if self.hparams.target == "outcome":
-            last = gather_rows(last_step(logits))[:, None]
+        if self.hparams.target == "outcome_every_step":
+            logits = self.step_logits({**batch, "step_ends": prompt_and_step_ends(batch)})
+            targets = every_step_targets(logits, batch["labels"])
+            known = ~logits.isnan()  # flat, as the ranks' step counts differ
+            loss, accuracy = step_target_loss(gather_rows(logits[known]), gather_rows(targets[known]))
+        elif self.hparams.target == "outcome":
+            last = gather_rows(last_step(self.step_logits(batch)))[:, None]
             loss, accuracy = outcome_loss(last, gather_rows(batch["labels"]))
         else:
+            logits = self.step_logits(batch)
             known = ~batch["step_targets"].isnan() & ~logits.isnan()
             targets = gather_rows(batch["step_targets"][known])
             loss, accuracy = step_target_loss(gather_rows(logits[known]), targets)
@@ -215,6 +237,20 @@ def outcome_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     last = last_step(logits)
     accuracy = ((last > 0) == labels.bool()).float().mean()
     return F.binary_cross_entropy_with_logits(last, labels.to(last.dtype)), accuracy.detach()
+
+
+def every_step_targets(logits: Tensor, labels: Tensor) -> Tensor:
+    """The every-step verifier's targets [B, S]: each row's outcome label at every step end it has (NaN
+    padding), so `step_target_loss` on them is the mean cross-entropy over every step end of the batch."""
+    targets = labels.to(logits.dtype)[:, None].expand_as(logits)
+    return targets.masked_fill(logits.isnan(), float("nan"))
+
+
+def prompt_and_step_ends(batch: dict) -> Tensor:
+    """`step_ends` [B, S] with the prompt's last token in front [B, 1 + S]: where the value of the empty
+    prefix (no step yet) is read."""
+    prompt_end = batch["response_mask"].int().argmax(-1, keepdim=True) - 1
+    return torch.cat([prompt_end, batch["step_ends"]], -1)
 
 
 def step_target_loss(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

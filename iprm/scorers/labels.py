@@ -8,22 +8,31 @@ and without the world's true `step_labels` (a real study has none), and counts w
         sampled from the reference; v_k = 1[any completion reaches the right answer] ("hard") or the
         fraction that does ("soft"); the last step's value is the response's own outcome.
         Cost: sampling K·(S − 1) completions per response with a KV cache (`ForwardCost.sampling`).
-    AutoPSV (`AutoPSVLabels`)   an ORM's confidence c_k = σ(h_k) at the end of the prompt (k = 0) and of
-        every step; step k is bad when the confidence drops by more than `threshold` relative to the
-        previous one, (c_{k−1} − c_k)/c_{k−1} > threshold; v_k = 1 until the first bad step, 0 from it on.
-        Cost: the ORM's training FLOPs (its export's `flops.json`) plus one forward per response.
+    AutoPSV (`AutoPSVLabels`, Lu et al. 2024)   an outcome-supervised verifier, trained on the outcome label
+        at the prompt's end and every step end (`ExplicitPRM(target="outcome_every_step")`), so its
+        confidence c_k = σ(h_k) estimates P(correct | y_{≤k}); step k is bad when the relative change
+        (c_k − c_{k−1})/c_{k−1} < −θ, and v_k = 1 until the first bad step, 0 from it on.
+        Cost: the verifier's training FLOPs (its export's `flops.json`) plus one forward per response.
+
+Before the labels are used, the run reports them (`iprm.scorers.label_report`: the share of prefixes labelled
+good and, where the records carry true step labels, agreement, precision and recall against them; logged,
+and returned with the cost for the run's metrics), and refuses labels of one class.
 
 Labels are kept per record (keyed by prompt and response) under `<cache_dir>/<method>-<settings digest>/`,
-one atomically written shard per labelled chunk: a killed labelling resumes where it stopped, runs on
-subsets of one training set share their labels, and a finished run's labels are never recomputed. Costs are
-cached with the labels, so a run's data FLOPs count every label it uses whether or not it computed it.
+one checksummed shard per labelled chunk (`iprm.scorers.label_cache`): a killed labelling resumes where it
+stopped, runs on subsets of one training set share their labels, a finished run's labels are never
+recomputed, and a shard altered on disk is labelled again, not used. Costs are cached with the labels, so a
+run's data FLOPs count every label it uses whether or not it computed it.
+
+Under DDP (`torch.distributed` running) the records still unlabelled are cut into the same chunks as in one
+process, chunk c goes to rank c mod R, each rank writes its shards into the shared cache, and every rank
+then holds every entry (gathered), so R ranks label exactly what one process would, each about 1/R of it.
 """
 
 import hashlib
 import json
 import logging
 import random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -35,13 +44,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from iprm.data.collate import STEP_CONVENTION, Collator, split_steps
 from iprm.data.records import Record
+from iprm.distributed import gather_objects, world
+from iprm.errors import ConfigError
 from iprm.flops import ForwardCost
-from iprm.io import atomic_write
+from iprm.generation.backend import Sampling
+from iprm.generation.transformers_backend import TransformersBackend
 from iprm.refcache import fingerprint
-from iprm.scorers.explicit import load_exported
+from iprm.scorers.explicit import load_exported, prompt_and_step_ends
+from iprm.scorers.label_cache import LabelCache, record_key
+from iprm.scorers.label_report import check_two_classes, format_report, label_report
 
 log = logging.getLogger(__name__)
 Grader = Callable[[str, str], bool]  # (prompt, response) → is the final answer right?
+__all__ = ["AutoPSVLabels", "LabelCache", "LabellingContext", "MonteCarloLabels", "StepLabeller",
+           "record_key"]  # fmt: skip
 
 
 @dataclass
@@ -57,87 +73,95 @@ class LabellingContext:
 
 
 class StepLabeller:
-    """Base of the labellers: subclasses define `method`, `settings()` and `_label(records, context)`."""
+    """Base of the labellers: subclasses define `method`, `settings()`, `describe()` and
+    `_label(records, context)`, and may derive the values from what they cache (`values`)."""
 
     method = ""
+    last_is_outcome = False  # whether the last step's value is the response's outcome, not an estimate
+    chunk_records = 256  # records labelled per shard; under DDP the unit dealt to the ranks
+    min_class_share = 0.0  # labels whose smaller class is at most this share are refused
 
     def settings(self) -> dict:
         raise NotImplementedError
 
+    def describe(self) -> str:
+        """The method and its setting, as messages name it ("math_shepherd (K = 8, hard)")."""
+        return self.method
+
     def _label(self, records: list[Record], context: LabellingContext) -> list[dict]:
-        """For each record: {"values": [v_1, …, v_S], "flops": …, "tokens": …}."""
+        """For each record: {"values": [v_1, …, v_S] (or what `values` derives them from), "flops": …,
+        "tokens": …}."""
         raise NotImplementedError
 
+    def values(self, entry: dict) -> list[float]:
+        """The step values of a cached entry."""
+        return entry["values"]
+
     def label(self, records: list[Record], context: LabellingContext) -> tuple[list[Record], dict]:
-        """The records with their step values (and no true step labels), and the labelling's cost."""
+        """The records with their step values (and no true step labels), and the labelling's cost with its
+        report (`cost["report"]`, `iprm.scorers.label_report`)."""
         cache = LabelCache(context.cache_dir / f"{self.method}-{self._digest(context)}")
-        missing = [r for r in dict.fromkeys(records) if record_key(r) not in cache]
-        if missing:
-            log.info("%s: labelling %d of %d training records", self.method, len(missing), len(records))
-            chunk = 256
-            with tqdm(total=len(missing), desc=f"{self.method}: labelling", unit="response") as progress:
-                for begin in range(0, len(missing), chunk):
-                    part = missing[begin : begin + chunk]
-                    cache.add(
-                        {
-                            record_key(r): entry
-                            for r, entry in zip(part, self._label(part, context), strict=True)
-                        }
-                    )
-                    progress.update(len(part))
+        self._fill(cache, records, context)
         entries = [cache[record_key(r)] for r in records]
         labelled = [
-            replace(r, step_values=tuple(e["values"]), step_labels=None, step_tags=None)
+            replace(r, step_values=tuple(self.values(e)), step_labels=None, step_tags=None)
             for r, e in zip(records, entries, strict=True)
         ]
-        # A response sampled twice (rollouts repeat) is labelled once: the cost counts distinct responses.
-        distinct = {record_key(r): e for r, e in zip(records, entries, strict=True)}
+        # A response sampled twice (rollouts repeat) is labelled once: cost and report count distinct ones.
+        distinct = {record_key(r): (r, e) for r, e in zip(records, entries, strict=True)}
+        report = label_report(
+            [self.values(e) for _, e in distinct.values()],
+            [r.step_labels for r, _ in distinct.values()],
+            self.last_is_outcome,
+        )
+        log.info("%s: %s", self.describe(), format_report(report))
+        check_two_classes(report, self.describe(), self.min_class_share, self.hint(list(distinct.values())))
         cost = {
             "method": self.method,
             "records": len(records),
             "distinct_records": len(distinct),
-            "tokens": sum(e["tokens"] for e in distinct.values()),
-            "flops": sum(e["flops"] for e in distinct.values()) + self.fixed_flops(),
+            "tokens": sum(e["tokens"] for _, e in distinct.values()),
+            "flops": sum(e["flops"] for _, e in distinct.values()) + self.fixed_flops(),
+            "report": report,
         }
         return labelled, cost
 
+    def hint(self, labelled: list[tuple[Record, dict]]) -> str:
+        """What to try when the labels are one class (the refusal's last sentence)."""
+        return ""
+
+    def _fill(self, cache: LabelCache, records: list[Record], context: LabellingContext) -> None:
+        """Label the records the cache lacks, this rank's chunks of them, and gather every rank's entries."""
+        size, rank = world()
+        missing = [r for r in dict.fromkeys(records) if record_key(r) not in cache]
+        if size > 1:  # one plan on every rank: what any rank lacks, in the records' order
+            lacking = set().union(*gather_objects({record_key(r) for r in missing}))
+            missing = [r for r in dict.fromkeys(records) if record_key(r) in lacking]
+        if not missing:
+            return
+        chunks = [missing[b : b + self.chunk_records] for b in range(0, len(missing), self.chunk_records)]
+        mine = chunks[rank::size]
+        log.info("%s: labelling %d of %d training records (%d on this rank of %d)", self.method,
+                 len(missing), len(records), sum(map(len, mine)), size)  # fmt: skip
+        added: dict[str, dict] = {}
+        with tqdm(total=sum(map(len, mine)), desc=f"{self.method}: labelling", unit="response") as progress:
+            for part in mine:
+                entries = {record_key(r): e for r, e in zip(part, self._label(part, context), strict=True)}
+                cache.add(entries)
+                added.update(entries)
+                progress.update(len(part))
+        if size > 1:
+            for entries in gather_objects(added):
+                cache.entries.update(entries)
+
     def fixed_flops(self) -> float:
-        """FLOPs the labelling spent once, whatever the records (e.g. training the ORM AutoPSV reads)."""
+        """FLOPs the labelling spent once, whatever the records (e.g. training the verifier AutoPSV reads)."""
         return 0.0
 
     def _digest(self, context: LabellingContext) -> str:
         key = {"settings": self.settings(), "model": fingerprint(context.model_path, "float32"),
                "separator": context.separator}  # fmt: skip
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class LabelCache:
-    """Record key → label entry, persisted as JSONL shards written atomically (see the module docstring)."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.entries: dict[str, dict] = {}
-        for shard in sorted(directory.glob("part-*.jsonl")):
-            for line in shard.read_text().splitlines():
-                entry = json.loads(line)
-                self.entries[entry.pop("key")] = entry
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.entries
-
-    def __getitem__(self, key: str) -> dict:
-        return self.entries[key]
-
-    def add(self, entries: dict[str, dict]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with atomic_write(self.directory / f"part-{uuid.uuid4().hex}.jsonl") as file:
-            for key, entry in entries.items():
-                file.write(json.dumps({"key": key, **entry}) + "\n")
-        self.entries.update(entries)
-
-
-def record_key(record: Record) -> str:
-    return hashlib.sha256(json.dumps([record.prompt, record.response]).encode()).hexdigest()[:24]
 
 
 def step_texts(response: str, separator: str) -> list[str]:
@@ -155,9 +179,14 @@ class MonteCarloLabels(StepLabeller):
         max_new_tokens: the longest completion sampled.
         batch_size: completions sampled at once.
         seed: seed of the completions' sampling (each chunk of records draws from its own derived seed).
+        chunk_records: records labelled per cache shard, each chunk with its own seed; under DDP the unit
+            dealt to the ranks (lower it when there are few chunks per rank).
+        min_class_share: labels whose good or bad step prefixes are at most this share are refused (0:
+            refused only when all are one class).
     """
 
     method = "math_shepherd"
+    last_is_outcome = True
 
     def __init__(
         self,
@@ -167,17 +196,28 @@ class MonteCarloLabels(StepLabeller):
         max_new_tokens: int = 96,
         batch_size: int = 512,
         seed: int = 0,
+        chunk_records: int = 256,
+        min_class_share: float = 0.0,
     ):
-        if completions < 1 or rule not in ("hard", "soft") or temperature <= 0:
-            raise ValueError(f"need completions >= 1, rule 'hard' or 'soft', temperature > 0; got "
-                             f"{completions}, {rule!r}, {temperature}")  # fmt: skip
+        if completions < 1 or rule not in ("hard", "soft") or temperature <= 0 or chunk_records < 1:
+            raise ConfigError(f"step_labels: need completions >= 1, rule 'hard' or 'soft', temperature > 0, "
+                              f"chunk_records >= 1; got {completions}, {rule!r}, {temperature}, "
+                              f"{chunk_records}")  # fmt: skip
         self.completions, self.rule, self.temperature = completions, rule, temperature
         self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
+        self.chunk_records, self.min_class_share = chunk_records, _class_share(min_class_share)
         self._model = None
+        self.sampled_count = 0  # completions this process sampled (DDP: this rank's share)
 
     def settings(self) -> dict:
         return {"completions": self.completions, "rule": self.rule, "temperature": self.temperature,
                 "max_new_tokens": self.max_new_tokens, "seed": self.seed}  # fmt: skip
+
+    def describe(self) -> str:
+        return f"{self.method} (K = {self.completions}, {self.rule})"
+
+    def hint(self, labelled: list[tuple[Record, dict]]) -> str:
+        return "Try more completions (K) or the soft rule, or check the reference can solve these problems."
 
     def _load(self, context: LabellingContext):
         if self._model is None:
@@ -188,14 +228,15 @@ class MonteCarloLabels(StepLabeller):
         return self._model, self._tokenizer
 
     def sample(self, prompts: list[str], seed: int, context: LabellingContext) -> list[str]:
-        """One completion per prompt from the reference (prompts repeat K times)."""
-        from iprm.tasks.sampling import sample_responses  # iprm.tasks imports the data modules, and so this
-
+        """One completion per prompt from the reference (prompts repeat K times), sampled in exact length
+        buckets (no padding), so each is what the reference gives that prompt alone under the batch's seed."""
         model, tokenizer = self._load(context)
-        return sample_responses(
-            model, tokenizer, prompts, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-            seed=seed, batch_size=self.batch_size, desc=f"{self.method}: sampling",
-        )  # fmt: skip
+        backend = TransformersBackend(model, tokenizer, batch_size=self.batch_size, bucketed=True)
+        sampling = Sampling(temperature=self.temperature, max_new_tokens=self.max_new_tokens)
+        with tqdm(total=len(prompts), desc=f"{self.method}: sampling", unit="response") as progress:
+            completions = backend.generate(prompts, sampling, seed, progress.update)
+        self.sampled_count += len(prompts)
+        return [completion.text for completion in completions]
 
     def _label(self, records: list[Record], context: LabellingContext) -> list[dict]:
         prefixes = []  # (record index, step k, prefix text) for every step but the last
@@ -227,66 +268,119 @@ class MonteCarloLabels(StepLabeller):
 
 
 class AutoPSVLabels(StepLabeller):
-    """AutoPSV's step labels: where a trained ORM's confidence drops, relative to the step before.
+    """AutoPSV's step labels: where an outcome-supervised verifier's confidence drops, relative to the step
+    before (Lu et al. 2024, "AutoPSV: Automated Process-Supervised Verifier").
+
+    The confidences c_0 (prompt end), c_1, …, c_S are cached, not the labels, so every θ reuses one pass of
+    the verifier; the labels of each θ are derived from them (`autopsv_values`).
 
     Args:
-        orm: the exported ORM (`python -m iprm fit … --config configs/baselines/orm.yaml`, its
-            `model.export_dir`): a checkpoint directory with `value_head.json`.
-        threshold: a step is bad where (c_{k−1} − c_k)/c_{k−1} exceeds this.
+        orm: the exported outcome-supervised verifier, trained on the outcome label at every step end
+            (`python -m iprm fit … --config configs/baselines/osv.yaml --model.export_dir runs/osv`): a
+            checkpoint directory with `value_head.json` whose target is "outcome_every_step".
+        threshold: θ; step k is bad where the relative change (c_k − c_{k−1})/c_{k−1} is below −θ.
         batch_size: responses scored at once.
+        chunk_records: records labelled per cache shard; under DDP the unit dealt to the ranks.
+        min_class_share: labels whose good or bad step prefixes are at most this share are refused (0:
+            refused only when all are one class).
     """
 
     method = "autopsv"
 
-    def __init__(self, orm: str, threshold: float = 0.5, batch_size: int = 64):
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    def __init__(
+        self,
+        orm: str,
+        threshold: float = 0.5,
+        batch_size: int = 64,
+        chunk_records: int = 256,
+        min_class_share: float = 0.0,
+    ):
+        if not 0 < threshold < 1 or chunk_records < 1:
+            raise ConfigError(f"step_labels: threshold must be in (0, 1) and chunk_records >= 1, got "
+                              f"{threshold}, {chunk_records}")  # fmt: skip
         self.orm, self.threshold, self.batch_size = orm, threshold, batch_size
+        self.chunk_records, self.min_class_share = chunk_records, _class_share(min_class_share)
 
     def settings(self) -> dict:
-        # The ORM is read at the step ends, so labels cached under another step convention are not reused.
-        return {
-            "orm": fingerprint(self.orm, "float32"),
-            "threshold": self.threshold,
-            "step_convention": STEP_CONVENTION,
-        }
+        # The verifier is read at the step ends, so confidences cached under another step convention are not
+        # reused; θ is applied on reading, so it is no part of the cache's key.
+        return {"orm": fingerprint(self.orm, "float32"), "step_convention": STEP_CONVENTION,
+                "cached": "confidence"}  # fmt: skip
+
+    def describe(self) -> str:
+        return f"{self.method} (θ = {self.threshold})"
+
+    def values(self, entry: dict) -> list[float]:
+        return autopsv_values(entry["confidence"], self.threshold)
+
+    def hint(self, labelled: list[tuple[Record, dict]]) -> str:
+        shares = threshold_shares([e["confidence"] for _, e in labelled], THRESHOLDS)
+        usable = [f"{t} ({share:.0%} good)" for t, share in shares.items() if 0.05 <= share <= 0.95]
+        listed = ", ".join(f"{t}: {share:.1%}" for t, share in shares.items())
+        return f"Share labelled good by θ on these records: {listed}. " + (
+            f"θ with 5–95 % good: {', '.join(usable)}." if usable else "No θ gives 5–95 % good."
+        )
 
     def fixed_flops(self) -> float:
         flops = Path(self.orm) / "flops.json"
         if not flops.is_file():
-            log.warning("%s has no flops.json: AutoPSV's cost leaves out training the ORM", self.orm)
+            log.warning("%s has no flops.json: AutoPSV's cost leaves out training its verifier", self.orm)
             return 0.0
         return float(json.loads(flops.read_text())["train"])
 
     def _label(self, records: list[Record], context: LabellingContext) -> list[dict]:
-        orm = load_exported(self.orm).to(context.device)
+        verifier = load_exported(self.orm).to(context.device)
+        if verifier.hparams.target != "outcome_every_step":
+            raise ConfigError(
+                f"step_labels.orm: {self.orm} was trained with target {verifier.hparams.target!r}; AutoPSV "
+                "reads a verifier trained on the outcome label at every step end (target "
+                "'outcome_every_step', configs/baselines/osv.yaml), whose confidence at step k estimates "
+                "P(correct | steps 1..k)"
+            )
         collate = Collator(AutoTokenizer.from_pretrained(self.orm), context.separator)
-        cost = ForwardCost.of(orm.model)
+        cost = ForwardCost.of(verifier.model)
         entries = []
         for begin in range(0, len(records), self.batch_size):
             part = records[begin : begin + self.batch_size]
             batch = collate([{"record": r, "index": i, "group": 0} for i, r in enumerate(part)])
             batch = {k: v.to(context.device) for k, v in batch.items()}
-            prompt_end = batch["response_mask"].int().argmax(-1, keepdim=True) - 1
-            batch["step_ends"] = torch.cat([prompt_end, batch["step_ends"]], -1)
+            batch["step_ends"] = prompt_and_step_ends(batch)
             with torch.no_grad():
-                confidence = torch.sigmoid(orm.step_logits(batch)).cpu()
+                confidence = torch.sigmoid(verifier.step_logits(batch)).cpu()
             lengths = batch["attention_mask"].sum(-1)
             for row in range(len(part)):
                 c = confidence[row][~confidence[row].isnan()].tolist()
                 entries.append({
-                    "values": autopsv_values(c, self.threshold),
+                    "confidence": c,
                     "flops": cost(lengths[row : row + 1]),
                     "tokens": int(lengths[row]),
                 })  # fmt: skip
         return entries
 
 
+THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+
+
 def autopsv_values(confidence: list[float], threshold: float) -> list[float]:
-    """Prefix values from an ORM's confidences [c_0 (prompt end), c_1, …, c_S]: 1 until the first step
-    whose relative drop exceeds `threshold`, 0 from it on."""
+    """Prefix values from a verifier's confidences [c_0 (prompt end), c_1, …, c_S]: step k is bad where the
+    relative change Δ_k = (c_k − c_{k−1})/c_{k−1} < −θ; v_k is 1 until the first bad step, 0 from it on."""
     values, good = [], True
     for before, after in zip(confidence, confidence[1:], strict=False):
-        good = good and not (before > 0 and (before - after) / before > threshold)
+        good = good and not (before > 0 and (after - before) / before < -threshold)
         values.append(float(good))
     return values
+
+
+def threshold_shares(confidences: list[list[float]], thresholds: tuple[float, ...]) -> dict[float, float]:
+    """The share of step prefixes AutoPSV labels good at each θ, from the verifier's confidences."""
+    shares = {}
+    for threshold in thresholds:
+        values = [v for c in confidences for v in autopsv_values(c, threshold)]
+        shares[threshold] = sum(values) / len(values) if values else float("nan")
+    return shares
+
+
+def _class_share(share: float) -> float:
+    if not 0 <= share < 0.5:
+        raise ConfigError(f"step_labels.min_class_share must be in [0, 0.5), got {share}")
+    return share
