@@ -164,7 +164,7 @@ def test_two_ranks_on_packed_batches_give_the_one_process_padded_gradient(
     ]
     for rank in ranks:
         rank.start()
-    averaged = queue.get(timeout=120)
+    averaged = torch.tensor(queue.get(timeout=120))
     for rank in ranks:
         rank.join(timeout=60)
         rank.kill()
@@ -179,7 +179,7 @@ def _rank_with(objective_class, rank: int, port: int, model_dir: str, batch: dic
     _, gradient = _loss_and_grads(module, select_rows(batch, torch.tensor(PARTS[rank])))
     dist.all_reduce(gradient)  # what DDP does: the mean of the ranks' gradients
     if rank == 0:
-        queue.put(gradient / 2)
+        queue.put((gradient / 2).tolist())  # plain values: a shared tensor's storage dies with this process
     dist.destroy_process_group()
 
 
