@@ -26,8 +26,8 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.cli import LightningCLI
 
+from iprm.compat import CheckpointHooks
 from iprm.data import PRMDataModule
 from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
@@ -51,14 +51,14 @@ COMMAND_LINE_ONLY = (
 )
 
 
-class IPRMCLI(LightningCLI):
+class IPRMCLI(CheckpointHooks):
     def parse_arguments(self, parser, args) -> None:
         self._args = args  # kept to tell what the configs and flags set (`_given_model_arguments`)
         if not isinstance(args, dict | Namespace):
             check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
 
-    def _parse_ckpt_path(self) -> None:
+    def fill_from_checkpoint(self) -> None:
         """Fill in model arguments the configs and flags leave unset from the checkpoint's hyperparameters,
         except `COMMAND_LINE_ONLY`."""
         subcommand = self.config.get("subcommand")
@@ -104,9 +104,9 @@ class IPRMCLI(LightningCLI):
         keys = [key.removeprefix("init_args.") for key in model.keys() if key != "class_path"]  # noqa: SIM118
         return {key.split(".")[0] for key in keys}
 
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+    def subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super().subcommand_kwargs(subcommand)
+        if self.subcommand_accepts(subcommand, "weights_only"):
             if kwargs.get("weights_only") is False:
                 raise ConfigError("--weights_only false is refused: loading a checkpoint must not run code")
             kwargs["weights_only"] = True  # also for remote checkpoints, where Lightning's default is False

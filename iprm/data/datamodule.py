@@ -27,6 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from iprm import compat
 from iprm.data.collate import Collator
 from iprm.data.knobs import (
     balance_dataset,
@@ -429,11 +430,11 @@ class PRMDataModule(L.LightningDataModule):
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
             min_instructions=2 if self.mismatched_pairs else 1,
         )
-        fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is not None:
+        epoch = compat.epochs_processed(self.trainer)
+        if epoch is not None:
             # Lightning draws the first batch before it sets the epoch (`FitLoop.setup_data`), and after a
             # resume from an epoch's end it keeps that iterator: start at the epoch Lightning will set.
-            sampler.set_epoch(fit_loop.epoch_progress.current.processed)
+            sampler.set_epoch(epoch)
         self._train_loader = ResumableDataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
         )

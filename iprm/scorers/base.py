@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from iprm import refcache, rewards
+from iprm import compat, refcache, rewards
 from iprm.data.collate import select_rows
 from iprm.errors import ConfigError
 from iprm.results import record_scalars
@@ -186,13 +186,13 @@ class RewardModel(L.LightningModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )
-        fit_loop, loaded = self.trainer.fit_loop, self.trainer.fit_loop._combined_loader is not None
+        loaded = compat.training_loader_built(self.trainer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if not loaded:
             # Counting the steps built the fit loop's training loader and drew its first batch, before a
             # resumed run restores its loops; Lightning would then never restore the loader's position
             # (lightning#20550). Dropped, the fit loop builds it afresh after the restore.
-            fit_loop._combined_loader = None
+            compat.drop_training_loader(self.trainer)
         warmup = int(self.hparams.warmup_ratio * total)
 
         def factor(step: int) -> float:
