@@ -34,6 +34,7 @@ from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
+from iprm.runlog import STAGES, log_beside_fit, quiet_third_party
 from iprm.scorers import ImplicitPRM, RewardModel
 
 log = logging.getLogger(__name__)
@@ -118,6 +119,13 @@ class IPRMCLI(CheckpointHooks):
         parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
 
+    def before_instantiate_classes(self) -> None:
+        # `test` and `predict` of a fit's checkpoint log into that fit's directory (`iprm.runlog`)
+        if self.subcommand in STAGES:
+            name = f"{self.subcommand}-config.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+            log_beside_fit(self.subcommand, self.config[self.subcommand])
+
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
@@ -196,6 +204,8 @@ def _user_error(error: BaseException) -> IPRMError | None:
 
 
 def main(args: list[str] | None = None) -> IPRMCLI:
+    """Run `iprm fit|validate|test|predict` with `args` (None: the command line's)."""
+    quiet_third_party()
     return IPRMCLI(
         RewardModel,
         PRMDataModule,

@@ -271,3 +271,69 @@ def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(wor
     built = Path(world.extra_train_path("addmul")).stat().st_mtime_ns
     WorldDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
     assert Path(world.extra_train_path("addmul")).stat().st_mtime_ns == built
+
+
+@pytest.mark.integration
+def test_test_and_predict_of_a_fit_log_beside_it_without_a_new_version(fitted, world_root, tmp_path):
+    """Under the fit's own logger (same save_dir and name), `test` and `predict` write into the fit's run
+    directory: no `version_N` per call, and the fit's config.yaml is left as the fit wrote it."""
+    (run,) = (fitted / "runs" / "smoke").glob("version_*")
+    ckpt = next(run.glob("checkpoints/*.ckpt"))
+    config = (run / "config.yaml").read_bytes()
+    main(["test", *_smoke_args(fitted, world_root), "--ckpt_path", str(ckpt)])
+    main([
+        "predict", *_smoke_args(fitted, world_root), "--ckpt_path", str(ckpt),
+        "--data.predict_path", str(next(world_root.glob("world-*/test-weak.jsonl"))),
+        "--prediction.output_path", str(tmp_path / "scored.jsonl"),
+    ])  # fmt: skip
+    assert list((fitted / "runs" / "smoke").glob("version_*")) == [run]
+    assert (run / "test-metrics.json").is_file() and (run / "evaluation" / "test-weak.csv").is_file()
+    assert (run / "test-config.yaml").is_file() and (run / "predict-config.yaml").is_file()
+    assert (run / "config.yaml").read_bytes() == config
+
+
+def test_a_fit_run_directory_is_found_only_under_the_same_unversioned_logger(tmp_path):
+    from iprm.runlog import TENSORBOARD, fit_run_directory
+
+    run = tmp_path / "runs" / "smoke" / "version_3"
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+
+    def logger(**init):
+        return {
+            "class_path": TENSORBOARD,
+            "init_args": {"save_dir": str(tmp_path / "runs"), "name": "smoke", **init},
+        }
+
+    assert fit_run_directory(ckpt, logger()) == run.resolve()
+    assert fit_run_directory(ckpt, logger(version="mine")) is None  # the user chose a version
+    assert fit_run_directory(ckpt, logger(save_dir=str(tmp_path / "elsewhere"))) is None
+    assert fit_run_directory(ckpt, logger(name="other")) is None
+    assert fit_run_directory(str(tmp_path / "loose.ckpt"), logger()) is None  # not in a run's checkpoints/
+    assert fit_run_directory(None, logger()) is None
+    assert fit_run_directory(ckpt, {"class_path": "lightning.pytorch.loggers.CSVLogger"}) is None
+
+
+def test_third_party_noise_is_silenced_by_its_text_and_other_warnings_still_show(caplog):
+    import logging
+    import warnings
+
+    from iprm.runlog import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn(
+            "You are using a custom batch sampler `ShardedBatchSampler` for prediction. Lightning would "
+            "normally set `drop_last=False` to ensure all samples are returned",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("Found 33 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+        warnings.warn("something iprm needs you to see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something iprm needs you to see"]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=rank_zero.name):
+        rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
