@@ -75,4 +75,4 @@ def test_generate_fit_test_predict_on_gsm8k_with_a_toy_instruct_model(tmp_path):
     for row, record in zip(rows, candidates, strict=True):
         steps = len(task.split_steps(record.response)) or 1
         assert len(row["step_scores"]["accumulative"]) == steps
-    assert [p.name for p in (tmp_path / "runs" / "walkthrough").iterdir()] == ["version_0"]  # no stray versions
+    assert [p.name for p in (tmp_path / "runs" / "walkthrough").iterdir()] == ["version_0"]  # none stray
