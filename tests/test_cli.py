@@ -42,6 +42,7 @@ def fitted(tmp_path_factory, world_root) -> Path:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
     run = next((fitted / "runs" / "smoke").glob("version_*"))
     assert (run / "config.yaml").exists()
@@ -62,6 +63,7 @@ def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_fit_runs_for_every_objective(objective, tmp_path, world_root):
     overlay = str(CONFIGS / "objective" / f"{objective}.yaml")
@@ -73,6 +75,7 @@ def test_fit_runs_for_every_objective(objective, tmp_path, world_root):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
     main(["test", *_smoke_args(tmp_path, world_root), "--ckpt_path", str(ckpt)])
@@ -111,6 +114,7 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
     labelled = next(world_root.glob("world-*/test-strong.jsonl"))
@@ -218,6 +222,7 @@ def test_help_documents_the_arguments(capsys):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path, tiny_model_dir):
     """No world: a user's JSONL rollouts, a best-of-N file and a local checkpoint directory."""
     data = write_own_records(tmp_path)
@@ -235,6 +240,7 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_training(tmp_path, world_root):
     """Offloaded reference, disk cache and length-grouped batches with DPO, through the CLI; a second fit
     finds every reference log-prob on disk."""
@@ -252,6 +258,7 @@ def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_trainin
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(world_root):
     """The "extra instructions from a second task family" data factor on the miniature world."""
     from iprm.tasks import WorldDataModule
@@ -274,6 +281,7 @@ def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(wor
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_test_and_predict_of_a_fit_log_beside_it_without_a_new_version(fitted, world_root, tmp_path):
     """Under the fit's own logger (same save_dir and name), `test` and `predict` write into the fit's run
     directory: no `version_N` per call, and the fit's config.yaml is left as the fit wrote it."""

@@ -30,6 +30,7 @@ def test_gsm8k_solution_becomes_boxed_steps():
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_generate_fit_test_predict_on_gsm8k_with_a_toy_instruct_model(tmp_path):
     model = build(tmp_path / "toy", GSM8K, problems=10, steps=4, hidden_size=32, num_layers=1, vocab_size=400)
     tokenizer = AutoTokenizer.from_pretrained(model)
