@@ -26,14 +26,15 @@ import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint
-from lightning.pytorch.cli import LightningCLI
 
+from iprm.compat import CheckpointHooks
 from iprm.data import PRMDataModule
 from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
+from iprm.runlog import STAGES, log_beside_fit, quiet_third_party
 from iprm.scorers import ImplicitPRM, RewardModel
 
 log = logging.getLogger(__name__)
@@ -51,14 +52,14 @@ COMMAND_LINE_ONLY = (
 )
 
 
-class IPRMCLI(LightningCLI):
+class IPRMCLI(CheckpointHooks):
     def parse_arguments(self, parser, args) -> None:
         self._args = args  # kept to tell what the configs and flags set (`_given_model_arguments`)
         if not isinstance(args, dict | Namespace):
             check_config_files(sys.argv[1:] if args is None else args)
         super().parse_arguments(parser, args)
 
-    def _parse_ckpt_path(self) -> None:
+    def fill_from_checkpoint(self) -> None:
         """Fill in model arguments the configs and flags leave unset from the checkpoint's hyperparameters,
         except `COMMAND_LINE_ONLY`."""
         subcommand = self.config.get("subcommand")
@@ -104,9 +105,9 @@ class IPRMCLI(LightningCLI):
         keys = [key.removeprefix("init_args.") for key in model.keys() if key != "class_path"]  # noqa: SIM118
         return {key.split(".")[0] for key in keys}
 
-    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict:
-        kwargs = super()._prepare_subcommand_kwargs(subcommand)
-        if "weights_only" in self._subcommand_method_arguments[subcommand]:
+    def subcommand_kwargs(self, subcommand: str) -> dict:
+        kwargs = super().subcommand_kwargs(subcommand)
+        if self.subcommand_accepts(subcommand, "weights_only"):
             if kwargs.get("weights_only") is False:
                 raise ConfigError("--weights_only false is refused: loading a checkpoint must not run code")
             kwargs["weights_only"] = True  # also for remote checkpoints, where Lightning's default is False
@@ -117,6 +118,13 @@ class IPRMCLI(LightningCLI):
         parser.link_arguments("data.model_path", "model.init_args.model_path", apply_on="instantiate")
         parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+
+    def before_instantiate_classes(self) -> None:
+        # `test` and `predict` of a fit's checkpoint log into that fit's directory (`iprm.runlog`)
+        if self.subcommand in STAGES:
+            name = f"{self.subcommand}-config.yaml"
+            self.save_config_kwargs = {**self.save_config_kwargs, "config_filename": name}
+            log_beside_fit(self.subcommand, self.config[self.subcommand])
 
     def instantiate_classes(self) -> None:
         try:
@@ -196,6 +204,8 @@ def _user_error(error: BaseException) -> IPRMError | None:
 
 
 def main(args: list[str] | None = None) -> IPRMCLI:
+    """Run `iprm fit|validate|test|predict` with `args` (None: the command line's)."""
+    quiet_third_party()
     return IPRMCLI(
         RewardModel,
         PRMDataModule,

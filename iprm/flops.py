@@ -26,12 +26,15 @@ L is the count of real tokens (attention-mask sums); padding is not counted. The
 starting checkpoint, as in the paper (the world samples its rollouts from its reference policy); the data
 module reports the tokens of the rollouts the run needed (`sampling_tokens()`).
 
-`FlopsCounter` counts as training batches pass: each batch's policy forward and backward, each training
-record's reference forward the first time the run trains on it (cached afterwards; counted even when a
-cache an earlier run left on disk served it, so a run's cost does not depend on what ran before it), and
-KTO's mismatched pairs. It logs `train/flops` (cumulative) while training, and `flops/{train,data,total}`
-and `<log_dir>/flops.json` at the end of training, with the training loop's wall time (`train_seconds`)
-and the achieved `train_flops_per_second` (divide by a device's peak for its model-FLOPs utilisation).
+`FlopsCounter` counts as training batches pass, what the reward model says its training step forwards
+(`RewardModel.training_forwards(batch)`: a list of `Forward`s, so a new reward model states its own cost
+and this module needs no change): for the implicit PRM, each batch's policy forward and backward, each
+training record's reference forward the first time the run trains on it (cached afterwards; counted even
+when a cache an earlier run left on disk served it, so a run's cost does not depend on what ran before
+it), and KTO's mismatched pairs. It logs `train/flops` (cumulative) while training, and
+`flops/{train,data,total}` and `<log_dir>/flops.json` at the end of training, with the training loop's
+wall time (`train_seconds`) and the achieved `train_flops_per_second` (divide by a device's peak for its
+model-FLOPs utilisation).
 The counts are checkpointed, so a run resumed after a kill reports the whole run's FLOPs, each counted
 once; `train_seconds` is this process's training loop only (from its resume), and
 `train_flops_per_second` divides the FLOPs this process spent by it.
@@ -91,6 +94,19 @@ class ForwardCost:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Forward:
+    """One pass a training step runs over a batch: through which model (a key of the reward model's
+    `flops_models()`), over which tokens, forward only (1) or forward and backward (3); with `records`
+    (the batch's record indices), each record is counted once per run, for a model whose outputs are
+    cached after the first time (the frozen reference)."""
+
+    model: str
+    attention_mask: Tensor
+    passes: int = 1
+    records: Tensor | None = None
+
+
 def data_flops(tokens: dict[str, float | str], cost: ForwardCost) -> dict[str, float | str]:
     """Data FLOPs (see the module docstring) from the sampling token counts a data module reports."""
     total = tokens["prompt_tokens"] + tokens["sampled_tokens"]
@@ -107,13 +123,18 @@ def count(
 ) -> None:
     """Add one forward (passes=1) or forward + backward (passes=3) of `name` over a batch to `counts`."""
     lengths = attention_mask.sum(-1)
-    counts[f"{name}_tokens"] += float(lengths.sum())
-    counts[f"{name}_flops"] += passes * cost(lengths)
+    counts[f"{name}_tokens"] = counts.get(f"{name}_tokens", 0.0) + float(lengths.sum())
+    counts[f"{name}_flops"] = counts.get(f"{name}_flops", 0.0) + passes * cost(lengths)
+
+
+def spent(counts: dict[str, float]) -> float:
+    """The training FLOPs of these counts: every model's."""
+    return sum(value for key, value in counts.items() if key.endswith("_flops"))
 
 
 def totals(counts: dict[str, float], data: dict) -> dict:
     """The run's cost as written to `flops.json`: training, data and their sum, and their parts."""
-    train = counts["policy_flops"] + counts["reference_flops"]
+    train = spent(counts)
     return {
         "train": train,
         "data": data["flops"],
@@ -132,7 +153,7 @@ class FlopsCounter(Callback):
 
     def __init__(self):
         self.counts = zero_counts()
-        self.reference_counted: set[int] = set()
+        self.counted_once: dict[str, set[int]] = {}  # model → records whose (cached) forward is counted
         self.costs: dict[str, ForwardCost] = {}
         self.data: dict = {"flops": math.nan}
         self._log_dir: Path | None = None
@@ -140,20 +161,24 @@ class FlopsCounter(Callback):
         self._spent_before = 0.0
 
     def state_dict(self) -> dict:
-        return {"counts": dict(self.counts), "reference_counted": sorted(self.reference_counted)}
+        return {
+            "counts": dict(self.counts),
+            "counted_once": {model: sorted(records) for model, records in self.counted_once.items()},
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.counts.update(state_dict["counts"])
-        self.reference_counted = set(state_dict["reference_counted"])
+        if "reference_counted" in state_dict:  # checkpoints written before `counted_once`
+            self.counted_once = {"reference": set(state_dict["reference_counted"])}
+        else:
+            self.counted_once = {model: set(ids) for model, ids in state_dict["counted_once"].items()}
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # `trainer.log_dir` is a collective under DDP: every rank asks here, rank 0 writes at the end.
         self._log_dir = Path(trainer.log_dir or ".")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.costs = {"policy": ForwardCost.of(pl_module.trained_model)}
-        if getattr(pl_module, "reference", None) is not None:
-            self.costs["reference"] = ForwardCost.of(pl_module.reference)
+        self.costs = {name: ForwardCost.of(model) for name, model in pl_module.flops_models().items()}
         sampling = getattr(trainer.datamodule, "sampling_tokens", None)
         # The rollouts were sampled by the starting checkpoint, which is the policy before training.
         self.data = data_flops(sampling(), self.costs["policy"]) if sampling else {"flops": math.nan}
@@ -166,31 +191,28 @@ class FlopsCounter(Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the checkpoint's counts are restored: what this process spends is counted from here.
         self._started = time.perf_counter()
-        self._spent_before = self.counts["policy_flops"] + self.counts["reference_flops"]
+        self._spent_before = spent(self.counts)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         self.count_batch(pl_module, batch)
-        spent = self.counts["policy_flops"] + self.counts["reference_flops"]
         size = len(batch["labels"])
-        pl_module.log("train/flops", spent, batch_size=size, reduce_fx="sum", sync_dist=True)  # cumulative
+        pl_module.log("train/flops", spent(self.counts), batch_size=size, reduce_fx="sum", sync_dist=True)
 
     def count_batch(self, pl_module: L.LightningModule, batch: dict) -> None:
-        """Add what `pl_module.training_step` forwards for this batch."""
-        with_reference = pl_module.trains_with_reference
-        count(self.counts, "policy", self.costs["policy"], batch["attention_mask"], passes=3)
-        if with_reference:
-            rows = [row for row, i in enumerate(batch["index"].tolist()) if i not in self.reference_counted]
-            self.reference_counted.update(batch["index"][rows].tolist())
-            count(self.counts, "reference", self.costs["reference"], batch["attention_mask"][rows], 1)
-        if pl_module.forwards_mismatched_pairs:
-            count(self.counts, "policy", self.costs["policy"], batch["kl_attention_mask"], passes=1)
-            if with_reference:
-                count(self.counts, "reference", self.costs["reference"], batch["kl_attention_mask"], 1)
+        """Add what `pl_module.training_step` forwards for this batch (`pl_module.training_forwards`)."""
+        for forward in pl_module.training_forwards(batch):
+            mask = forward.attention_mask
+            if forward.records is not None:
+                seen = self.counted_once.setdefault(forward.model, set())
+                rows = [row for row, i in enumerate(forward.records.tolist()) if i not in seen]
+                seen.update(forward.records[rows].tolist())
+                mask = mask[rows]
+            count(self.counts, forward.model, self.costs[forward.model], mask, forward.passes)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Summed over ranks here, not in on_fit_end: the strategy has torn down its process group by then.
         summed = dict(self.counts)
-        summed["spent_here"] = summed["policy_flops"] + summed["reference_flops"] - self._spent_before
+        summed["spent_here"] = spent(summed) - self._spent_before
         if trainer.world_size > 1:
             values = torch.tensor(list(summed.values()), dtype=torch.float64, device=pl_module.device)
             reduced = trainer.strategy.reduce(values, reduce_op="sum").tolist()

@@ -373,6 +373,7 @@ def test_through_the_cli_nothing_is_written_before_the_refusal(flags, expected, 
     assert not (tmp_path / "runs").exists() and not (tmp_path / "policy").exists()
 
 
+@pytest.mark.slow
 def test_python_m_iprm_prints_one_line_without_traceback(tmp_path, tiny_model_dir):
     train = _write(tmp_path, "t.jsonl", GOOD[0], b"{oops")
     result = subprocess.run(

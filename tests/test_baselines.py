@@ -31,6 +31,8 @@ from iprm.tasks.arithmetic import (
 )
 from iprm.tasks.world import World
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 NAN = math.nan

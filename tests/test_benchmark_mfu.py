@@ -12,6 +12,8 @@ import torch
 
 from iprm.flops import ForwardCost
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

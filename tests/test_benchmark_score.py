@@ -11,6 +11,8 @@ import torch
 
 from iprm.data.collate import encode
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]

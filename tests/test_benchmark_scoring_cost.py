@@ -2,11 +2,14 @@
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from benchmarks import scoring_cost
 from iprm.scorers import ExplicitPRM
 from iprm.tasks.world import World
+
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
 

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 from iprm.cli import main
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -3,8 +3,6 @@ predict writes step scores, every shipped config parses."""
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +42,7 @@ def fitted(tmp_path_factory, world_root) -> Path:
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
     run = next((fitted / "runs" / "smoke").glob("version_*"))
     assert (run / "config.yaml").exists()
@@ -64,6 +63,7 @@ def test_fit_writes_checkpoint_config_logs_tables_and_policy(fitted):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_fit_runs_for_every_objective(objective, tmp_path, world_root):
     overlay = str(CONFIGS / "objective" / f"{objective}.yaml")
@@ -75,6 +75,7 @@ def test_fit_runs_for_every_objective(objective, tmp_path, world_root):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
     main(["test", *_smoke_args(tmp_path, world_root), "--ckpt_path", str(ckpt)])
@@ -113,6 +114,7 @@ def test_test_subcommand_writes_markdown_and_csv(fitted, world_root, tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_predict_writes_step_scores_for_every_record(fitted, world_root, tmp_path):
     ckpt = next((fitted / "runs" / "smoke").glob("version_*/checkpoints/*.ckpt"))
     labelled = next(world_root.glob("world-*/test-strong.jsonl"))
@@ -198,35 +200,29 @@ def test_the_real_scale_configs_say_what_the_paper_ran(capsys):
     assert official["evaluation"]["missing_answers"] == "pool"
 
 
-def test_help_documents_the_arguments():
-    top = subprocess.run([sys.executable, "-m", "iprm", "--help"], capture_output=True, text=True, check=True)
-    assert "fit" in top.stdout and "predict" in top.stdout
-    fit = subprocess.run(
-        [sys.executable, "-m", "iprm", "fit", "--help"], capture_output=True, text=True, check=True
-    )
+def _help(capsys, *args: str) -> str:
+    """What `iprm <args>` prints for a help flag, in-process (argparse exits after printing it)."""
+    with pytest.raises(SystemExit):
+        main(list(args))
+    return capsys.readouterr().out
+
+
+def test_help_documents_the_arguments(capsys):
+    fit = _help(capsys, "fit", "--help")
     for flag in ("--model", "--data", "--evaluation.ns", "--prediction.output_path"):
-        assert flag in fit.stdout, flag
+        assert flag in fit, flag
     # The reward model is chosen by class_path (the implicit PRM by default); each documents its arguments.
-    model = subprocess.run(
-        [sys.executable, "-m", "iprm", "fit", "--model.help", "iprm.scorers.ImplicitPRM"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert "--model.objective" in model.stdout and "--model.reference_free" in model.stdout
-    assert "starting checkpoint" in model.stdout  # docstrings become help text
+    model = _help(capsys, "fit", "--model.help", "iprm.scorers.ImplicitPRM")
+    assert "--model.objective" in model and "--model.reference_free" in model
+    assert "starting checkpoint" in model  # docstrings become help text
     # The data module is chosen by class_path; each one documents its own arguments.
-    data = subprocess.run(
-        [sys.executable, "-m", "iprm", "fit", "--data.help", "iprm.tasks.WorldDataModule"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    data = _help(capsys, "fit", "--data.help", "iprm.tasks.WorldDataModule")
     for flag in ("--data.world", "--data.extra_families", "--data.instruction_fraction", "--data.test_paths"):
-        assert flag in data.stdout, flag
+        assert flag in data, flag
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path, tiny_model_dir):
     """No world: a user's JSONL rollouts, a best-of-N file and a local checkpoint directory."""
     data = write_own_records(tmp_path)
@@ -244,6 +240,7 @@ def test_fit_on_your_own_jsonl_and_checkpoint_with_only_a_config_change(tmp_path
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_training(tmp_path, world_root):
     """Offloaded reference, disk cache and length-grouped batches with DPO, through the CLI; a second fit
     finds every reference log-prob on disk."""
@@ -261,6 +258,7 @@ def test_fit_with_every_speed_up_switched_on_fills_the_disk_cache_before_trainin
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(world_root):
     """The "extra instructions from a second task family" data factor on the miniature world."""
     from iprm.tasks import WorldDataModule
@@ -280,3 +278,70 @@ def test_extra_task_family_adds_as_many_new_instructions_without_subtraction(wor
     built = Path(world.extra_train_path("addmul")).stat().st_mtime_ns
     WorldDataModule(world=world, extra_families=["addmul"]).prepare_data()  # cached: not sampled again
     assert Path(world.extra_train_path("addmul")).stat().st_mtime_ns == built
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_test_and_predict_of_a_fit_log_beside_it_without_a_new_version(fitted, world_root, tmp_path):
+    """Under the fit's own logger (same save_dir and name), `test` and `predict` write into the fit's run
+    directory: no `version_N` per call, and the fit's config.yaml is left as the fit wrote it."""
+    (run,) = (fitted / "runs" / "smoke").glob("version_*")
+    ckpt = next(run.glob("checkpoints/*.ckpt"))
+    config = (run / "config.yaml").read_bytes()
+    main(["test", *_smoke_args(fitted, world_root), "--ckpt_path", str(ckpt)])
+    main([
+        "predict", *_smoke_args(fitted, world_root), "--ckpt_path", str(ckpt),
+        "--data.predict_path", str(next(world_root.glob("world-*/test-weak.jsonl"))),
+        "--prediction.output_path", str(tmp_path / "scored.jsonl"),
+    ])  # fmt: skip
+    assert list((fitted / "runs" / "smoke").glob("version_*")) == [run]
+    assert (run / "test-metrics.json").is_file() and (run / "evaluation" / "test-weak.csv").is_file()
+    assert (run / "test-config.yaml").is_file() and (run / "predict-config.yaml").is_file()
+    assert (run / "config.yaml").read_bytes() == config
+
+
+def test_a_fit_run_directory_is_found_only_under_the_same_unversioned_logger(tmp_path):
+    from iprm.runlog import TENSORBOARD, fit_run_directory
+
+    run = tmp_path / "runs" / "smoke" / "version_3"
+    ckpt = str(run / "checkpoints" / "last.ckpt")
+
+    def logger(**init):
+        return {
+            "class_path": TENSORBOARD,
+            "init_args": {"save_dir": str(tmp_path / "runs"), "name": "smoke", **init},
+        }
+
+    assert fit_run_directory(ckpt, logger()) == run.resolve()
+    assert fit_run_directory(ckpt, logger(version="mine")) is None  # the user chose a version
+    assert fit_run_directory(ckpt, logger(save_dir=str(tmp_path / "elsewhere"))) is None
+    assert fit_run_directory(ckpt, logger(name="other")) is None
+    assert fit_run_directory(str(tmp_path / "loose.ckpt"), logger()) is None  # not in a run's checkpoints/
+    assert fit_run_directory(None, logger()) is None
+    assert fit_run_directory(ckpt, {"class_path": "lightning.pytorch.loggers.CSVLogger"}) is None
+
+
+def test_third_party_noise_is_silenced_by_its_text_and_other_warnings_still_show(caplog):
+    import logging
+    import warnings
+
+    from iprm.runlog import quiet_third_party
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, stacklevel=1)
+        warnings.warn(
+            "You are using a custom batch sampler `ShardedBatchSampler` for prediction. Lightning would "
+            "normally set `drop_last=False` to ensure all samples are returned",
+            UserWarning,
+            stacklevel=1,
+        )
+        warnings.warn("Found 33 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+        warnings.warn("something iprm needs you to see", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["something iprm needs you to see"]
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=rank_zero.name):
+        rank_zero.info("💡 Tip: For seamless cloud logging and experiment tracking, try installing litlogger")
+        rank_zero.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]

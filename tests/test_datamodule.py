@@ -317,16 +317,6 @@ def test_test_sets_default_to_the_validation_sets(tiny_model_dir, eval_path):
     assert list(dm.test_records) == ["weak"]
 
 
-def test_data_never_imports_tasks():
-    """`iprm.data` is below `iprm.tasks`: a task supplies its data by subclassing the DataModule."""
-    import subprocess
-    import sys
-
-    code = "import sys, iprm.data.datamodule; print(any(m.startswith('iprm.tasks') for m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
-
-
 @pytest.mark.parametrize(
     "settings",
     [

@@ -26,6 +26,8 @@ from iprm.data.collate import select_rows
 from iprm.data.records import Record
 from iprm.objectives import CE, DPO, KTO, NCA, CEInstructionBalanced
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 

@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from conftest import assert_notebook_draws
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["figure1_accuracy_vs_flops", "figure3_majority_voting", "figure4_scaling"]
 

@@ -20,10 +20,11 @@ from conftest import collate, make_tiny_llama
 
 from iprm import flops
 from iprm.data.collate import Collator
+from iprm.data.cost import rollouts_needed
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.records import Record, write_records
 from iprm.objectives import CE, KTO
-from iprm.scorers import ImplicitPRM
+from iprm.scorers import ExplicitPRM, ImplicitPRM, RewardModel
 from iprm.tasks import WorldDataModule
 from iprm.tasks.world import World
 
@@ -120,7 +121,7 @@ def test_data_tokens_from_records_count_only_the_rollouts_a_run_needed(tmp_path,
         allow_one_class=True,  # the one response kept is correct: a cost count, not a training set
     )
     datamodule.setup("fit")
-    (kept,) = datamodule._rollouts_needed(_records())
+    (kept,) = datamodule.rollouts.needed
     counts = datamodule.sampling_tokens()
     assert counts == {
         "prompt_tokens": 1 + len(kept.prompt),
@@ -151,11 +152,78 @@ def test_data_tokens_from_a_world_manifest_scale_with_the_share_needed(tmp_path,
     assert counts == {"prompt_tokens": 200, "sampled_tokens": 500, "records": 2, "source": "world manifest"}
 
 
-def test_flops_imports_nothing_from_data():
-    """The cost of a run is counted from what passes, never re-derived from the data module's knobs."""
-    import subprocess
-    import sys
+def test_rollouts_needed_are_those_the_fraction_and_responses_keep_not_dedup_or_balance():
+    records = _records()
+    everything = rollouts_needed(records, 1.0, None, seed=0)
+    assert (everything.loaded, everything.needed) == (4, records)
+    first = rollouts_needed(records, 1.0, 1, seed=0)
+    assert first.needed == [records[0], records[2]]
+    half = rollouts_needed(records, 0.5, 1, seed=0)
+    assert len(half.needed) == 1 and half.share({"prompt_tokens": 40, "sampled_tokens": 80}, "x") == {
+        "prompt_tokens": 10.0,
+        "sampled_tokens": 20.0,
+        "records": 1,
+        "source": "x",
+    }
 
-    code = "import sys, iprm.flops; print(sorted(m for m in sys.modules if m.startswith('iprm.data')))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+
+def test_an_explicit_prm_counts_one_forward_and_backward_of_its_backbone(tiny_model_dir, char_tokenizer):
+    module = ExplicitPRM(model_path=tiny_model_dir)
+    module.configure_model()
+    batch = collate(char_tokenizer, _records())
+    counter = flops.FlopsCounter()
+    counter.costs = {name: flops.ForwardCost.of(m) for name, m in module.flops_models().items()}
+    assert set(counter.costs) == {"policy"}
+    counter.count_batch(module, batch)
+    counter.count_batch(module, batch)
+    one_forward = flops.ForwardCost(N, 2, 32)(batch["attention_mask"].sum(-1))
+    assert counter.counts["policy_flops"] == 2 * 3 * one_forward
+    assert counter.counts["reference_flops"] == 0
+
+
+def test_a_reference_free_implicit_prm_counts_no_reference(tiny_model_dir, char_tokenizer):
+    module = ImplicitPRM(model_path=tiny_model_dir, objective=CE(beta=0.5), reference_free=True)
+    batch = collate(char_tokenizer, _records())
+    assert [f.model for f in module.training_forwards(batch)] == ["policy"]
+
+
+def test_a_new_reward_model_states_its_own_cost_and_the_counter_needs_no_change():
+    """A reward model with a second decoder forwarded once per record, and no reference: the counter
+    counts what `training_forwards` lists, under the model names `flops_models` gives."""
+
+    class TwoTowers(RewardModel):
+        def flops_models(self):
+            return {"policy": make_tiny_llama(vocab_size=50), "critic": make_tiny_llama(vocab_size=50)}
+
+        def training_forwards(self, batch):
+            return [
+                flops.Forward("policy", batch["attention_mask"], passes=3),
+                flops.Forward("critic", batch["attention_mask"], records=batch["index"]),
+            ]
+
+    module = TwoTowers()
+    batch = {
+        "attention_mask": torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]),
+        "index": torch.tensor([7, 9]),
+    }
+    counter = flops.FlopsCounter()
+    counter.costs = {name: flops.ForwardCost.of(m) for name, m in module.flops_models().items()}
+    counter.count_batch(module, batch)
+    counter.count_batch(module, batch)
+    one = flops.ForwardCost(N, 2, 32)(torch.tensor([3, 5]))
+    assert counter.counts["policy_flops"] == 2 * 3 * one and counter.counts["critic_flops"] == one
+    assert flops.totals(counter.counts, {"flops": 0.0})["train"] == 7 * one
+    resumed = flops.FlopsCounter()
+    resumed.load_state_dict(counter.state_dict())
+    assert resumed.counted_once == {"critic": {7, 9}}
+
+
+def test_a_checkpoint_from_before_counted_once_still_loads():
+    counter = flops.FlopsCounter()
+    counter.load_state_dict({"counts": flops.zero_counts(), "reference_counted": [1, 2]})
+    assert counter.counted_once == {"reference": {1, 2}}
+
+
+def test_the_base_reward_model_demands_its_training_cost():
+    with pytest.raises(NotImplementedError):
+        RewardModel().training_forwards({})

@@ -249,6 +249,7 @@ def test_training_prefers_the_manifests_exact_token_counts(generated, tiny_model
 
 
 @pytest.mark.integration
+@pytest.mark.slow
 def test_the_command_writes_what_the_function_does(generated, tiny_model_dir, tmp_path):
     output = tmp_path / "gen.jsonl"
     flags = [f"--{key}={value}" for key, value in FAST.items()]

@@ -7,6 +7,8 @@ from conftest import assert_notebook_draws
 
 from iprm.cli import main
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -17,6 +17,8 @@ from torch.utils.data import default_collate
 
 from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 KILLED_AFTER = 5  # global steps; the smoke world trains 4 steps per epoch: mid-way through the second
 # Checkpoints every step into last.ckpt, as the shipped configs do every N steps (and at each epoch's end).

@@ -12,6 +12,8 @@ import yaml
 from iprm import sweep
 from iprm.cli import main as cli_main
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
 

@@ -16,6 +16,8 @@ import pytest
 
 from iprm import sweep
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A stand-in for `python -m iprm <stage> …`: writes the stage's metrics file (and, for fit, a checkpoint)

@@ -9,6 +9,8 @@ from iprm.data.records import load_records
 from iprm.tasks import shipped
 from iprm.tasks.world import Generator, Policy, World, stream
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 MICRO = Policy(misconception_rate=0.5, problems=300, epochs=1, hidden_size=32, num_layers=1, num_heads=2)
 
 

@@ -7,7 +7,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from iprm.tasks.world import World
+
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
 ROOT = Path(__file__).resolve().parents[1]
 

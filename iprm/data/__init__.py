@@ -1,8 +1,9 @@
 """Data: the record schema and loaders (`records`), the prompt through the chat template (`prompts`),
 collation into token tensors with step ends (`collate`), the training-set knobs (`knobs`), the official
-candidate format and math-verify grading (`official`), and the DataModule (`PRMDataModule`). Nothing here
-imports `iprm.tasks`: a task supplies its data by subclassing the DataModule
-(`iprm.tasks.WorldDataModule`)."""
+candidate format and math-verify grading (`official`), reading any supported file (`loading`), what
+sampling a run's rollouts cost (`cost`), and the DataModule (`PRMDataModule`). Nothing here imports
+`iprm.tasks` or `iprm.scorers` (`tests/test_layers.py`): a task supplies its data by subclassing the
+DataModule (`iprm.tasks.WorldDataModule`)."""
 
 __all__ = ["PRMDataModule"]
 

@@ -6,8 +6,10 @@ point pairs a prompt with another instruction's response. The training-set knobs
 
     deduplicate → instruction_fraction → responses_per_instruction → balance
 
-and `summary` records the count after each. Where the files come from is not this module's business: a
-data source that supplies them (the controlled world: `iprm.tasks.WorldDataModule`) subclasses it.
+(`iprm.data.knobs`) and `summary` records the count after each. Where the files come from is not this
+module's business: a data source that supplies them (the controlled world: `iprm.tasks.WorldDataModule`)
+subclasses it. Files are read by `iprm.data.loading`; what sampling the training rollouts cost, for the
+run's data FLOPs, is counted by `iprm.data.cost`.
 
 Every file is validated in `setup`, before any training or scoring: record by record (`iprm.data.records`)
 and as a set (`iprm.validate`: a separator that never occurs, one-class training data, best-of-N sets
@@ -16,8 +18,6 @@ without answers or with ragged candidate counts).
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,25 +27,15 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from iprm.data.answers import answer_groups
+from iprm import compat
 from iprm.data.collate import Collator
-from iprm.data.knobs import (
-    balance_dataset,
-    balance_instructions,
-    by_instruction,
-    drop_duplicates,
-    first_per_instruction,
-    subsample_instructions,
-)
-from iprm.data.official import (
-    check_official_split,
-    load_official_candidates,
-    looks_official,
-    resplit_records,
-)
-from iprm.data.prompts import adds_special_tokens, format_prompt
-from iprm.data.provenance import check_agreement, read_manifest
-from iprm.data.records import Record, load_records
+from iprm.data.cost import Rollouts, rollouts_needed
+from iprm.data.cost import sampling_tokens as count_sampling_tokens
+from iprm.data.knobs import Balance, apply_knobs, knob_problems
+from iprm.data.loading import eval_items, load_data
+from iprm.data.official import check_official_split, resplit_records
+from iprm.data.provenance import check_agreement
+from iprm.data.records import Record
 from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader, ShardedBatchSampler
 from iprm.errors import ConfigError, RecordError
 from iprm.validate import (
@@ -57,51 +47,6 @@ from iprm.validate import (
 )
 
 log = logging.getLogger(__name__)
-
-Balance = Literal["none", "dataset", "instruction"]
-
-
-def load_data(
-    path: str | Path, source: str | None = None, require_label: bool = True, separator: str | None = None
-) -> list[Record]:
-    """Load records from any supported file: the official JSON-list format or `load_records`' formats
-    (with the step `separator`, step labels are checked against the steps). An empty file is an error."""
-    if looks_official(path):
-        records = load_official_candidates(path, source)
-    else:
-        records = load_records(path, source, require_label, separator)
-    if not records:
-        raise RecordError(f"{path}: no records: the file is empty")
-    return records
-
-
-def eval_items(records: list[Record]) -> list[dict[str, Any]]:
-    """Dataset items for a best-of-N candidate set: problem, candidate and per-problem answer ids."""
-    problems: dict[str, int] = {}
-    candidates: dict[int, int] = defaultdict(int)
-    answers: dict[int, list[int]] = defaultdict(list)  # each problem's records
-    for index, record in enumerate(records):
-        answers[problems.setdefault(record.instruction_id, len(problems))].append(index)
-    # Equivalent answers ("2.5", "5/2") share an id; a missing or empty one gets −1 (never wins a vote).
-    answer_ids: dict[int, int] = {}
-    for indices in answers.values():
-        answer_ids |= dict(zip(indices, answer_groups([records[i].answer for i in indices]), strict=True))
-    items = []
-    for index, record in enumerate(records):
-        problem = problems[record.instruction_id]
-        answer_id = answer_ids[index]
-        items.append(
-            {
-                "record": record,
-                "index": index,
-                "group": problem,
-                "problem": problem,
-                "candidate": candidates[problem],
-                "answer_id": answer_id,
-            }
-        )
-        candidates[problem] += 1
-    return items
 
 
 class PRMDataModule(L.LightningDataModule):
@@ -215,22 +160,14 @@ class PRMDataModule(L.LightningDataModule):
         self._train: list[Record] | None = None
         self._eval: dict[str, list[Record]] | None = None
         self._test: dict[str, list[Record]] | None = None
-        self._sampled: tuple[int, list[Record]] | None = None  # records loaded, and those needed sampled
+        self._sampled: Rollouts | None = None  # rollouts loaded, and those the run needed sampled
         self._predict: list[Record] | None = None
         self._train_loader: ResumableDataLoader | None = None
         self._check_settings()
 
     def _check_settings(self) -> None:
         """Reject settings that could only fail later, deep inside a run."""
-        problems = []
-        if not 0 < self.instruction_fraction <= 1:
-            problems.append(f"instruction_fraction must be in (0, 1], got {self.instruction_fraction}")
-        if self.responses_per_instruction is not None and self.responses_per_instruction < 1:
-            problems.append(
-                f"responses_per_instruction must be at least 1, got {self.responses_per_instruction}"
-            )
-        if self.balance not in ("none", "dataset", "instruction"):
-            problems.append(f"balance must be 'none', 'dataset' or 'instruction', got {self.balance!r}")
+        problems = knob_problems(self.instruction_fraction, self.responses_per_instruction, self.balance)
         if self.instructions_per_batch < 1 or self.eval_batch_size < 1:
             problems.append("instructions_per_batch and eval_batch_size must be positive")
         if self.max_length is not None and self.max_length < 2:
@@ -296,7 +233,9 @@ class PRMDataModule(L.LightningDataModule):
         for path in self.extra_train_paths:
             records += self._load(path, source=Path(path).stem)
         check_prompts(records, self.train_path)
-        self._sampled = (len(records), self._rollouts_needed(records))
+        self._sampled = rollouts_needed(
+            records, self.instruction_fraction, self.responses_per_instruction, self.seed
+        )
         records = self._apply_knobs(records)
         if not records:
             raise RecordError(
@@ -305,75 +244,32 @@ class PRMDataModule(L.LightningDataModule):
         check_two_classes(records, self.train_path, self.allow_one_class)
         return records
 
-    def _knobs(self) -> list[tuple[str, Callable[[list[Record]], list[Record]] | None]]:
-        """The training-set knobs in the order they apply; None where a knob is off."""
-        fraction, k, seed = self.instruction_fraction, self.responses_per_instruction, self.seed
-        balance = {"dataset": balance_dataset, "instruction": balance_instructions}.get(self.balance)
-        return [
-            ("deduplicate", drop_duplicates if self.deduplicate else None),
-            (
-                "instruction_fraction",
-                partial(subsample_instructions, fraction=fraction, seed=seed) if fraction < 1 else None,
-            ),
-            ("responses_per_instruction", partial(first_per_instruction, k=k) if k is not None else None),
-            ("balance", partial(balance, seed=seed) if balance else None),
-        ]
-
-    def _rollouts_needed(self, records: list[Record]) -> list[Record]:
-        """The loaded records a run needed sampled: those its instruction fraction and responses per
-        instruction keep (fewer would simply be sampled). Deduplication and balancing discard rollouts after
-        sampling, so they save nothing."""
-        if self.instruction_fraction < 1:
-            records = subsample_instructions(records, self.instruction_fraction, self.seed)
-        if self.responses_per_instruction is not None:
-            records = first_per_instruction(records, self.responses_per_instruction)
-        return records
-
     def sampling_tokens(self) -> dict[str, float | str]:
-        """Prompt and generated tokens of sampling the rollouts this run trains on (for data FLOPs), and
-        where the counts come from: when `python -m iprm generate` wrote the training file (and it is the
-        only one), its manifest's exact counts, scaled by the share of its responses the run needed; else
-        estimated from the needed records (`_rollouts_needed`) with the tokenizer, the prompt as the model
-        read it (its chat template, its special tokens) and each response with the <eos> that ended it."""
-        if self._sampled is None:
-            raise RuntimeError("call setup('fit') first: the training records are loaded there")
-        loaded, needed = self._sampled
-        manifest = None if self.extra_train_paths else read_manifest(self.train_path)
-        if manifest is not None and manifest["responses"] == loaded:
-            return self.needed_share(manifest, "generate manifest")
-        texts = [format_prompt(self.tokenizer, r.prompt, self.chat_template) for r in needed]
-        prompts = [
-            self.tokenizer(t, add_special_tokens=adds_special_tokens(self.tokenizer, t))["input_ids"]
-            for t in texts
-        ]
-        responses = self.tokenizer([r.response for r in needed], add_special_tokens=False)["input_ids"]
-        return {
-            "prompt_tokens": sum(map(len, prompts)),
-            "sampled_tokens": sum(len(ids) + 1 for ids in responses),
-            "records": len(needed),
-            "source": "records",
-        }
+        """Prompt and generated tokens of sampling the rollouts this run trains on, for its data FLOPs, and
+        where the counts come from (`iprm.data.cost.sampling_tokens`)."""
+        paths = [self.train_path, *self.extra_train_paths]
+        return count_sampling_tokens(self.rollouts, paths, self.tokenizer, self.chat_template)
 
     def needed_share(self, counts: dict, source: str) -> dict[str, float | str]:
         """Exact `counts` of sampling every loaded rollout, scaled by the share of them the run needed."""
-        loaded, needed = self._sampled
-        share = len(needed) / loaded
-        return {
-            "prompt_tokens": counts["prompt_tokens"] * share,
-            "sampled_tokens": counts["sampled_tokens"] * share,
-            "records": len(needed),
-            "source": source,
-        }
+        return self.rollouts.share(counts, source)
+
+    @property
+    def rollouts(self) -> Rollouts:
+        """The training rollouts loaded and those the run needed sampled (`iprm.data.cost`)."""
+        if self._sampled is None:
+            raise RuntimeError("call setup('fit') first: the training records are loaded there")
+        return self._sampled
 
     def _apply_knobs(self, records: list[Record]) -> list[Record]:
-        self.summary = {"loaded": len(records)}
-        for name, knob in self._knobs():
-            if knob is not None:
-                records = knob(records)
-            self.summary[f"after_{name}"] = len(records)
-        self.summary["instructions"] = len(by_instruction(records))
-        self.summary["correct"] = sum(record.label for record in records)
-        self.summary["incorrect"] = len(records) - self.summary["correct"]
+        records, self.summary = apply_knobs(
+            records,
+            deduplicate=self.deduplicate,
+            instruction_fraction=self.instruction_fraction,
+            responses_per_instruction=self.responses_per_instruction,
+            balance=self.balance,
+            seed=self.seed,
+        )
         log.info("training data: %s", ", ".join(f"{key}={value}" for key, value in self.summary.items()))
         return records
 
@@ -465,11 +361,11 @@ class PRMDataModule(L.LightningDataModule):
             tokens=self._instruction_tokens(items, list(groups)) if self.max_tokens_per_batch else None,
             max_tokens=self.max_tokens_per_batch,
         )
-        fit_loop = getattr(self.trainer, "fit_loop", None)
-        if fit_loop is not None:
+        epoch = compat.epochs_processed(self.trainer)
+        if epoch is not None:
             # Lightning draws the first batch before it sets the epoch (`FitLoop.setup_data`), and after a
             # resume from an epoch's end it keeps that iterator: start at the epoch Lightning will set.
-            sampler.set_epoch(fit_loop.epoch_progress.current.processed)
+            sampler.set_epoch(epoch)
         self._train_loader = ResumableDataLoader(
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
         )

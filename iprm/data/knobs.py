@@ -1,14 +1,20 @@
 """The training-set knobs of the paper's data studies: pure functions of a record list, keeping file order.
 
 deduplicate (`drop_duplicates`) → instruction_fraction (`subsample_instructions`) → responses_per_instruction
-(`first_per_instruction`) → balance (`balance_dataset`, `balance_instructions`); `PRMDataModule` applies them
-in that order.
+(`first_per_instruction`) → balance (`balance_dataset`, `balance_instructions`); `apply_knobs` applies them
+in that order (for `PRMDataModule`) and counts the records after each.
 """
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
+from typing import Literal
 
 from iprm.data.records import Record
+
+Balance = Literal["none", "dataset", "instruction"]
+Knob = Callable[[list[Record]], list[Record]]
 
 
 def by_instruction(records: list[Record]) -> dict[str, list[int]]:
@@ -75,3 +81,52 @@ def balance_instructions(records: list[Record], seed: int) -> list[Record]:
         count = min(len(positives), len(negatives))
         kept.update(_sample(positives, count, rng), _sample(negatives, count, rng))
     return _keep(records, kept)
+
+
+def knob_problems(
+    instruction_fraction: float, responses_per_instruction: int | None, balance: str
+) -> list[str]:
+    """What is wrong with these knob settings (empty when nothing is)."""
+    problems = []
+    if not 0 < instruction_fraction <= 1:
+        problems.append(f"instruction_fraction must be in (0, 1], got {instruction_fraction}")
+    if responses_per_instruction is not None and responses_per_instruction < 1:
+        problems.append(f"responses_per_instruction must be at least 1, got {responses_per_instruction}")
+    if balance not in ("none", "dataset", "instruction"):
+        problems.append(f"balance must be 'none', 'dataset' or 'instruction', got {balance!r}")
+    return problems
+
+
+def knobs(
+    deduplicate: bool,
+    instruction_fraction: float,
+    responses_per_instruction: int | None,
+    balance: Balance,
+    seed: int,
+) -> list[tuple[str, Knob | None]]:
+    """The training-set knobs in the order they apply; None where a knob is off."""
+    fraction, k = instruction_fraction, responses_per_instruction
+    balancer = {"dataset": balance_dataset, "instruction": balance_instructions}.get(balance)
+    return [
+        ("deduplicate", drop_duplicates if deduplicate else None),
+        (
+            "instruction_fraction",
+            partial(subsample_instructions, fraction=fraction, seed=seed) if fraction < 1 else None,
+        ),
+        ("responses_per_instruction", partial(first_per_instruction, k=k) if k is not None else None),
+        ("balance", partial(balancer, seed=seed) if balancer else None),
+    ]
+
+
+def apply_knobs(records: list[Record], **settings) -> tuple[list[Record], dict[str, int]]:
+    """Apply the knobs `knobs(**settings)` turns on, in order; the records kept and a summary: the count
+    loaded and after each knob, then the instructions, correct and incorrect responses kept."""
+    summary = {"loaded": len(records)}
+    for name, knob in knobs(**settings):
+        if knob is not None:
+            records = knob(records)
+        summary[f"after_{name}"] = len(records)
+    summary["instructions"] = len(by_instruction(records))
+    summary["correct"] = sum(record.label for record in records)
+    summary["incorrect"] = len(records) - summary["correct"]
+    return records, summary

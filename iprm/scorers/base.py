@@ -16,6 +16,7 @@ model names its `method_scorer`, the response scorer reported for the method as 
 """
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,9 +25,10 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from iprm import refcache, rewards
+from iprm import compat, refcache, rewards
 from iprm.data.collate import select_rows
 from iprm.errors import ConfigError
+from iprm.flops import Forward
 from iprm.results import record_scalars
 from iprm.validate import check_model_path
 
@@ -41,19 +43,11 @@ def submodule_state(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
     return {key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
 
 
-def check_settings(hparams) -> None:
-    """Refuse a reward model's settings that could only fail later, or silently mislead (a negative β
-    flips every ranking)."""
-    problems = []
-    beta = hparams.get("inference_beta")
-    if beta is not None and beta <= 0:
-        problems.append(f"inference_beta must be positive, got {beta}")
-    steps, outcome = hparams.get("step_label_weight", 0.0), hparams.get("outcome_weight", 1.0)
-    if steps < 0 or outcome < 0 or steps + outcome == 0:
-        problems.append(
-            "step_label_weight and outcome_weight must be non-negative and not both 0, got "
-            f"{steps} and {outcome}"
-        )
+def check_settings(hparams, problems: Iterable[str] = ()) -> None:
+    """Refuse a reward model's settings that could only fail later, or silently mislead: the settings every
+    reward model takes, and `problems` the model found in its own (`ImplicitPRM.settings_problems`), all
+    in one `model: …` error."""
+    problems = list(problems)
     if hparams.lr <= 0:
         problems.append(f"lr must be positive, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
@@ -109,12 +103,19 @@ class RewardModel(L.LightningModule):
     method_scorer: str = ""
     table_scorers: tuple[str, ...] = ()  # given rows in Table 1 unless `evaluation.table_scorers` says
     figure_scorers: tuple[str, ...] = ()  # drawn in the best-of-N figure unless `evaluation.figure_scorers`
-    trains_with_reference: bool = False  # the training step forwards a frozen reference (FLOPs)
-    forwards_mismatched_pairs: bool = False  # the training step also forwards mismatched pairs (FLOPs)
 
     @property
     def trained_model(self) -> PreTrainedModel:
         """The decoder that training updates (its shape sets the FLOPs of a training pass)."""
+        raise NotImplementedError
+
+    def flops_models(self) -> dict[str, nn.Module]:
+        """The decoders a training step runs, by the name their FLOPs are counted under (`iprm.flops`)."""
+        return {"policy": self.trained_model}
+
+    def training_forwards(self, batch: dict) -> list[Forward]:
+        """What `training_step` runs over `batch`, pass by pass, for `iprm.flops.FlopsCounter` to count:
+        each reward model states its own cost."""
         raise NotImplementedError
 
     def scorer_names(self) -> list[str]:
@@ -186,13 +187,13 @@ class RewardModel(L.LightningModule):
             lr=self.hparams.lr,
             weight_decay=self.hparams.weight_decay,
         )
-        fit_loop, loaded = self.trainer.fit_loop, self.trainer.fit_loop._combined_loader is not None
+        loaded = compat.training_loader_built(self.trainer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if not loaded:
             # Counting the steps built the fit loop's training loader and drew its first batch, before a
             # resumed run restores its loops; Lightning would then never restore the loader's position
             # (lightning#20550). Dropped, the fit loop builds it afresh after the restore.
-            fit_loop._combined_loader = None
+            compat.drop_training_loader(self.trainer)
         warmup = int(self.hparams.warmup_ratio * total)
 
         def factor(step: int) -> float:

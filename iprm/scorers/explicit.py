@@ -38,6 +38,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 
 from iprm.distributed import gather_rows, world
 from iprm.errors import ConfigError
+from iprm.flops import Forward
 from iprm.results import record_scalars
 from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
 
@@ -184,6 +185,10 @@ class ExplicitPRM(RewardModel):
         return {f"{self.hparams.name}_step": torch.sigmoid(self.step_logits(batch))}
 
     # --- training ----------------------------------------------------------------------------------
+
+    def training_forwards(self, batch: dict) -> list[Forward]:
+        """One forward and backward of the backbone (the head's matmul is not counted, as no LM head is)."""
+        return [Forward("policy", batch["attention_mask"], passes=3)]
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         # The loss of the global batch: every rank's rows (`iprm.distributed`), flat where S differs.

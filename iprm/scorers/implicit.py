@@ -18,6 +18,7 @@ from transformers import PreTrainedModel
 from iprm import refcache, rewards
 from iprm.distributed import gather_rows, world
 from iprm.errors import ConfigError
+from iprm.flops import Forward
 from iprm.objectives import CE, Objective, step_label_loss
 from iprm.results import record_scalars
 from iprm.scorers.base import RewardModel, Scorer, check_settings, submodule_state
@@ -109,7 +110,7 @@ class ImplicitPRM(RewardModel):
         self.reference: PreTrainedModel | None = None
         if reference_cache not in refcache.MODES:
             raise ConfigError(f"reference_cache must be one of {refcache.MODES}, got {reference_cache!r}")
-        check_settings(self.hparams)
+        check_settings(self.hparams, self.settings_problems())
         if head_chunk_tokens is not None and head_chunk_tokens < 1:
             raise ConfigError(f"model: head_chunk_tokens must be positive or null, got {head_chunk_tokens}")
         # The reference's cache and offloading (record digest → cumulative log-prob at each step end, then
@@ -131,13 +132,36 @@ class ImplicitPRM(RewardModel):
     def trained_model(self) -> PreTrainedModel:
         return self.policy
 
-    @property
-    def trains_with_reference(self) -> bool:
-        return not self.hparams.reference_free
+    def flops_models(self) -> dict[str, torch.nn.Module]:
+        models = {"policy": self.policy}
+        return models if self.reference is None else {**models, "reference": self.reference}
 
-    @property
-    def forwards_mismatched_pairs(self) -> bool:
-        return self.objective.requires_kl
+    def training_forwards(self, batch: dict) -> list[Forward]:
+        """The policy forward and backward; the reference's forward once per record (its log-probs are
+        cached); and KTO's mismatched pairs through both, without gradient."""
+        forwards = [Forward("policy", batch["attention_mask"], passes=3)]
+        with_reference = not self.hparams.reference_free
+        if with_reference:
+            forwards.append(Forward("reference", batch["attention_mask"], records=batch["index"]))
+        if self.objective.requires_kl:
+            forwards.append(Forward("policy", batch["kl_attention_mask"]))
+            if with_reference:
+                forwards.append(Forward("reference", batch["kl_attention_mask"]))
+        return forwards
+
+    def settings_problems(self) -> list[str]:
+        """What is wrong with the implicit PRM's own settings (`check_settings` adds the shared ones)."""
+        problems = []
+        beta = self.hparams.inference_beta
+        if beta is not None and beta <= 0:  # a negative β flips every ranking
+            problems.append(f"inference_beta must be positive, got {beta}")
+        steps, outcome = self.hparams.step_label_weight, self.hparams.outcome_weight
+        if steps < 0 or outcome < 0 or steps + outcome == 0:
+            problems.append(
+                "step_label_weight and outcome_weight must be non-negative and not both 0, got "
+                f"{steps} and {outcome}"
+            )
+        return problems
 
     def configure_model(self) -> None:
         if self.policy is not None:
