@@ -12,12 +12,6 @@ import pytest
 import iprm.__main__ as command
 
 ROOT = Path(__file__).resolve().parents[1]
-# Verbs whose module arrives in another branch: the mark goes at merge (strict, so it cannot outlive that).
-PENDING = {
-    name: f"iprm.analysis.{module} arrives in branch analysis"
-    for name, module in [("tune", "tune"), ("frontier", "frontier"), ("overoptimisation", "overoptimisation"),
-                         ("worlds-table", "worlds")]
-}  # fmt: skip
 # Modules with a `__main__` guard that are not commands: processes other commands start.
 NOT_VERBS = {
     "iprm": "the command itself",
@@ -41,15 +35,7 @@ def test_every_entry_point_is_a_verb():
     assert not missing, f"python -m entry points without an `iprm` verb: {sorted(missing)}"
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PENDING[name]))
-        if name in PENDING
-        else name
-        for name in command.VERBS
-    ],
-)
+@pytest.mark.parametrize("name", list(command.VERBS))
 def test_every_verb_names_a_module_with_main(name):
     module = command.VERBS[name].module
     assert importlib.util.find_spec(module) is not None, f"{name}: no module {module}"

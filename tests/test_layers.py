@@ -59,8 +59,7 @@ def _violations(importer_room: str, imported_room: str) -> list[str]:
     )
 
 
-# (importer, imported, why): each a room that must not import the other; a mark while another branch
-# fixes the current violation (strict: it fails once fixed, so the lead drops the mark at merge).
+# (importer, imported, why): each a room that must not import the other.
 RULES = [
     ("iprm.tasks", "iprm.generation", "generation samples tasks; a task never samples through generation"),
     ("iprm.data", "iprm.generation", "the data module reads what generate wrote, not its code"),
@@ -71,23 +70,11 @@ RULES = [
     ("iprm.flops", "iprm.scorers", "a reward model states its cost (training_forwards) to the counter"),
     ("iprm.eval", "iprm.scorers", "in-training evaluation reads the RewardModel interface it is handed"),
 ]
-PENDING = {
-    ("iprm.tasks", "iprm.generation"): "fixed in branch gen (sampling moves to iprm/sampling.py)",
-    ("iprm.data", "iprm.generation"): "fixed at merge: iprm.data.cost reads the manifest through "
-    "iprm.data.provenance (branch gen) instead of iprm.generation.manifest",
-    ("iprm.scorers", "iprm.tasks"): "fixed in branches gen/labels (scorers.labels samples through "
-    "iprm.sampling, not iprm.tasks.sampling)",
-}
 
 
 @pytest.mark.parametrize(
     "importer,imported,why",
-    [
-        pytest.param(*rule, marks=pytest.mark.xfail(strict=True, reason=PENDING[rule[:2]]))
-        if rule[:2] in PENDING
-        else rule
-        for rule in RULES
-    ],
+    RULES,
     ids=[f"{a.removeprefix('iprm.')}-not-{b.removeprefix('iprm.')}" for a, b, _ in RULES],
 )
 def test_no_import_runs_back_up_the_layers(importer, imported, why):

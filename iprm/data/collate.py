@@ -368,3 +368,15 @@ def pack(batch: dict[str, Tensor], row_tokens: int = 0, prefix: str = "") -> dic
         f"{prefix}packed_position_ids": positions,
         f"{prefix}packed_index": index,
     }
+
+
+def layout_problems(
+    layout: str, max_tokens_per_batch: int | None, packed_row_tokens: int | None
+) -> list[str]:
+    """What is wrong with a data module's batch layout settings (`PRMDataModule`'s `layout`, token budget
+    and packed row length)."""
+    problems = []
+    if layout not in ("padded", "packed"):
+        problems.append(f"layout must be 'padded' or 'packed', got {layout!r}")
+    sizes = {"max_tokens_per_batch": max_tokens_per_batch, "packed_row_tokens": packed_row_tokens}
+    return problems + [f"{k} must be positive or null, got {v}" for k, v in sizes.items() if v and v < 1]

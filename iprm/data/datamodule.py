@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from iprm import compat
-from iprm.data.collate import Collator
+from iprm.data.collate import Collator, layout_problems
 from iprm.data.cost import Rollouts, rollouts_needed
 from iprm.data.cost import sampling_tokens as count_sampling_tokens
 from iprm.data.knobs import Balance, apply_knobs, knob_problems
@@ -36,7 +36,12 @@ from iprm.data.loading import eval_items, load_data
 from iprm.data.official import check_official_split, resplit_records
 from iprm.data.provenance import check_agreement
 from iprm.data.records import Record
-from iprm.data.sampler import InstructionBatchSampler, ResumableDataLoader, ShardedBatchSampler
+from iprm.data.sampler import (
+    InstructionBatchSampler,
+    ResumableDataLoader,
+    ShardedBatchSampler,
+    instruction_tokens,
+)
 from iprm.errors import ConfigError, RecordError
 from iprm.validate import (
     check_candidate_set,
@@ -176,11 +181,7 @@ class PRMDataModule(L.LightningDataModule):
             problems.append("mismatched_pairs needs instructions_per_batch >= 2 (pairs cross instructions)")
         if not self.step_separator:
             problems.append("step_separator must be a non-empty string")
-        if self.layout not in ("padded", "packed"):
-            problems.append(f"layout must be 'padded' or 'packed', got {self.layout!r}")
-        for name in ("max_tokens_per_batch", "packed_row_tokens"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                problems.append(f"{name} must be positive or null, got {getattr(self, name)}")
+        problems += layout_problems(self.layout, self.max_tokens_per_batch, self.packed_row_tokens)
         if problems:
             raise ConfigError("data: " + "; ".join(problems))
 
@@ -277,35 +278,25 @@ class PRMDataModule(L.LightningDataModule):
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
-        if self._tokenizer is None:
-            raise RuntimeError("call setup() first: the tokenizer is loaded there")
-        return self._tokenizer
+        return _loaded(self._tokenizer, "setup() first: the tokenizer is loaded there")
 
     @property
     def train_records(self) -> list[Record]:
-        if self._train is None:
-            raise RuntimeError("call setup('fit') first: the training records are loaded there")
-        return self._train
+        return _loaded(self._train, "setup('fit') first: the training records are loaded there")
 
     @property
     def predict_records(self) -> list[Record]:
-        if self._predict is None:
-            raise RuntimeError("call setup('predict') with data.predict_path set first")
-        return self._predict
+        return _loaded(self._predict, "setup('predict') with data.predict_path set first")
 
     @property
     def eval_records(self) -> dict[str, list[Record]]:
         """The validation best-of-N sets (`eval_paths`)."""
-        if self._eval is None:
-            raise RuntimeError("call setup() first: the evaluation records are loaded there")
-        return self._eval
+        return _loaded(self._eval, "setup() first: the evaluation records are loaded there")
 
     @property
     def test_records(self) -> dict[str, list[Record]]:
         """The test best-of-N sets (`test_paths`)."""
-        if self._test is None:
-            raise RuntimeError("call setup('test') first: the test records are loaded there")
-        return self._test
+        return _loaded(self._test, "setup('test') first: the test records are loaded there")
 
     def train_items(self) -> list[dict[str, Any]]:
         """Training dataset items: the record, its index and its integer instruction id (`group`)."""
@@ -358,7 +349,9 @@ class PRMDataModule(L.LightningDataModule):
             rank,
             lengths=[lengths[group] for group in groups] if self.group_by_length else None,
             min_instructions=2 if self.mismatched_pairs else 1,
-            tokens=self._instruction_tokens(items, list(groups)) if self.max_tokens_per_batch else None,
+            tokens=instruction_tokens(items, list(groups), self._collator(), self.max_length)
+            if self.max_tokens_per_batch
+            else None,
             max_tokens=self.max_tokens_per_batch,
         )
         epoch = compat.epochs_processed(self.trainer)
@@ -370,15 +363,6 @@ class PRMDataModule(L.LightningDataModule):
             items, batch_sampler=sampler, collate_fn=self._collator(self.mismatched_pairs), **self._workers()
         )
         return self._train_loader
-
-    def _instruction_tokens(self, items: list[dict[str, Any]], groups: list[int]) -> list[int]:
-        """Tokens of each instruction's records (prompt as the model reads it, response, <eos>), truncated
-        at `max_length`, for the token budget; in the order of `groups`."""
-        collator, tokens = self._collator(), defaultdict(int)
-        texts = [collator.prompt(item["record"]) + item["record"].response for item in items]
-        for item, ids in zip(items, self.tokenizer(texts)["input_ids"], strict=True):
-            tokens[item["group"]] += min(len(ids) + 1, self.max_length or len(ids) + 1)
-        return [tokens[group] for group in groups]
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         # Called for each batch the fit loop takes to train on, not for the one it fetched ahead: the
@@ -408,3 +392,9 @@ class PRMDataModule(L.LightningDataModule):
         if self._predict is None:
             raise ValueError("data.predict_path is required to predict")
         return self._sequential(self._predict)
+
+
+def _loaded(value: Any, when: str) -> Any:
+    if value is None:
+        raise RuntimeError(f"call {when}")
+    return value

@@ -9,6 +9,7 @@ together: `iprm.distributed`.
 
 import math
 from bisect import bisect_left
+from collections import defaultdict
 from collections.abc import Iterator
 from itertools import accumulate
 
@@ -264,3 +265,13 @@ class ShardedBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         return math.ceil(math.ceil(self.size / self.batch_size) / self.num_replicas)
+
+
+def instruction_tokens(items: list[dict], groups: list[int], collator, max_length: int | None) -> list[int]:
+    """Tokens of each instruction's records (prompt as the model reads it, response, <eos>), truncated at
+    `max_length`, for the token budget; in the order of `groups`."""
+    tokens: dict[int, int] = defaultdict(int)
+    texts = [collator.prompt(item["record"]) + item["record"].response for item in items]
+    for item, ids in zip(items, collator.tokenizer(texts)["input_ids"], strict=True):
+        tokens[item["group"]] += min(len(ids) + 1, max_length or len(ids) + 1)
+    return [tokens[group] for group in groups]
