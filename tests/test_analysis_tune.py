@@ -72,3 +72,24 @@ def test_a_run_without_its_config_is_refused_with_its_path(tmp_path):
         main([str(tmp_path)])
     with pytest.raises(IPRMError, match="no val-epochs.jsonl"):
         main([str(tmp_path / "empty")])
+
+
+def test_runs_made_before_the_epochs_file_are_read_from_their_per_epoch_tables(tmp_path, capsys):
+    """A run whose callback wrote only `evaluation/val-<set>-epoch<k>.csv`: its `bon/method` row at N = 16
+    is the dev score (mean over sets), the table1/steps tables ignored; lr 1e-3 peaks at epoch 2 with
+    (0.6 + 0.8) / 2 = 0.7 and beats lr 1e-4's best, 0.65."""
+    for lr, curve in [(1e-3, [(0.4, 0.6), (0.6, 0.8)]), (1e-4, [(0.5, 0.8), (0.5, 0.7)])]:
+        directory = tmp_path / f"orm,lr={lr:g}" / "seed0" / "quickstart" / "version_0"
+        (directory / "evaluation").mkdir(parents=True)
+        (directory / "config.yaml").write_text(f"model:\n  init_args:\n    lr: {lr}\n")
+        for epoch, (weak, strong) in enumerate(curve):
+            for name, value in [("weak", weak), ("strong", strong)]:
+                table = directory / "evaluation" / f"val-{name}-epoch{epoch}.csv"
+                table.write_text(
+                    f"scorer,1,16\nbon/orm_step_min,0.1,0.2\nbon/method,0.3,{value}\nmajority,0.1,0.9\n"
+                )
+            (directory / "evaluation" / f"val-table1-epoch{epoch}.csv").write_text("method,avg\nx,1\n")
+    rows = main([str(tmp_path), "--output", str(tmp_path / "out")])
+    assert [(r["method"], r["chosen lr"], r["chosen epochs"]) for r in rows] == [("orm", 1e-3, 2)]
+    assert rows[0]["dev score"] == pytest.approx(0.7)
+    assert "lr 0.0001, 1 ep (0.650)" in rows[0]["runner-up"]

@@ -8,8 +8,9 @@ is the one with the highest dev score; ties go to fewer epochs, then to the lowe
     python -m iprm.analysis.tune runs/sweeps/tune [more run or sweep directories …] [--n 16] [--output D]
 
 finds every `val-epochs.jsonl` (one line per validation, written by the evaluation callback) under the given
-directories, with the resolved `config.yaml` beside it (the run's lr: `model.init_args.lr`; its world:
-`data.init_args.world.seed`). A run's method is its sweep point's name (`<sweep>/<point>/seed<K>/fit/…`)
+directories — or, for runs made before that file existed, the per-epoch tables the callback wrote
+(`evaluation/val-<set>-epoch<k>.csv`, the `bon/method` row) — with the resolved `config.yaml` beside it
+(the run's lr: `model.init_args.lr`; its world: `data.init_args.world.seed`). A run's method is its sweep point's name (`<sweep>/<point>/seed<K>/fit/…`)
 less its `lr=` and world (`seed=`) parts, e.g. `math_shepherd,completions=4`; a run outside a sweep is
 named by its directory.
 It writes `tune.md` (method, chosen lr, chosen epochs, dev score, runner-up, and the choice each world
@@ -24,6 +25,7 @@ checkpoint of that epoch instead.
 """
 
 import argparse
+import csv
 import json
 import math
 import re
@@ -81,9 +83,10 @@ def _config_value(config: dict, section: str, *keys: str):
 
 
 def read_run(path: Path, root: Path, n: int) -> Run:
-    """A run from its `val-epochs.jsonl` and the `config.yaml` beside it; a later record of the same epoch
-    (a resumed run validating again) replaces the earlier one."""
-    config_path = path.with_name("config.yaml")
+    """A run from its `val-epochs.jsonl` (or its per-epoch tables, `path` then being the log directory)
+    and the `config.yaml` beside it; a later record of the same epoch (a resumed run validating again)
+    replaces the earlier one."""
+    config_path = path / "config.yaml" if path.is_dir() else path.with_name("config.yaml")
     if not config_path.exists():
         raise IPRMError(f"{path}: no config.yaml beside it, so no learning rate for this run")
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
@@ -91,20 +94,51 @@ def read_run(path: Path, root: Path, n: int) -> Run:
     if not isinstance(lr, int | float):
         raise IPRMError(f"{config_path}, field 'model.init_args.lr': no learning rate")
     world = _config_value(config, "data", "world", "seed")
-    run = Run(_method(path, root), float(lr), str(world) if world != {} else "–", path)
-    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise IPRMError(f"{path}, line {line_number}: not JSON ({error.msg})") from None
+    method = _method(config_path, root)
+    run = Run(method, float(lr), str(world) if world != {} else "–", path)
+    for record in epoch_tables(path) if path.is_dir() else _json_lines(path):
         run.scores[int(record["epoch"]) + 1] = dev_score(record, n)
     return run
 
 
+def _json_lines(path: Path) -> list[dict]:
+    records = []
+    for line_number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise IPRMError(f"{path}, line {line_number}: not JSON ({error.msg})") from None
+    return records
+
+
+def epoch_tables(log_dir: Path) -> list[dict]:
+    """`val-epochs.jsonl`-style records from the per-epoch tables of a run made before that file existed:
+    `evaluation/val-<set>-epoch<k>.csv`, whose `bon/method` row gives `val/<set>/bon@<N>/method`."""
+    records: dict[int, dict] = {}
+    for table in sorted((log_dir / "evaluation").glob("val-*-epoch*.csv")):
+        match = re.fullmatch(r"val-(.+)-epoch(\d+)\.csv", table.name)
+        if match is None or match[1] in ("table1", "steps"):
+            continue
+        record = records.setdefault(int(match[2]), {"epoch": int(match[2])})
+        for row in csv.DictReader(table.open(encoding="utf-8")):
+            if row.get("scorer") == "bon/method":
+                record |= {
+                    f"val/{match[1]}/bon@{k}/method": float(v) for k, v in row.items() if k != "scorer"
+                }
+    return [records[epoch] for epoch in sorted(records)]
+
+
 def find_runs(directories: list[Path], n: int) -> list[Run]:
-    runs = [read_run(p, d, n) for d in directories for p in sorted(Path(d).rglob(EPOCHS_FILE))]
+    runs = []
+    for directory in map(Path, directories):
+        found = sorted(directory.rglob(EPOCHS_FILE))
+        logged = {path.parent for path in found}
+        older = sorted(
+            {table.parent.parent for table in directory.rglob("evaluation/val-*-epoch*.csv")} - logged
+        )
+        runs += [read_run(path, directory, n) for path in [*found, *older]]
     if not runs:
-        raise IPRMError(f"no {EPOCHS_FILE} under {', '.join(map(str, directories))}")
+        raise IPRMError(f"no {EPOCHS_FILE} (nor per-epoch tables) under {', '.join(map(str, directories))}")
     return runs
 
 
