@@ -9,10 +9,10 @@ is the one with the highest dev score; ties go to fewer epochs, then to the lowe
 
 finds every `val-epochs.jsonl` (one line per validation, written by the evaluation callback) under the given
 directories — or, for runs made before that file existed, the per-epoch tables the callback wrote
-(`evaluation/val-<set>-epoch<k>.csv`, the `bon/method` row) — with the resolved `config.yaml` beside it
-(the run's lr: `model.init_args.lr`; its world: `data.init_args.world.seed`). A run's method is its sweep
-point's name (`<sweep>/<point>/seed<K>/fit/…`) less its `lr=` and world (`seed=`) parts, e.g. `math_shepherd,completions=4`; a run outside a sweep is
-named by its directory.
+(`evaluation/val-<set>-epoch<k>.csv`, the `bon/method` row) — with the resolved `config.yaml` beside it (the
+run's lr: `model.init_args.lr`; its world: `data.init_args.world.seed`). A run's method is its sweep point's
+name (`<sweep>/<point>/seed<K>/fit/…`) less its `lr=` and world (`seed=`) parts, e.g.
+`math_shepherd,completions=4`; a run outside a sweep is named by its directory.
 It writes `tune.md` (method, chosen lr, chosen epochs, dev score, runner-up, and the choice each world
 would make alone, which says whether tuning on one world holds on another) and one figure per method,
 `dev-<method>.png` (dev score against epoch, one line per lr, mean ± std over runs), and prints each
