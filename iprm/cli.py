@@ -22,19 +22,21 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import LightningCLI
 
+from iprm.checkpoints import check_ckpt_path, use_atomic_checkpoints
 from iprm.data import PRMDataModule
 from iprm.errors import ConfigError, IPRMError, MissingPathError
 from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
+from iprm.resume import ResumeCheck, check_resume, run_settings
 from iprm.scorers import ImplicitPRM, RewardModel
+from iprm.validate import check_config_content, check_training_length
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,10 @@ class IPRMCLI(LightningCLI):
         except `COMMAND_LINE_ONLY`."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        checkpoint = check_ckpt_path(ckpt_path)  # a one-line error for anything that is not a checkpoint
+        if checkpoint is None:
             return
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        saved = checkpoint.get("hyper_parameters", {})
         given = self._given_model_arguments(subcommand)
         for key in ("reference_path", "trust_remote_code"):
             if saved.get(key) and key not in given:
@@ -88,6 +91,9 @@ class IPRMCLI(LightningCLI):
         if kept:
             update = {"model": {"class_path": model["class_path"], "init_args": kept}}
             self.config = self.parser.parse_object({subcommand: update}, self.config)
+        if subcommand == "fit":
+            config = self.config[subcommand]
+            check_resume(run_settings(config), checkpoint, ckpt_path, config["resume"]["allow_changes"])
 
     def _given_model_arguments(self, subcommand: str) -> set[str]:
         """The model arguments the configs and flags set (at their defaults or not)."""
@@ -117,6 +123,7 @@ class IPRMCLI(LightningCLI):
         parser.link_arguments("data.model_path", "model.init_args.model_path", apply_on="instantiate")
         parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_lightning_class_args(ResumeCheck, "resume")
 
     def instantiate_classes(self) -> None:
         try:
@@ -134,6 +141,10 @@ class IPRMCLI(LightningCLI):
         callbacks = self.trainer.callbacks
         first = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
         callbacks[first:first] = [FlopsCounter(), MetricsFile(config_digest=digest)]
+        for callback in callbacks:
+            if isinstance(callback, ResumeCheck):
+                callback.settings = run_settings(config)  # stored in each checkpoint, for a resume to check
+        use_atomic_checkpoints(self.trainer)
 
     def _check_inputs(self, stage: str) -> None:
         """Load and check the data before the trainer starts: Lightning creates the log directory before
@@ -153,6 +164,7 @@ class IPRMCLI(LightningCLI):
                 callback.check_sets(self.datamodule, stage)
 
     def before_fit(self) -> None:
+        check_training_length(self.trainer.max_epochs, self.trainer.max_steps)
         self._check_inputs("fit")
 
     def before_validate(self) -> None:
@@ -175,7 +187,7 @@ def check_config_files(args: list[str]) -> None:
         if not Path(path).is_file():
             raise MissingPathError(f"--config {path}: no such file")
         try:
-            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            check_config_content(path, yaml.safe_load(Path(path).read_text(encoding="utf-8")))
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path

@@ -16,6 +16,7 @@ model names its `method_scorer`, the response scorer reported for the method as 
 """
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import refcache, rewards
+from iprm.artifacts import export_directory
 from iprm.data.collate import select_rows
 from iprm.errors import ConfigError
 from iprm.results import record_scalars
@@ -46,16 +48,16 @@ def check_settings(hparams) -> None:
     flips every ranking)."""
     problems = []
     beta = hparams.get("inference_beta")
-    if beta is not None and beta <= 0:
-        problems.append(f"inference_beta must be positive, got {beta}")
+    if beta is not None and not 0 < beta < math.inf:
+        problems.append(f"inference_beta must be a positive finite number, got {beta}")
     steps, outcome = hparams.get("step_label_weight", 0.0), hparams.get("outcome_weight", 1.0)
     if steps < 0 or outcome < 0 or steps + outcome == 0:
         problems.append(
             "step_label_weight and outcome_weight must be non-negative and not both 0, got "
             f"{steps} and {outcome}"
         )
-    if hparams.lr <= 0:
-        problems.append(f"lr must be positive, got {hparams.lr}")
+    if not 0 < hparams.lr < math.inf:
+        problems.append(f"lr must be a positive finite number, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
     if hparams.torch_dtype not in DTYPES:
@@ -165,9 +167,12 @@ class RewardModel(L.LightningModule):
         self._trained_state = self.trainer.strategy.lightning_module_state_dict()
 
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.export(self.export_path, self._trained_state)
-            self.trainer.datamodule.tokenizer.save_pretrained(self.export_path)
+        if not hasattr(self, "_trained_state"):  # a resume of a finished run: no training step ran
+            log.warning("no training step ran (the checkpoint had reached max_epochs/max_steps): no export")
+        elif self.trainer.is_global_zero:
+            with export_directory(self.export_path) as scratch:  # atomic, with a manifest of digests
+                self.export(scratch, self._trained_state)
+                self.trainer.datamodule.tokenizer.save_pretrained(scratch)
             log.info("trained model written to %s", self.export_path)
 
     def export(self, directory: Path, state: dict[str, Tensor] | None = None) -> None:
