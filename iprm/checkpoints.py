@@ -87,7 +87,8 @@ def _unsupported_global(message: str) -> str:
     load with `weights_only=False`, is left out: that would run the file's code)."""
     for line in message.splitlines():
         if "Unsupported global:" in line:
-            return f" ({line.split('Unsupported global:')[-1].strip().removeprefix('GLOBAL ')})"
+            name = line.split("Unsupported global:")[-1].strip().removeprefix("GLOBAL ")
+            return f" ({name.split(' was not')[0].split()[0]})" if name else ""
     return ""
 
 
