@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from iprm.data.collate import Collator
+from iprm.data.inspect import inspect_inputs
 from iprm.data.knobs import (
     balance_dataset,
     balance_instructions,
@@ -240,6 +241,7 @@ class PRMDataModule(L.LightningDataModule):
             self._test = self._eval if same else self._load_sets(self.test_paths)
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
             self._predict = self._load(self.predict_path, require_label=False, scored=True)
+        inspect_inputs(self)  # what the model cannot see as written: reported or refused
 
     def _load(
         self, path: str, source: str | None = None, require_label: bool = True, scored: bool = False
