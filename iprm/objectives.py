@@ -40,8 +40,9 @@ class Objective(nn.Module):
 
     def __init__(self, beta: float = 0.05) -> None:
         super().__init__()
-        if not 0 < beta < math.inf:  # also refuses NaN: an infinite β makes every loss NaN
-            raise ConfigError(f"model.objective: beta must be a positive finite number, got {beta}")
+        if not 0 < beta < math.inf:  # NaN too; an infinite β makes every loss NaN (then blamed on the lr)
+            kind = "positive" if not beta > 0 else "finite"
+            raise ConfigError(f"model.objective: beta must be {kind}, got {beta}")
         self.beta = beta
 
     def observe_dataset(self, labels: Tensor, groups: Tensor) -> None:

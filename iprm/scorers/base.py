@@ -49,7 +49,7 @@ def check_settings(hparams) -> None:
     problems = []
     beta = hparams.get("inference_beta")
     if beta is not None and not 0 < beta < math.inf:
-        problems.append(f"inference_beta must be a positive finite number, got {beta}")
+        problems.append(f"inference_beta must be {'finite' if beta > 0 else 'positive'}, got {beta}")
     steps, outcome = hparams.get("step_label_weight", 0.0), hparams.get("outcome_weight", 1.0)
     if steps < 0 or outcome < 0 or steps + outcome == 0:
         problems.append(
@@ -57,7 +57,7 @@ def check_settings(hparams) -> None:
             f"{steps} and {outcome}"
         )
     if not 0 < hparams.lr < math.inf:
-        problems.append(f"lr must be a positive finite number, got {hparams.lr}")
+        problems.append(f"lr must be {'finite' if hparams.lr > 0 else 'positive'}, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
     if hparams.torch_dtype not in DTYPES:
