@@ -49,7 +49,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # Before any record is scored: a destination that cannot take the file would waste the whole run.
-        if stage == "predict" and self.output_path is not None and trainer.is_global_zero:
+        # On every rank, so that no rank goes on alone to wait in a collective.
+        if stage == "predict" and self.output_path is not None:
             check_writable(self.output_path, "prediction.output_path")
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
