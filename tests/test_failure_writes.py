@@ -1,0 +1,121 @@
+"""Writes are atomic where they land: a full disk or a refused write leaves the previous file as it was and
+names the path; a destination that cannot be written is refused before any work; checkpoints are written
+beside themselves (never copied across file systems)."""
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from iprm import checkpoints, io
+from iprm.checkpoints import AtomicCheckpointIO, use_atomic_checkpoints
+from iprm.errors import WriteError
+from iprm.io import atomic_write, check_writable
+from iprm.predict import PredictionWriter
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _leftovers(directory: Path) -> list[Path]:
+    return [p for p in directory.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("where", ["write", "flush to disk", "rename"])
+def test_a_full_disk_keeps_the_previous_file_and_names_the_path(tmp_path, monkeypatch, where):
+    path = tmp_path / "table.json"
+    path.write_text("previous")
+    if where == "flush to disk":
+        monkeypatch.setattr(io.os, "fsync", _no_space)
+    if where == "rename":
+        monkeypatch.setattr(io.os, "replace", _no_space)
+    with pytest.raises(WriteError) as error, atomic_write(path) as file:
+        file.write("new " * 1000)
+        if where == "write":
+            _no_space()
+    message = str(error.value)
+    assert str(path) in message and "No space left on device" in message and "left as it was" in message
+    assert path.read_text() == "previous" and not _leftovers(tmp_path)
+
+
+def test_a_write_error_is_still_an_oserror_and_other_errors_pass_unchanged(tmp_path):
+    with pytest.raises(OSError), atomic_write(tmp_path / "a") as file:
+        file.write("x")
+        _no_space()
+    with pytest.raises(KeyError), atomic_write(tmp_path / "b"):
+        raise KeyError("a bug, not a write failure")
+    with pytest.raises(FileNotFoundError) as error, atomic_write(tmp_path / "c"):
+        (tmp_path / "missing").read_text()  # a failed read elsewhere is not blamed on the destination
+    assert not isinstance(error.value, WriteError)
+
+
+def test_writing_onto_a_directory_names_it(tmp_path):
+    with pytest.raises(WriteError, match="is a directory"), atomic_write(tmp_path) as file:
+        file.write("x")
+
+
+@pytest.mark.parametrize("case", ["directory", "under a file", "read-only folder"])
+def test_an_unwritable_destination_is_refused_before_any_work(tmp_path, monkeypatch, case):
+    (tmp_path / "file").write_text("x")
+    path = {"directory": tmp_path, "under a file": tmp_path / "file" / "out.jsonl"}.get(case)
+    if case == "read-only folder":
+        path = tmp_path / "out.jsonl"
+        monkeypatch.setattr(io.tempfile, "mkstemp", lambda **kw: _raise(errno.EACCES))
+    with pytest.raises(WriteError) as error:
+        check_writable(path, "prediction.output_path")
+    assert str(error.value).startswith("prediction.output_path: ") and str(path) in str(error.value)
+
+
+def _raise(code: int):
+    raise OSError(code, os.strerror(code))
+
+
+def test_a_writable_destination_passes_and_leaves_nothing(tmp_path):
+    check_writable(tmp_path / "new" / "out.jsonl", "prediction.output_path")
+    assert (tmp_path / "new").is_dir() and not list((tmp_path / "new").iterdir())
+
+
+def test_predict_refuses_a_directory_output_in_setup_before_scoring(tmp_path):
+    writer = PredictionWriter(output_path=str(tmp_path))
+    with pytest.raises(WriteError, match="prediction.output_path: .* is a directory"):
+        writer.setup(trainer=None, pl_module=None, stage="predict")
+    writer.setup(trainer=None, pl_module=None, stage="fit")  # only predict writes there
+
+
+# --- checkpoints -----------------------------------------------------------------------------------------
+
+
+def test_a_checkpoint_is_written_in_its_own_directory_and_renamed(tmp_path, monkeypatch):
+    used = []
+    real = tempfile.mkstemp
+    monkeypatch.setattr(io.tempfile, "mkstemp", lambda **kw: used.append(kw["dir"]) or real(**kw))
+    path = tmp_path / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, path)
+    assert used == [path.parent]
+    assert torch.equal(AtomicCheckpointIO().load_checkpoint(path)["state_dict"]["w"], torch.ones(2))
+
+
+def test_a_checkpoint_on_a_full_disk_leaves_the_previous_one_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
+    before = path.read_bytes()
+
+    def half_then_full(obj, file):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        _no_space()
+
+    monkeypatch.setattr(checkpoints.torch, "save", half_then_full)
+    with pytest.raises(WriteError, match=f"cannot write {path}: No space left on device"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(3)}}, path)
+    assert path.read_bytes() == before and not _leftovers(tmp_path)
+
+
+def test_the_trainer_gets_the_atomic_checkpoint_io(tmp_path):
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
+    use_atomic_checkpoints(trainer)
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
