@@ -31,3 +31,6 @@ class CorruptArtifactError(IPRMError):
 class WriteError(IPRMError, OSError):
     """A destination that cannot be written (a directory, no permission, a full disk); the message names the
     path, and whatever was there before is left as it was."""
+
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] …"
+        return self.strerror or super().__str__()
