@@ -145,22 +145,29 @@ def check_lengths(
 
 
 def report_shared(train: list[Record], evaluation: list[Record], where: str, train_where: str) -> int:
-    """Warn about records of an evaluation set that are also training records (same prompt and response);
-    returns their count."""
+    """Warn about an evaluation set's records that are also training records (same prompt and response),
+    and its problems whose prompt the training set holds; returns the count of shared records."""
     seen = {(r.prompt.strip(), r.response.strip()) for r in train}
     shared = [i for i, r in enumerate(evaluation, start=1) if (r.prompt.strip(), r.response.strip()) in seen]
-    if shared:
-        prompts = {r.prompt.strip() for r in train}
-        instructions = len({r.prompt.strip() for r in evaluation if r.prompt.strip() in prompts})
+    trained = {r.prompt.strip() for r in train}
+    prompts = {r.prompt.strip() for r in evaluation}
+    overlap = prompts & trained
+    if shared or overlap:
+        first = (
+            shared[0]
+            if shared
+            else next(i for i, r in enumerate(evaluation, 1) if r.prompt.strip() in trained)
+        )
         log.warning(
-            "%s: %d of %d records also appear in the training set %s (same prompt and response; %d "
-            "instructions shared), first record %d; numbers on this set are optimistic",
+            "%s: %d of %d records also appear in the training set %s (same prompt and response), and %d of "
+            "its %d prompts; first record %d; numbers on this set are optimistic",
             where,
             len(shared),
             len(evaluation),
             train_where,
-            instructions,
-            shared[0],
+            len(overlap),
+            len(prompts),
+            first,
         )
     return len(shared)
 
