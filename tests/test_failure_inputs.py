@@ -12,6 +12,7 @@ from conftest import write_own_records
 from iprm.data.datamodule import PRMDataModule
 from iprm.data.inspect import (
     check_lengths,
+    lengths_near,
     report_shared,
     report_unknown,
     sequence_lengths,
@@ -64,6 +65,16 @@ def test_sequence_lengths_count_what_the_collator_builds(char_tokenizer):
         [{"record": r, "index": i, "group": i} for i, r in enumerate(records)]
     )
     assert sequence_lengths(char_tokenizer, records, False) == batch["attention_mask"].sum(-1).tolist()
+
+
+@pytest.mark.parametrize("limit", [8, 20, 40, 64])
+def test_only_records_that_cannot_reach_the_limit_are_skipped(char_tokenizer, limit):
+    records = [_record("1+2=3\n" * k + "A:3" + "😀" * (k % 3)) for k in range(12)]
+    exact = sequence_lengths(char_tokenizer, records, False)
+    near = lengths_near(char_tokenizer, records, limit, False)
+    assert [n > limit for n in near] == [n > limit for n in exact]
+    assert all(m in (0, n) for m, n in zip(near, exact, strict=True))
+    assert lengths_near(char_tokenizer, records, None, False) == [0] * len(records)
 
 
 def test_beyond_the_context_is_refused_and_truncation_is_counted(caplog):

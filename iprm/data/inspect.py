@@ -86,6 +86,28 @@ def sequence_lengths(tokenizer, records: list[Record], chat_template: bool) -> l
     return lengths
 
 
+def lengths_near(tokenizer, records: list[Record], limit: int | None, chat_template: bool) -> list[int]:
+    """`sequence_lengths` of the records that could reach `limit` tokens, 0 for the others (all 0 without a
+    limit). A token covers at least one byte of text (byte-level BPE, SentencePiece with byte fallback, a
+    character vocabulary) but for the few special tokens a tokenizer adds (16 spare), so a record whose
+    formatted text is shorter in bytes cannot reach the limit: tokenising all 50k records of a best-of-N
+    set would cost seconds on a small CPU."""
+    if limit is None:
+        return [0] * len(records)
+    template = len(format_prompt(tokenizer, "", chat_template).encode())
+    near = [
+        i
+        for i, r in enumerate(records)
+        if template + len(r.prompt.encode()) + len(r.response.encode()) + 16 > limit
+    ]
+    lengths = [0] * len(records)
+    for i, n in zip(
+        near, sequence_lengths(tokenizer, [records[i] for i in near], chat_template), strict=True
+    ):
+        lengths[i] = n
+    return lengths
+
+
 def context_length(model_path: str | None) -> int | None:
     """The model's `max_position_embeddings`, where its config can be read without the network."""
     if model_path is None:
@@ -201,7 +223,7 @@ def inspect_inputs(datamodule: "PRMDataModule") -> None:
             continue
         done.add((where, id(records)))
         report_unknown(tokenizer, records, where, warn)
-        lengths = sequence_lengths(tokenizer, records, datamodule.chat_template)
+        lengths = lengths_near(tokenizer, records, datamodule.max_length or context, datamodule.chat_template)
         check_lengths(lengths, where, context, datamodule.max_length, datamodule.model_path, warn)
         if train is not None and records is not train and where != str(datamodule.train_path) and warn:
             report_shared(train, records, where, str(datamodule.train_path))
