@@ -119,3 +119,41 @@ def test_the_trainer_gets_the_atomic_checkpoint_io(tmp_path):
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, default_root_dir=tmp_path)
     use_atomic_checkpoints(trainer)
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+@pytest.mark.integration
+def test_a_fit_on_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    """A resumed fit whose checkpoint write hits ENOSPC: a WriteError naming last.ckpt, which still holds
+    the first fit's state and loads."""
+    import json
+
+    from conftest import write_own_records
+
+    from iprm.cli import main
+
+    data = write_own_records(tmp_path)
+    callback = {
+        "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+        "init_args": {"dirpath": str(tmp_path / "checkpoints"), "save_last": True, "save_top_k": 0,
+                      "enable_version_counter": False},
+    }  # fmt: skip
+    args = [
+        "--config", str(Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"),
+        "--data", "iprm.data.PRMDataModule", "--data.model_path", tiny_model_dir,
+        "--data.train_path", str(data), "--data.eval_paths", json.dumps({"mine": str(data)}),
+        "--data.instructions_per_batch", "2", "--trainer.logger.init_args.save_dir", str(tmp_path / "runs"),
+        "--model.export_dir", str(tmp_path / "policy"), "--trainer.callbacks", json.dumps([callback]),
+    ]  # fmt: skip
+    main(["fit", *args])
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    monkeypatch.setattr(checkpoints.torch, "save", lambda obj, file: (file.write(b"PK\x03\x04"), _no_space()))
+    with pytest.raises(
+        WriteError, match=rf"cannot write {tmp_path / 'checkpoints'}/.*No space left on device"
+    ):
+        main(["fit", *args, "--ckpt_path", str(last), "--trainer.max_epochs", "2"])
+    assert last.read_bytes() == before
+    assert torch.load(last, weights_only=True)["global_step"] > 0  # the first fit's, whole and loadable
+    assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]
