@@ -60,7 +60,7 @@ def use_atomic_checkpoints(trainer: L.Trainer) -> None:
     """Give the trainer's strategy an `AtomicCheckpointIO` where it would use Lightning's plain one (a
     strategy with its own, DeepSpeed's or FSDP's sharded saves, or a user's plugin, is left alone)."""
     strategy = trainer.strategy
-    if type(getattr(strategy, "_checkpoint_io", None)) in (TorchCheckpointIO, type(None)):
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:  # the property gives the default when none is set
         strategy.checkpoint_io = AtomicCheckpointIO()
 
 
