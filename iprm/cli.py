@@ -36,7 +36,7 @@ from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
 from iprm.resume import ResumeCheck, check_resume, run_settings
 from iprm.scorers import ImplicitPRM, RewardModel
-from iprm.validate import check_config_content, check_training_length
+from iprm.validate import check_config_content, check_export_dir, check_training_length
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,7 @@ class IPRMCLI(LightningCLI):
 
     def before_fit(self) -> None:
         check_training_length(self.trainer.max_epochs, self.trainer.max_steps)
+        check_export_dir(self.model.hparams.get("export_dir"))  # before training, not after it
         self._check_inputs("fit")
 
     def before_validate(self) -> None:
@@ -185,7 +186,8 @@ def check_config_files(args: list[str]) -> None:
         if path.lstrip().startswith("{") or "\n" in path:  # YAML given inline, not a file
             continue
         if not Path(path).is_file():
-            raise MissingPathError(f"--config {path}: no such file")
+            problem = "a directory, not a file" if Path(path).is_dir() else "no such file"
+            raise MissingPathError(f"--config {path}: {problem}")
         try:
             check_config_content(path, yaml.safe_load(Path(path).read_text(encoding="utf-8")))
         except yaml.YAMLError as error:

@@ -65,6 +65,19 @@ def check_training_length(max_epochs: int | None, max_steps: int) -> None:
         raise ConfigError(f"--trainer.max_epochs {max_epochs}: must be positive, or -1 for no limit")
 
 
+def check_export_dir(path: str | None, setting: str = "model.export_dir") -> None:
+    """Refuse, before training, an export directory the end of `fit` could not write: a file, a path under
+    a file, a folder where nothing can be created."""
+    if path is None:
+        return
+    directory = Path(path)
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{setting}: {path} is a file; name a directory to export the trained model to")
+    from iprm.io import check_writable
+
+    check_writable(directory / ".probe", setting)  # creates the folders an export would
+
+
 def check_names(given: Iterable[str], valid: Iterable[str], setting: str) -> None:
     """Refuse names that are not among `valid`, listing the valid ones."""
     valid = list(valid)

@@ -157,3 +157,25 @@ def test_a_fit_on_a_full_disk_names_the_checkpoint_and_keeps_the_previous_one(
     assert last.read_bytes() == before
     assert torch.load(last, weights_only=True)["global_step"] > 0  # the first fit's, whole and loadable
     assert not [p for p in (tmp_path / "checkpoints").iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("case", ["a file", "under a file"])
+def test_an_export_dir_that_cannot_be_written_is_refused_before_training(tmp_path, case):
+    from iprm.errors import IPRMError
+    from iprm.validate import check_export_dir
+
+    (tmp_path / "file").write_text("x")
+    path = tmp_path / "file" if case == "a file" else tmp_path / "file" / "policy"
+    with pytest.raises(IPRMError, match=f"model.export_dir: .*{path.name}"):
+        check_export_dir(str(path))
+    check_export_dir(str(tmp_path / "new" / "policy"))  # creatable: passes, leaves only the folders
+    assert not list((tmp_path / "new" / "policy").iterdir())
+    check_export_dir(None)
+
+
+def test_a_world_root_that_cannot_be_written_is_one_line(tmp_path):
+    from iprm.tasks.world import World
+
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(WriteError, match=f"cannot build the world in {tmp_path / 'file' / 'worlds'}"):
+        World(root=str(tmp_path / "file" / "worlds"), seed=12345).build()

@@ -34,6 +34,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from iprm.data.records import Record, write_records
+from iprm.errors import IPRMError, WriteError
 from iprm.io import atomic_dir, exclusive
 from iprm.tasks.arithmetic import Problem, sample_problem, solve
 from iprm.tasks.policies import DEFAULT_GENERATORS, EXTRA_FAMILIES, Generator, Policy
@@ -155,11 +156,22 @@ class World:
     def build(self, device: str = "cpu") -> dict:
         """Build the world unless a finished build of the same settings exists (or ships with iprm);
         return its manifest. `device` trains and samples there (e.g. "cuda")."""
-        from iprm.tasks.shipped import unpack_shipped
-
         if self.manifest_path.exists():
             log.info("reusing the world in %s", self.directory)
             return self.verified_manifest()
+        try:
+            return self._build(device)
+        except OSError as error:  # a folder that cannot be written, a full disk: one line naming it
+            if isinstance(error, IPRMError):
+                raise
+            where = error.filename or self.directory
+            raise WriteError(
+                error.errno, f"cannot build the world in {self.root}: {where}: {error.strerror}"
+            ) from error
+
+    def _build(self, device: str) -> dict:
+        from iprm.tasks.shipped import unpack_shipped
+
         # One builder at a time: a second process waits, then finds the world the first one built.
         with exclusive(self.lock_path):
             if self.manifest_path.exists():
