@@ -70,12 +70,16 @@ def check_export_dir(path: str | None, setting: str = "model.export_dir") -> Non
     a file, a folder where nothing can be created."""
     if path is None:
         return
-    directory = Path(path)
+    directory = Path(path).absolute()
     if directory.exists() and not directory.is_dir():
         raise ConfigError(f"{setting}: {path} is a file; name a directory to export the trained model to")
-    from iprm.io import check_writable
-
-    check_writable(directory / ".probe", setting)  # creates the folders an export would
+    # Nothing is created here (a refused run leaves nothing behind): the nearest folder that exists must be
+    # a writable directory.
+    existing = next(parent for parent in (directory, *directory.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{setting}: {path} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting}: cannot create {path}: {existing} is not writable")
 
 
 def check_names(given: Iterable[str], valid: Iterable[str], setting: str) -> None:
