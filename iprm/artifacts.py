@@ -107,9 +107,10 @@ def check_export(directory: str | Path, setting: str) -> None:
     """Verify a model directory before it is loaded: against its `iprm-files.json` where iprm exported it,
     else each safetensors file's size against its header."""
     directory = Path(directory)
-    rebuild = f"{setting}: rebuild it (rerun the fit or export that wrote {directory})"
     manifest = directory / EXPORT_MANIFEST
+    rebuild = f"{setting}: rebuild it (rerun the fit or export that wrote {directory})"
     if manifest.is_file():
+        rebuild += f", or delete {manifest} if you changed the directory on purpose"
         try:
             entries = json.loads(manifest.read_text())["files"]
         except (json.JSONDecodeError, KeyError, TypeError):

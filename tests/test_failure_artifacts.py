@@ -212,3 +212,26 @@ def test_an_altered_shard_is_never_used_and_says_so(tmp_path, caplog, alter):
         again = refcache.ReferenceCache("disk", tmp_path, "fp")
     assert len(again) == 0  # recomputed on demand, never read from the altered shard
     assert str(path) in caplog.text and "recomputed" in caplog.text
+
+
+@pytest.mark.integration
+def test_fit_on_a_smoke_world_with_a_truncated_train_file_is_one_line(smoke_world_root, tmp_path):
+    """The smoke config's world, copied and its train.jsonl cut by a line: `python -m iprm fit` refuses
+    in one line naming the file and the rebuild, with no traceback."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path / "worlds"
+    shutil.copytree(smoke_world_root, root)
+    (train,) = root.glob("world-*/train.jsonl")
+    lines = train.read_text().splitlines(True)
+    train.write_text("".join(lines[:-1]))
+    command = ["fit", "--config", "configs/smoke.yaml", "--data.world.root", str(root)]
+    result = subprocess.run(
+        [sys.executable, "-m", "iprm", *command],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {train}: ") and "truncated" in last and f"remove {train.parent}" in last

@@ -194,6 +194,8 @@ class World:
         """The manifest, once every file it lists is checked (`iprm.tasks.world_files.verify_world`)."""
         manifest = self.manifest()
         rebuild = f"rebuild the world: remove {self.directory} and run the same command again"
+        if World.from_settings({"root": self.root, "seed": self.seed}) == self:  # a default world
+            rebuild += f" (or python -m iprm.tasks.world --seed {self.seed} --root {self.root})"
         verify_world(self.directory, manifest, rebuild)
         return manifest
 
