@@ -235,3 +235,18 @@ def test_fit_on_a_smoke_world_with_a_truncated_train_file_is_one_line(smoke_worl
     assert result.returncode == 2 and "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {train}: ") and "truncated" in last and f"remove {train.parent}" in last
+
+
+def test_an_export_on_a_full_disk_names_it_and_leaves_the_previous_one(tmp_path, tiny_llama, char_tokenizer):
+    import errno
+
+    from iprm.errors import WriteError
+
+    export = _export(tmp_path, tiny_llama, char_tokenizer)
+    before = {p.name: p.read_bytes() for p in export.iterdir()}
+    full = f"cannot export to {export}: No space left on device"
+    with pytest.raises(WriteError, match=full), artifacts.export_directory(export) as scratch:
+        (scratch / "config.json").write_text("{}")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as safetensors would, mid-write
+    assert {p.name: p.read_bytes() for p in export.iterdir()} == before
+    check_model_path(str(export), "data.model_path")  # still whole, still verified
