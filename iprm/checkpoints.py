@@ -132,12 +132,23 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path", map_location
     return checkpoint
 
 
+def is_sharded(path: str | Path) -> bool:
+    """Whether `path` is a sharded checkpoint directory that a strategy reads itself: DeepSpeed's (a
+    `latest` file, a `checkpoint/` folder) or FSDP's (`meta.pt`, `.metadata`, `*.distcp`)."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    markers = ("latest", "checkpoint", "meta.pt", ".metadata")
+    return any((path / marker).exists() for marker in markers) or any(path.glob("*.distcp"))
+
+
 def check_ckpt_path(ckpt_path: str | None) -> dict | None:
     """The checkpoint a command's `--ckpt_path` names, read and checked (`read_checkpoint`); None when none
-    is given, or for what Lightning resolves itself ("last", "best", a remote URL)."""
+    is given, or for what Lightning or the strategy resolves itself ("last", "best", a remote URL, a sharded
+    DeepSpeed or FSDP checkpoint directory)."""
     if not ckpt_path or str(ckpt_path) in LIGHTNING_NAMES or not _is_local(ckpt_path):
         return None
-    if str(ckpt_path).startswith("registry:"):
+    if str(ckpt_path).startswith("registry:") or is_sharded(ckpt_path):
         return None
     get_filesystem(ckpt_path)  # an unknown protocol fails here, as it would in Lightning
     return read_checkpoint(ckpt_path)

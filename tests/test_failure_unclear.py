@@ -70,6 +70,17 @@ def test_a_ckpt_path_that_is_no_checkpoint_is_one_line(tmp_path, case):
     assert not (tmp_path / "never-created").exists()
 
 
+@pytest.mark.parametrize("marker", ["latest", "checkpoint/", "meta.pt", ".metadata", "__0_0.distcp"])
+def test_a_sharded_checkpoint_directory_is_left_to_its_strategy(tmp_path, marker):
+    sharded = tmp_path / "epoch=0.ckpt"
+    sharded.mkdir()
+    if marker.endswith("/"):
+        (sharded / marker).mkdir()
+    else:
+        (sharded / marker).write_bytes(b"")
+    assert check_ckpt_path(str(sharded)) is None
+
+
 def test_lightning_names_and_missing_files(tmp_path):
     assert (
         check_ckpt_path(None) is None and check_ckpt_path("last") is None and check_ckpt_path("best") is None
