@@ -109,10 +109,12 @@ def check_resume(settings: dict[str, Any], checkpoint: dict, ckpt_path: str, all
     if not differences:
         return
     if not allow_changes:
+        shown = "; ".join(differences[:8]) + (
+            f"; and {len(differences) - 8} more" if len(differences) > 8 else ""
+        )
         raise ConfigError(
-            f"--ckpt_path {ckpt_path}: this run differs from the one it resumes in "
-            f"{'; '.join(differences)}; give the checkpoint's values, or --resume.allow_changes true to "
-            "resume with these changes"
+            f"--ckpt_path {ckpt_path}: this run differs from the one it resumes in {shown}; give the "
+            "checkpoint's values, or --resume.allow_changes true to resume with these changes"
         )
     for difference in differences:
         log.warning("resuming %s with a change (--resume.allow_changes): %s", ckpt_path, difference)

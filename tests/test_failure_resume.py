@@ -101,6 +101,13 @@ def test_where_things_are_is_not_compared(path, value):
     check_resume(run_settings(_changed(path, value)), {KEY: run_settings(SETTINGS)}, "c.ckpt", False)
 
 
+def test_many_differences_are_summarised_in_one_line():
+    saved = {KEY: {f"data.world.k{i}": i for i in range(20)}}
+    with pytest.raises(ConfigError) as error:
+        check_resume({f"data.world.k{i}": -i - 1 for i in range(20)}, saved, "c.ckpt", allow_changes=False)
+    assert "; and 12 more;" in str(error.value) and "\n" not in str(error.value)
+
+
 def test_a_checkpoint_without_settings_is_resumed_with_a_warning(caplog):
     with caplog.at_level(logging.WARNING, logger="iprm.resume"):
         check_resume(run_settings(SETTINGS), {"state_dict": {}}, "old.ckpt", allow_changes=False)
