@@ -22,11 +22,11 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import Checkpoint
 
+from iprm.checkpoints import check_ckpt_path, use_atomic_checkpoints
 from iprm.compat import CheckpointHooks
 from iprm.data import PRMDataModule
 from iprm.errors import ConfigError, IPRMError, MissingPathError
@@ -34,8 +34,10 @@ from iprm.eval.callback import BestOfNEvaluation
 from iprm.flops import FlopsCounter
 from iprm.predict import PredictionWriter
 from iprm.results import MetricsFile
+from iprm.resume import ResumeCheck, check_resume, run_settings
 from iprm.runlog import STAGES, log_beside_fit, quiet_third_party
 from iprm.scorers import ImplicitPRM, RewardModel
+from iprm.validate import check_config_content, check_export_dir, check_training_length
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +66,10 @@ class IPRMCLI(CheckpointHooks):
         except `COMMAND_LINE_ONLY`."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or not Path(ckpt_path).is_file():
+        checkpoint = check_ckpt_path(ckpt_path)  # a one-line error for anything that is not a checkpoint
+        if checkpoint is None:
             return
-        saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        saved = checkpoint.get("hyper_parameters", {})
         given = self._given_model_arguments(subcommand)
         for key in ("reference_path", "trust_remote_code"):
             if saved.get(key) and key not in given:
@@ -89,6 +92,9 @@ class IPRMCLI(CheckpointHooks):
         if kept:
             update = {"model": {"class_path": model["class_path"], "init_args": kept}}
             self.config = self.parser.parse_object({subcommand: update}, self.config)
+        if subcommand == "fit":
+            config = self.config[subcommand]
+            check_resume(run_settings(config), checkpoint, ckpt_path, config["resume"]["allow_changes"])
 
     def _given_model_arguments(self, subcommand: str) -> set[str]:
         """The model arguments the configs and flags set (at their defaults or not)."""
@@ -118,6 +124,7 @@ class IPRMCLI(CheckpointHooks):
         parser.link_arguments("data.model_path", "model.init_args.model_path", apply_on="instantiate")
         parser.add_lightning_class_args(BestOfNEvaluation, "evaluation")
         parser.add_lightning_class_args(PredictionWriter, "prediction")
+        parser.add_lightning_class_args(ResumeCheck, "resume")
 
     def before_instantiate_classes(self) -> None:
         # `test` and `predict` of a fit's checkpoint log into that fit's directory (`iprm.runlog`)
@@ -142,6 +149,10 @@ class IPRMCLI(CheckpointHooks):
         callbacks = self.trainer.callbacks
         first = next((i for i, c in enumerate(callbacks) if isinstance(c, Checkpoint)), len(callbacks))
         callbacks[first:first] = [FlopsCounter(), MetricsFile(config_digest=digest)]
+        for callback in callbacks:
+            if isinstance(callback, ResumeCheck):
+                callback.settings = run_settings(config)  # stored in each checkpoint, for a resume to check
+        use_atomic_checkpoints(self.trainer)
 
     def _check_inputs(self, stage: str) -> None:
         """Load and check the data before the trainer starts: Lightning creates the log directory before
@@ -161,6 +172,8 @@ class IPRMCLI(CheckpointHooks):
                 callback.check_sets(self.datamodule, stage)
 
     def before_fit(self) -> None:
+        check_training_length(self.trainer.max_epochs, self.trainer.max_steps)
+        check_export_dir(self.model.hparams.get("export_dir"))  # before training, not after it
         self._check_inputs("fit")
 
     def before_validate(self) -> None:
@@ -181,9 +194,10 @@ def check_config_files(args: list[str]) -> None:
         if path.lstrip().startswith("{") or "\n" in path:  # YAML given inline, not a file
             continue
         if not Path(path).is_file():
-            raise MissingPathError(f"--config {path}: no such file")
+            problem = "a directory, not a file" if Path(path).is_dir() else "no such file"
+            raise MissingPathError(f"--config {path}: {problem}")
         try:
-            yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            check_config_content(path, yaml.safe_load(Path(path).read_text(encoding="utf-8")))
         except yaml.YAMLError as error:
             mark = getattr(error, "problem_mark", None)
             where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path

@@ -21,3 +21,16 @@ class MissingPathError(IPRMError, FileNotFoundError):
 
 class RecordError(IPRMError, ValueError):
     """A data file does not hold valid records; the message names the file, line (or row) and field."""
+
+
+class CorruptArtifactError(IPRMError):
+    """A file iprm wrote earlier (a world, an export, a cache shard, a checkpoint) no longer matches what was
+    recorded when it was written: truncated, altered or of another kind; the message says how to rebuild."""
+
+
+class WriteError(IPRMError, OSError):
+    """A destination that cannot be written (a directory, no permission, a full disk); the message names the
+    path, and whatever was there before is left as it was."""
+
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] …"
+        return self.strerror or super().__str__()

@@ -14,6 +14,7 @@ of detached scalar tensors to log (`reward/chosen`, `reward/rejected`, `accuracy
 """
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +40,9 @@ class Objective(nn.Module):
 
     def __init__(self, beta: float = 0.05) -> None:
         super().__init__()
-        if beta <= 0:
-            raise ConfigError(f"model.objective: beta must be positive, got {beta}")
+        if not 0 < beta < math.inf:  # NaN too; an infinite β makes every loss NaN (then blamed on the lr)
+            kind = "positive" if not beta > 0 else "finite"
+            raise ConfigError(f"model.objective: beta must be {kind}, got {beta}")
         self.beta = beta
 
     def observe_dataset(self, labels: Tensor, groups: Tensor) -> None:

@@ -5,7 +5,9 @@ list per step reading, one value per step: `single` and `accumulative` for the i
 explicit one) and `scores` (the response score under every scorer of the model's `scorer_names()`), in the
 input file's order. Under DDP each rank scores its share of the file (`iprm.distributed`); the scored rows
 are gathered on every rank, a row two ranks scored kept once, and rank 0 writes. The file is written to a
-temporary name and renamed at the end, so a killed run never leaves a file that looks complete.
+temporary name beside it and renamed at the end, so a killed run (or a full disk) never leaves a file that
+looks complete; an output path that cannot be written (a directory, a read-only folder) is refused before
+any record is scored.
 """
 
 import dataclasses
@@ -18,7 +20,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from iprm.distributed import gather_objects
-from iprm.io import atomic_write
+from iprm.io import atomic_write, check_writable
 from iprm.scorers.base import Scorer
 
 
@@ -44,6 +46,12 @@ class PredictionWriter(BasePredictionWriter):
     def __init__(self, output_path: str | None = None):
         super().__init__(write_interval="epoch")
         self.output_path = output_path
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Before any record is scored: a destination that cannot take the file would waste the whole run.
+        # On every rank, so that no rank goes on alone to wait in a collective.
+        if stage == "predict" and self.output_path is not None:
+            check_writable(self.output_path, "prediction.output_path")
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
         # Asked on every rank: `trainer.log_dir` is a collective under DDP.

@@ -9,8 +9,9 @@ whichever file, split or data knob brought it. On disk, entries live in `<direct
 the fingerprint hashes the reference checkpoint (its `config.json` and the sha256 of its weight files'
 contents; a hub id by the commit the local Hugging Face cache resolves it to) and the dtype it runs in.
 New entries are appended as shard files, written to a temporary name and renamed (a killed run never
-leaves half a shard), and read back with `torch.load(weights_only=True)`. A shard that cannot be read is
-skipped with a warning: its entries are simply recomputed.
+leaves half a shard), and read back with `torch.load(weights_only=True)`. Each shard carries the SHA-256 of
+its keys and values (`shard_digest`); a shard that cannot be read, or whose contents no longer match that
+digest (altered on disk), is skipped with a warning: its entries are simply recomputed, never used.
 
 Keys also hash the step convention's version (`iprm.data.collate.STEP_CONVENTION`): nothing cached under an
 earlier convention is read back, even where a new convention leaves some records' tokens as they were.
@@ -124,6 +125,17 @@ def _hub_commit(repo_id: str) -> str:
     return ""
 
 
+def shard_digest(shard: dict) -> str:
+    """SHA-256 of a shard's keys, lengths and values (written into the shard, checked when it is read: an
+    altered value is never used, a shard without a digest is recomputed)."""
+    digest = hashlib.sha256("\n".join(shard["keys"]).encode())
+    for name in ("lengths", "values"):
+        tensor = shard[name].detach().cpu().contiguous()
+        digest.update(f"\n{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
 class ReferenceCache:
     """Record digest → reference cumulative log-probs [S + 1] (each step end, then the total), on the CPU.
 
@@ -202,6 +214,7 @@ class ReferenceCache:
             "lengths": torch.tensor([len(v) for v in values], dtype=torch.long),
             "values": torch.cat(values),
         }
+        shard["sha256"] = shard_digest(shard)
         path = self.directory / f"shard-{time.time_ns()}-{os.getpid()}.pt"
         with atomic_write(path, "wb") as file:
             torch.save(shard, file)
@@ -211,11 +224,13 @@ class ReferenceCache:
         for path in sorted(self.directory.glob("shard-*.pt")):
             try:
                 shard = torch.load(path, map_location="cpu", weights_only=True)
+                if shard.get("sha256") != shard_digest(shard):
+                    raise ValueError("its contents do not match the digest written with them (altered?)")
                 values = torch.split(shard["values"], shard["lengths"].tolist())
                 if len(values) != len(shard["keys"]):
                     raise ValueError(f"{len(shard['keys'])} keys for {len(values)} values")
             except Exception as error:  # a bad shard costs a recomputation, never the run
-                log.warning("skipping unreadable reference cache shard %s: %s", path, error)
+                log.warning("skipping reference cache shard %s, its entries are recomputed: %s", path, error)
                 continue
             self._values.update(zip(shard["keys"], values, strict=True))
         if self._values:

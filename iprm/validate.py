@@ -27,8 +27,12 @@ def looks_local(path: str) -> bool:
 
 
 def check_model_path(path: str, setting: str) -> None:
-    """Refuse a checkpoint path that looks local and is not a directory, before the hub is ever asked."""
+    """Refuse a checkpoint path that looks local and is not a directory, before the hub is ever asked, and
+    a local one whose files do not match their manifest or header (`iprm.artifacts.check_export`)."""
     if Path(path).expanduser().is_dir():
+        from iprm.artifacts import check_export
+
+        check_export(Path(path).expanduser(), setting)
         return
     if Path(path).expanduser().exists():
         raise MissingPathError(f"{setting}: {path} is a file; a checkpoint is a directory (save_pretrained)")
@@ -37,6 +41,45 @@ def check_model_path(path: str, setting: str) -> None:
     head, _, _ = path.partition("/")
     if head and Path(head).is_dir():  # "runs/model": read as a hub id, but its first part is a directory here
         raise MissingPathError(f"{setting}: no such directory: {path} (there is a directory {head}/ here)")
+
+
+def check_config_content(path: str, content: object) -> None:
+    """Refuse a `--config` file that parses to nothing, or to something other than a mapping of settings."""
+    if content is None:
+        raise ConfigError(f"--config {path}: the file is empty (or only comments); it must hold settings")
+    if not isinstance(content, dict):
+        raise ConfigError(
+            f"--config {path}: expected a mapping of settings (key: value), got a {type(content).__name__}"
+        )
+
+
+def check_training_length(max_epochs: int | None, max_steps: int) -> None:
+    """Refuse a `fit` that could not train a single step (`--trainer.max_epochs 0`, `max_steps 0`)."""
+    if max_epochs == 0 or max_steps == 0:
+        setting = "--trainer.max_steps 0" if max_steps == 0 else "--trainer.max_epochs 0"
+        raise ConfigError(
+            f"{setting}: fit would train no step; give a positive number (or -1 for no limit), or use "
+            "`validate` to evaluate a model without training it"
+        )
+    if max_epochs is not None and max_epochs < -1:
+        raise ConfigError(f"--trainer.max_epochs {max_epochs}: must be positive, or -1 for no limit")
+
+
+def check_export_dir(path: str | None, setting: str = "model.export_dir") -> None:
+    """Refuse, before training, an export directory the end of `fit` could not write: a file, a path under
+    a file, a folder where nothing can be created."""
+    if path is None:
+        return
+    directory = Path(path).absolute()
+    if directory.exists() and not directory.is_dir():
+        raise ConfigError(f"{setting}: {path} is a file; name a directory to export the trained model to")
+    # Nothing is created here (a refused run leaves nothing behind): the nearest folder that exists must be
+    # a writable directory.
+    existing = next(parent for parent in (directory, *directory.parents) if parent.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{setting}: {path} lies under {existing}, which is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{setting}: cannot create {path}: {existing} is not writable")
 
 
 def check_names(given: Iterable[str], valid: Iterable[str], setting: str) -> None:

@@ -31,6 +31,7 @@ from iprm import compat
 from iprm.data.collate import Collator, layout_problems
 from iprm.data.cost import Rollouts, rollouts_needed
 from iprm.data.cost import sampling_tokens as count_sampling_tokens
+from iprm.data.inspect import inspect_inputs
 from iprm.data.knobs import Balance, apply_knobs, knob_problems
 from iprm.data.loading import eval_items, load_data
 from iprm.data.official import check_official_split, resplit_records
@@ -202,6 +203,7 @@ class PRMDataModule(L.LightningDataModule):
             self._test = self._eval if same else self._load_sets(self.test_paths)
         if stage in (None, "predict") and self._predict is None and self.predict_path is not None:
             self._predict = self._load(self.predict_path, require_label=False, scored=True)
+        inspect_inputs(self)  # what the model cannot see as written: reported or refused
 
     def _load(
         self, path: str, source: str | None = None, require_label: bool = True, scored: bool = False
@@ -315,21 +317,18 @@ class PRMDataModule(L.LightningDataModule):
     # -- dataloaders --------------------------------------------------------------------------------------
 
     def _collator(self, mismatched_pairs: bool = False) -> Collator:
-        return Collator(
-            self.tokenizer,
-            self.step_separator,
+        settings = (
             self.max_length,
             mismatched_pairs,
             self.chat_template,
             self.layout,
             self.packed_row_tokens,
         )
+        return Collator(self.tokenizer, self.step_separator, *settings)
 
     def _ranks(self) -> tuple[int, int]:
         # Lightning leaves our batch sampler alone (use_distributed_sampler=False), so it shards itself.
-        if self.trainer is None:
-            return 1, 0
-        return self.trainer.world_size, self.trainer.global_rank
+        return (1, 0) if self.trainer is None else (self.trainer.world_size, self.trainer.global_rank)
 
     def train_dataloader(self) -> DataLoader:
         items = self.train_items()

@@ -6,11 +6,14 @@ input stops with a `RecordError` naming the file, the line (or row) and the fiel
 
     rollouts.jsonl:17: field 'label': expected a boolean, got 'yes'
 
-A UTF-8 byte-order mark and CRLF line ends are read as if absent. Steps are what `split_steps` finds
-between the data's step separator; where a record has step labels and the separator is known, their counts
-must agree.
+A UTF-8 byte-order mark and CRLF line ends are read as if absent. A CSV file's cells are all text, as
+written ("007" stays "007"): its labels are true/false (or 1/0), its lists JSON text. Steps are what
+`split_steps` finds between the data's step separator; where a record has step labels and the separator is
+known, their counts must agree.
 """
 
+import contextlib
+import csv
 import json
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -224,22 +227,46 @@ def _load_json_lines(
 
 
 def records_from_dataset(
-    dataset: "datasets.Dataset",
+    dataset: "datasets.Dataset | list[dict]",
     name: str,
     source: str | None = None,
     require_label: bool = True,
     separator: str | None = None,
 ) -> list[Record]:
     """Validate every row of a `datasets.Dataset`; errors name `name` and the 1-based row."""
-    missing = [field for field in REQUIRED[: 4 if require_label else 3] if field not in dataset.column_names]
+    columns = (
+        dataset.column_names if hasattr(dataset, "column_names") else list(dataset[0] if dataset else {})
+    )
+    missing = [field for field in REQUIRED[: 4 if require_label else 3] if field not in columns]
     if missing:
         raise RecordError(
-            f"{name}: missing column(s) {', '.join(missing)}; the file has {', '.join(dataset.column_names)}"
+            f"{name}: missing column(s) {', '.join(missing)}; the file has {', '.join(columns)}"
         )
     return [
         parse_record(row, f"{name}: row {number}", source, require_label, separator)
         for number, row in enumerate(dataset, start=1)
     ]
+
+
+def _csv_header(path: Path) -> list[str]:
+    with path.open(newline="", encoding="utf-8-sig") as file:
+        return next(csv.reader(file), [])
+
+
+def _csv_cells(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A CSV row's text cells as record fields: every cell is text (CSV has no types), so `label` is read
+    from true/false (or 1/0), lists from their JSON text, and an empty `answer` is None."""
+    data = dict(row)
+    label = data.get("label")
+    if isinstance(label, str) and label.strip().lower() in ("true", "false", "1", "0"):
+        data["label"] = label.strip().lower() in ("true", "1")
+    for field in ("step_labels", "step_tags", "step_values"):
+        if isinstance(data.get(field), str) and data[field].strip().startswith("["):
+            with contextlib.suppress(json.JSONDecodeError):  # else left as text: the field check names it
+                data[field] = json.loads(data[field])
+    if data.get("answer") == "":
+        data["answer"] = None
+    return data
 
 
 def _load_with_datasets(
@@ -251,7 +278,16 @@ def _load_with_datasets(
         try:
             import datasets  # here: grading workers import this module and need no `datasets`
 
-            dataset = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
+            options = {}
+            if builder == "csv":  # every column as text: the CSV reader would turn "007" or "4" into numbers
+                options["features"] = datasets.Features(
+                    {c: datasets.Value("string") for c in _csv_header(path)}
+                )
+            dataset = datasets.load_dataset(
+                builder, data_files=str(path), split="train", cache_dir=cache_dir, **options
+            )
+            if builder == "csv":
+                dataset = [_csv_cells(row) for row in dataset]
         except Exception as error:  # pyarrow's and datasets' many kinds of unreadable file
             raise RecordError(
                 f"{path}: cannot be read as {builder}: {type(error).__name__}: {error}"

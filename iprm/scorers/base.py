@@ -16,6 +16,7 @@ model names its `method_scorer`, the response scorer reported for the method as 
 """
 
 import logging
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from iprm import compat, refcache, rewards
+from iprm.artifacts import export_directory
 from iprm.data.collate import select_rows
 from iprm.errors import ConfigError
 from iprm.flops import Forward
@@ -48,8 +50,8 @@ def check_settings(hparams, problems: Iterable[str] = ()) -> None:
     reward model takes, and `problems` the model found in its own (`ImplicitPRM.settings_problems`), all
     in one `model: …` error."""
     problems = list(problems)
-    if hparams.lr <= 0:
-        problems.append(f"lr must be positive, got {hparams.lr}")
+    if not 0 < hparams.lr < math.inf:
+        problems.append(f"lr must be {'finite' if hparams.lr > 0 else 'positive'}, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
     if hparams.torch_dtype not in DTYPES:
@@ -166,9 +168,12 @@ class RewardModel(L.LightningModule):
         self._trained_state = self.trainer.strategy.lightning_module_state_dict()
 
     def on_fit_end(self) -> None:
-        if self.trainer.is_global_zero:
-            self.export(self.export_path, self._trained_state)
-            self.trainer.datamodule.tokenizer.save_pretrained(self.export_path)
+        if not hasattr(self, "_trained_state"):  # a resume of a finished run: no training step ran
+            log.warning("no training step ran (the checkpoint had reached max_epochs/max_steps): no export")
+        elif self.trainer.is_global_zero:
+            with export_directory(self.export_path) as scratch:  # atomic, with a manifest of digests
+                self.export(scratch, self._trained_state)
+                self.trainer.datamodule.tokenizer.save_pretrained(scratch)
             log.info("trained model written to %s", self.export_path)
 
     def export(self, directory: Path, state: dict[str, Tensor] | None = None) -> None:

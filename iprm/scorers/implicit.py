@@ -10,6 +10,7 @@ process with R times the instructions per batch does (`iprm.distributed`).
 """
 
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -153,8 +154,8 @@ class ImplicitPRM(RewardModel):
         """What is wrong with the implicit PRM's own settings (`check_settings` adds the shared ones)."""
         problems = []
         beta = self.hparams.inference_beta
-        if beta is not None and beta <= 0:  # a negative β flips every ranking
-            problems.append(f"inference_beta must be positive, got {beta}")
+        if beta is not None and not 0 < beta < math.inf:  # a negative β flips every ranking
+            problems.append(f"inference_beta must be {'finite' if beta > 0 else 'positive'}, got {beta}")
         steps, outcome = self.hparams.step_label_weight, self.hparams.outcome_weight
         if steps < 0 or outcome < 0 or steps + outcome == 0:
             problems.append(

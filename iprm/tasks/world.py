@@ -34,74 +34,25 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from iprm.data.records import Record, write_records
+from iprm.errors import IPRMError, WriteError
 from iprm.io import atomic_dir, exclusive
-from iprm.tasks.arithmetic import Problem, sample_problem, solve, verify
+from iprm.tasks.arithmetic import Problem, sample_problem, solve
+from iprm.tasks.policies import DEFAULT_GENERATORS, EXTRA_FAMILIES, Generator, Policy
 from iprm.tasks.pretrain import build_model, encode_examples, pretrain
 from iprm.tasks.sampling import sample_responses
 from iprm.tasks.tokenizer import build_char_tokenizer
+from iprm.tasks.world_files import (
+    error_profile,
+    graded_records,
+    record_files,
+    sampled_token_counts,
+    verify_world,
+)
 
 log = logging.getLogger(__name__)
 BUILD_VERSION = 2  # bump when the builder's output changes for the same settings
 MAX_NEW_TOKENS = 96  # longest sampled response
 MAX_LENGTH = 256  # positions of every world policy
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A policy of the world, trained from scratch on worked solutions.
-
-    Args:
-        misconception_rate: probability that a training solution subtracts a borrowing step digit by digit
-            without borrowing (the systematic error the policy comes to believe).
-        problems: worked solutions it is trained on.
-        epochs: passes over them.
-        batch_size: sequences per optimisation step.
-        lr: peak AdamW learning rate (linear warm-up, cosine decay to zero).
-        hidden_size: width of the tiny Llama.
-        num_layers: its depth.
-        num_heads: its attention heads.
-    """
-
-    misconception_rate: float = 0.7
-    problems: int = 40000
-    epochs: int = 3
-    batch_size: int = 64
-    lr: float = 1e-3
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-
-
-@dataclass(frozen=True)
-class Generator:
-    """A best-of-N candidate generator.
-
-    Args:
-        policy: its own policy, trained like the reference; None samples the reference itself (as the
-            paper's Llama-3.1-8B-Instruct is both the reference and a generator).
-        temperature: sampling temperature for its candidates.
-    """
-
-    policy: Policy | None = None
-    temperature: float = 1.0
-
-
-# Distinct models of graded strength, each with its own error profile: weak has the reference's shape but
-# less training and a stronger belief in the misconception (noise errors on top of it), medium is the
-# reference itself, strong is trained on more solutions that mostly borrow correctly. All are sampled at
-# temperature 1, where a policy's error rate is its calibrated belief rather than a sharpened one. Weak's
-# training was chosen with `iprm.tasks.calibrate` (see `iprm/tasks/worlds/build.sh`). Measured on the
-# shipped worlds 0 / 1 / 2 (test sets): pass@1 weak 0.30 / 0.21 / 0.25, medium 0.47 / 0.50 / 0.55,
-# strong 0.76 / 0.78 / 0.79.
-DEFAULT_GENERATORS = {
-    "weak": Generator(Policy(misconception_rate=0.8, problems=30000, epochs=2)),
-    "medium": Generator(),
-    "strong": Generator(Policy(misconception_rate=0.3, problems=60000)),
-}
-
-# Second task families: name → `sample_problem` keyword arguments. "addmul": addition-and-multiplication
-# chains, which never subtract, so the misconception the reference believes in cannot occur.
-EXTRA_FAMILIES = {"addmul": {"subtract_weight": 0.0}}
 
 
 def stream(seed: int, name: str) -> int:
@@ -205,17 +156,29 @@ class World:
     def build(self, device: str = "cpu") -> dict:
         """Build the world unless a finished build of the same settings exists (or ships with iprm);
         return its manifest. `device` trains and samples there (e.g. "cuda")."""
-        from iprm.tasks.shipped import unpack_shipped
-
         if self.manifest_path.exists():
             log.info("reusing the world in %s", self.directory)
-            return self.manifest()
+            return self.verified_manifest()
+        try:
+            return self._build(device)
+        except OSError as error:  # a folder that cannot be written, a full disk: one line naming it
+            if isinstance(error, IPRMError):
+                raise
+            where = error.filename or self.directory
+            raise WriteError(
+                error.errno, f"cannot build the world in {self.root}: {where}: {error.strerror}"
+            ) from error
+
+    def _build(self, device: str) -> dict:
+        from iprm.tasks.shipped import unpack_shipped
+
         # One builder at a time: a second process waits, then finds the world the first one built.
         with exclusive(self.lock_path):
             if self.manifest_path.exists():
                 log.info("reusing the world in %s (built by another process meanwhile)", self.directory)
-                return self.manifest()
-            if unpack_shipped(self.digest, self.directory):
+                return self.verified_manifest()
+            if unpack_shipped(self.digest, self.directory):  # checked against the shipped archive's digest
+                record_files(self.directory)
                 return self.manifest()
             for stale in self.directory.parent.glob(f"{self.directory.name}.building-*"):
                 shutil.rmtree(stale, ignore_errors=True)  # a killed build's scratch: no one holds it now
@@ -224,6 +187,16 @@ class World:
             with atomic_dir(self.directory) as scratch:
                 manifest = _Build(self, scratch, device).run()
                 (scratch / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+                manifest = record_files(scratch)  # every file's size and digest, checked on each reuse
+        return manifest
+
+    def verified_manifest(self) -> dict:
+        """The manifest, once every file it lists is checked (`iprm.tasks.world_files.verify_world`)."""
+        manifest = self.manifest()
+        rebuild = f"rebuild the world: remove {self.directory} and run the same command again"
+        if World.from_settings({"root": self.root, "seed": self.seed}) == self:  # a default world
+            rebuild += f" (or python -m iprm.tasks.world --seed {self.seed} --root {self.root})"
+        verify_world(self.directory, manifest, rebuild)
         return manifest
 
     @property
@@ -241,6 +214,7 @@ class World:
         with exclusive(self.lock_path):
             if not path.exists():
                 self._sample_extra(family, path, device)
+                record_files(self.directory, [path.name])  # the extra file joins the manifest's list
         return str(path)
 
     def _sample_extra(self, family: str, path: Path, device: str) -> None:
@@ -269,49 +243,6 @@ def _problems(world: World, rng: random.Random, count: int, exclude: set[str], *
             exclude.add(problem.prompt)
             problems.append(problem)
     return problems
-
-
-def graded_records(
-    problems: list[Problem], responses: list[str], per_problem: int, source: str
-) -> list[Record]:
-    """Records of `per_problem` consecutive responses to each problem, graded by the exact verifier
-    (outcome, answer, step labels and tags); the instruction id is the prompt."""
-    records = []
-    for i, response in enumerate(responses):
-        problem = problems[i // per_problem]
-        # An immediate EOS is a (wrong) answer too; records need a non-empty response to score.
-        response = response if response.strip() else "A:"
-        verdict = verify(problem, response)
-        records.append(
-            Record(
-                instruction_id=problem.prompt.strip(),
-                prompt=problem.prompt,
-                response=response,
-                label=verdict.label,
-                answer=verdict.answer,
-                source=source,
-                step_labels=verdict.step_labels,
-                step_tags=verdict.step_tags,
-            )
-        )
-    return records
-
-
-def error_profile(records: list[Record]) -> dict[str, float]:
-    """pass@1 and the share of responses whose first wrong step is the misconception (a borrowing
-    subtraction) or anything else ("noise"), so a generator's errors can be told apart."""
-    first_errors = [next((k for k, ok in enumerate(r.step_labels) if not ok), None) for r in records]
-    misconception = sum(
-        k is not None and r.step_tags[k] == "borrow" for r, k in zip(records, first_errors, strict=True)
-    )
-    wrong_steps = sum(k is not None for k in first_errors)
-    n = len(records)
-    return {
-        "records": n,
-        "pass@1": sum(r.label for r in records) / n,
-        "first_error_misconception": misconception / n,
-        "first_error_noise": (wrong_steps - misconception) / n,
-    }
 
 
 class _Build:
@@ -414,19 +345,9 @@ class _Build:
             desc=f"world: sampling {stream_name}",
         )
         self.seconds[f"sample {stream_name}"] = time.perf_counter() - started
-        self.token_counts[stream_name] = self.sampled_token_counts(problems, per_problem, responses)
+        counts = sampled_token_counts(self.tokenizer, problems, per_problem, responses, MAX_NEW_TOKENS)
+        self.token_counts[stream_name] = counts
         return graded_records(problems, responses, per_problem, source)
-
-    def sampled_token_counts(self, problems: list[Problem], per_problem: int, responses: list[str]) -> dict:
-        """Tokens the sampler processed (for data FLOPs): prompts with <bos>; generated tokens with the
-        <eos> that stopped them (none at MAX_NEW_TOKENS). Padding of rows that finished early is not
-        counted."""
-        prompts = self.tokenizer([p.prompt for p in problems])["input_ids"]
-        generated = [len(ids) for ids in self.tokenizer(responses, add_special_tokens=False)["input_ids"]]
-        return {
-            "prompt_tokens": per_problem * sum(map(len, prompts)),
-            "sampled_tokens": sum(n + (n < MAX_NEW_TOKENS) for n in generated),
-        }
 
 
 def main(argv: list[str] | None = None) -> None:
