@@ -22,7 +22,8 @@ import yaml
 from iprm.errors import ConfigError, IPRMError
 from iprm.io import atomic_write
 from iprm.sweep.collect import collect, unfinished
-from iprm.sweep.commands import PROGRAM, check_values, cli_args, command, inside
+from iprm.sweep import commands
+from iprm.sweep.commands import check_values, cli_args, command, inside
 from iprm.sweep.execute import Job
 from iprm.sweep.local import LocalLauncher, owning, signals_end_the_sweep
 from iprm.sweep.plan import Run, load_sweep, plan
@@ -160,7 +161,7 @@ def _launch(launcher, runs, sweep, output, extra, retrain_changed: bool, text: s
     for run in runs:
         if run.done and run not in changed:
             log.info("%s: done, skipped", run)
-    todo = [Job(run, output, base, extra, PROGRAM) for run in runs if not run.done or run in changed]
+    todo = [Job(run, output, base, extra, commands.PROGRAM) for run in runs if not run.done or run in changed]
     outcome = launcher.launch(todo, runs)
     rows = collect(runs, output, sweep, text)
     log.info("%d of %d runs finished; results in %s", len(rows), len(runs), output / "results.md")

@@ -50,6 +50,7 @@ class LocalLauncher:
     devices: list[str] = field(default_factory=list)
     _children: set = field(default_factory=set, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _stopping: bool = field(default=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.jobs, int) or self.jobs < 1:
@@ -70,15 +71,17 @@ class LocalLauncher:
         return env
 
     def _spawn(self, cmd: list[str], out, env: dict[str, str]) -> subprocess.Popen:
-        process = subprocess.Popen(
-            cmd,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own process group, stopped as a whole
-            preexec_fn=_die_with_parent,
-        )
-        with self._lock:
+        with self._lock:  # a sweep being stopped starts nothing more
+            if self._stopping:
+                raise InterruptedError("the sweep is stopping")
+            process = subprocess.Popen(
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group, stopped as a whole
+                preexec_fn=_die_with_parent,
+            )
             self._children.add(process)
         return process
 
@@ -105,6 +108,7 @@ class LocalLauncher:
                     for run, future in futures.items():
                         outcome[run] = "done" if future.result() else "failed"
             except BaseException:  # SIGINT, or SIGTERM (`signals_end_the_sweep`): the children end first
+                pool.shutdown(wait=False, cancel_futures=True)
                 self.stop_all()
                 raise
         return outcome
@@ -119,6 +123,7 @@ class LocalLauncher:
 
     def stop_all(self) -> None:
         with self._lock:
+            self._stopping = True
             children = [process for process in self._children if process.poll() is None]
         for process in children:
             stop(process)
