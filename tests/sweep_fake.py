@@ -4,7 +4,8 @@
 second and appends what it was asked to do to `$FAKE_EVENTS` (one JSON line per stage). Environment knobs:
 FAKE_SLEEP (a pid file: record the pid and sleep), FAKE_SECONDS (sleep that long first), FAKE_FAIL (a
 substring of the run directory whose fit fails), FAKE_DIE_ONCE (a marker file: the first fit writes its
-`last.ckpt` then dies as if killed, once).
+`last.ckpt` then dies as if killed, once), FAKE_PAUSE_ONCE (a marker file: the first fit writes its
+`last.ckpt` and its pid there, then sleeps until stopped).
 """
 
 import json
@@ -35,6 +36,10 @@ FAKE_STAGE = textwrap.dedent("""
     if stage == "fit":
         (logs / "checkpoints").mkdir()
         (logs / "checkpoints" / "last.ckpt").write_text("")
+        pause = os.environ.get("FAKE_PAUSE_ONCE")
+        if pause and not Path(pause).exists():
+            Path(pause).write_text(str(os.getpid()))
+            time.sleep(120)
         once = os.environ.get("FAKE_DIE_ONCE")
         if once and not Path(once).exists():
             Path(once).write_text("died")
@@ -72,10 +77,10 @@ FAKE_OTHER = textwrap.dedent("""
 
 
 def fake_scheduler(directory: Path) -> Path:
-    """A `bin` folder holding fake `sbatch`, `squeue`, `sacct`, `scancel` and `scontrol`; put it on PATH."""
+    """A `bin` folder of fake `sbatch`, `squeue`, `sacct`, `scancel`, `scontrol`, `srun`; put it on PATH."""
     bin_dir = directory / "bin"
     bin_dir.mkdir()
-    for name in ("sbatch", "squeue", "sacct", "scancel", "scontrol"):
+    for name in ("sbatch", "squeue", "sacct", "scancel", "scontrol", "srun"):
         text = (FAKE_SBATCH if name == "sbatch" else FAKE_OTHER).format(python=sys.executable).lstrip()
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)

@@ -129,8 +129,8 @@ class SlurmLauncher:
             params["time"] = self.time
         else:
             additional["time"] = self.time
-        if isinstance(self.mem, int | float):
-            params["mem"] = self.mem
+        if isinstance(self.mem, int | float):  # GB, as sbatch wants it written
+            params["mem"] = f"{int(self.mem)}GB" if self.mem == int(self.mem) else f"{int(self.mem * 1024)}MB"
         elif self.mem is not None:
             additional["mem"] = self.mem
         for key in ("partition", "account"):
