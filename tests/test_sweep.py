@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from iprm import sweep
-from iprm.sweep.collect import _summary
 from iprm.cli import main as cli_main
+from iprm.sweep.collect import _summary
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))

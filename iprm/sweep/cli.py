@@ -21,8 +21,8 @@ import yaml
 
 from iprm.errors import ConfigError, IPRMError
 from iprm.io import atomic_write
-from iprm.sweep.collect import collect, unfinished
 from iprm.sweep import commands
+from iprm.sweep.collect import collect, unfinished
 from iprm.sweep.commands import check_values, cli_args, command, inside
 from iprm.sweep.execute import Job
 from iprm.sweep.local import LocalLauncher, owning, signals_end_the_sweep
