@@ -1,5 +1,5 @@
 """The SLURM launcher, through submitit (a well-kept library from Meta that writes the sbatch script, submits
-job arrays, and requeues a pre-empted or timed-out job with its state; `pip install 'iprm[cluster]'`).
+job arrays, and requeues a pre-empted or timed-out job with its state; a dependency of iprm).
 
 Each wave of runs is submitted as job arrays (one array per set of dependencies; a run that needs others
 waits for them with `afterok` on their array tasks, and `kill-on-invalid-dep` cancels it when one fails).
@@ -39,7 +39,7 @@ def _submitit():
         import submitit
     except ImportError:
         raise ConfigError(
-            "the slurm launcher needs submitit: pip install 'iprm[cluster]' (or 'submitit>=1.5,<2')"
+            "the slurm launcher needs submitit, a dependency of iprm: pip install 'submitit>=1.5,<2'"
         ) from None
     return submitit
 
