@@ -89,3 +89,37 @@ def fake_scheduler(directory: Path) -> Path:
 
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def sbatch_scripts(sweep_file: str, *flags: str) -> list[str]:
+    """The sbatch scripts the slurm launcher writes for `sweep_file` (with `flags`), as submitted to the fake
+    scheduler, in submission order; this machine's paths written `<repo>` and `python`. Submits nothing."""
+    import os
+    import tempfile
+
+    from iprm import sweep
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        records = tmp / "records"
+        saved = dict(os.environ)
+        os.environ["PATH"] = f"{fake_scheduler(tmp)}{os.pathsep}{os.environ['PATH']}"
+        os.environ["FAKE_SLURM"] = str(records)
+        try:
+            output = tmp / "out"
+            code = sweep.main([sweep_file, "--output", str(output), "--launcher", "slurm", *flags])
+            assert code == 0, code
+            return [
+                path.read_text().replace(str(output), "<repo>/runs/sweeps/baselines")
+                .replace(str(root), "<repo>").replace(sys.executable, "python")
+                for path in sorted(records.glob("*.sh"))
+            ]  # fmt: skip
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+if __name__ == "__main__":  # python tests/sweep_fake.py configs/sweeps/baselines.yaml --launcher.gpus 1 …
+    for script in sbatch_scripts(*sys.argv[1:]):
+        print(script, "\n# ----")

@@ -285,3 +285,23 @@ def test_a_lock_that_is_a_symbolic_link_is_never_followed(tmp_path):
     with pytest.raises(IPRMError, match="symbolic link"), sweep.owning(output):
         pass
     assert target.read_text() == "do not truncate me\n"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (None, "cannot read the sweep file"),
+        ("points: [", "not valid YAML"),
+        ("", "a sweep file is a mapping"),
+        ("seeds: 3", "seeds is a list of whole numbers"),
+        ("colour: red", "unknown sweep keys ['colour']"),
+        ("points: {a: 1}", "a point is a mapping of overrides"),
+    ],
+)
+def test_a_bad_sweep_file_is_one_line_naming_the_file(text, message, tmp_path, caplog):
+    path = tmp_path / "bad.yaml"
+    if text is not None:
+        path.write_text(text)
+    assert sweep.main([str(path), "--output", str(tmp_path / "out")]) == 2
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert str(path) in line and message in line and "\n" not in line

@@ -156,8 +156,11 @@ def _launch(launcher, runs, sweep, output, extra, retrain_changed: bool, text: s
             f"{len(changed)} finished run(s) in {output} were trained with other flags or configs; rerun "
             "with --retrain-changed to train them anew, or use another --output"
         )
-    with atomic_write(output / "sweep.json") as file:  # what `collect` plans from, on any machine
-        file.write(json.dumps({**sweep, "seeds": seeds, "command": text}, indent=2, default=str) + "\n")
+    plan_text = json.dumps({**sweep, "seeds": seeds, "command": text}, indent=2, default=str) + "\n"
+    path = output / "sweep.json"  # what `collect` plans from, on any machine; rewritten only when it changes
+    if not path.exists() or path.read_text() != plan_text:
+        with atomic_write(path) as file:
+            file.write(plan_text)
     for run in runs:
         if run.done and run not in changed:
             log.info("%s: done, skipped", run)

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from iprm.errors import ConfigError
+from iprm.errors import ConfigError, MissingPathError
 
 DEFAULT_SEEDS = [0, 1, 2]
 KEYS = {"name", "base", "seeds", "points", "grid", "n", "launcher"}
@@ -68,8 +68,10 @@ def load_sweep(path: str | Path) -> dict:
     """The sweep file, checked: known keys, safe point names, dependencies on points that exist."""
     try:
         sweep = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise MissingPathError(f"{path}: cannot read the sweep file ({error.strerror})") from None
     except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     if not isinstance(sweep, dict):
         raise ConfigError(f"{path}: a sweep file is a mapping (name, base, seeds, points, grid, …)")
     unknown = set(sweep) - KEYS
@@ -81,6 +83,11 @@ def load_sweep(path: str | Path) -> dict:
     sweep.setdefault("seeds", DEFAULT_SEEDS)
     sweep.setdefault("n", 16)
     sweep.setdefault("launcher", {})
+    seeds = sweep["seeds"]
+    if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"{path}: seeds is a list of whole numbers, not {seeds!r}")
+    if not isinstance(sweep["n"], int) or not isinstance(sweep["launcher"], dict):
+        raise ConfigError(f"{path}: n is a whole number and launcher a mapping")
     points(sweep, where=str(path))  # every name and dependency checked now, before anything runs
     return sweep
 
