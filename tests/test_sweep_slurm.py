@@ -89,7 +89,7 @@ def test_the_scheduler_is_given_arrays_resources_dependencies_and_the_commands(
     assert first["array"] == "0-3%3" and "dependency" not in first
     for flag, value in {"gpus-per-node": "2", "cpus-per-task": "8", "mem": "64GB", "time": "90",
                         "partition": "big", "account": "lab", "nodes": "1", "ntasks-per-node": "1",
-                        "requeue": True, "signal": "USR2@90", "job-name": "iprm-sweep"}.items():  # fmt: skip
+                        "requeue": True, "signal": "USR2@90", "job-name": "iprm-s"}.items():  # fmt: skip
         assert first[flag] == value, flag
     assert "module load cuda/12.4" in first["setup"]
     assert first["command"].startswith("srun ") and str(output / ".slurm") in first["command"]

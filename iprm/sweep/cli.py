@@ -80,7 +80,9 @@ def _launcher_overrides(extra: list[str]) -> tuple[dict[str, Any], list[str]]:
     return overrides, rest
 
 
-def make_launcher(config: dict[str, Any], output: Path, jobs: int | None = None, wait: bool = False):
+def make_launcher(
+    config: dict[str, Any], output: Path, jobs: int | None = None, wait: bool = False, sweep: str = "sweep"
+):
     """The launcher a sweep's `launcher:` block (with its command-line overrides) names."""
     config = dict(config)
     name = config.pop("name", "local")
@@ -94,7 +96,8 @@ def make_launcher(config: dict[str, Any], output: Path, jobs: int | None = None,
         unknown = set(config) - fields
         if unknown:
             raise ConfigError(f"launcher: {sorted(unknown)} are not slurm launcher keys {sorted(fields)}")
-        return SlurmLauncher(folder=output / ".slurm", **config | ({"wait": True} if wait else {}))
+        config = {"job_name": f"iprm-{sweep}", **config} | ({"wait": True} if wait else {})
+        return SlurmLauncher(folder=output / ".slurm", **config)
     raise ConfigError(f"launcher name: {name!r} is not local or slurm")
 
 
@@ -137,7 +140,7 @@ def _main(argv: list[str]) -> int:
         _dry_run(runs, sweep["base"], extra)
         return 0
     config = {**sweep["launcher"], **launcher_config} | ({"name": args.launcher} if args.launcher else {})
-    launcher = make_launcher(config, output, args.jobs, args.wait)
+    launcher = make_launcher(config, output, args.jobs, args.wait, sweep["name"])
     text = "python -m iprm.sweep " + shlex.join(argv)
     if isinstance(launcher, LocalLauncher):
         with owning(output), signals_end_the_sweep():

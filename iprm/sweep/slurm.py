@@ -6,8 +6,9 @@ waits for them with `afterok` on their array tasks, and `kill-on-invalid-dep` ca
 Every task runs one `Job` (fit, resumed from `last.ckpt` when there is one, then test) with the resources
 of the launcher block: `gpus`, `cpus`, `mem` (GB, or a SLURM string such as "64G"), `time` (minutes, or a
 SLURM string), `partition`, `account`, `setup` (shell lines run first), `array_parallelism`,
-`max_requeues`, `additional` (any other sbatch option). On pre-emption or time-out SLURM signals the task,
-submitit requeues it, and the requeued task resumes the fit from its `last.ckpt`.
+`max_requeues`, `job_name` (default `iprm-<sweep name>`), `additional` (any other sbatch option). On
+pre-emption or time-out SLURM signals the task, submitit requeues it, and the requeued task resumes the
+fit from its `last.ckpt`.
 
 `cluster: local` or `cluster: debug` runs the same jobs through submitit's local executor (one process per
 task on this machine) or in this process: for a workstation and for the tests. Those wait wave by wave;
@@ -85,7 +86,7 @@ class SlurmLauncher:
     array_parallelism: int = 256
     max_requeues: int = 3
     additional: dict[str, Any] = field(default_factory=dict)
-    name: str = "iprm-sweep"
+    job_name: str = "iprm-sweep"
     wait: bool = False
 
     def __post_init__(self) -> None:
@@ -116,7 +117,7 @@ class SlurmLauncher:
         """submitit's SlurmExecutor parameters for one array (with its `afterok` dependency, if any)."""
         additional = {"requeue": True, **self.additional}
         params: dict[str, Any] = {
-            "job_name": self.name,
+            "job_name": self.job_name,
             "nodes": 1,
             "ntasks_per_node": 1,  # one process per run; Lightning starts one per device itself
             "cpus_per_task": self.cpus,
