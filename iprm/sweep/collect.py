@@ -16,7 +16,6 @@ import re
 import statistics
 from pathlib import Path
 
-from iprm.eval.report import to_markdown
 from iprm.io import atomic_write
 from iprm.sweep.plan import Run, dependencies, flag_value
 from iprm.sweep.rundir import read_record, status
@@ -81,6 +80,8 @@ def columns(rows: list[dict], name: str, n: int) -> dict[str, dict[str, str]]:
 
 def results_markdown(rows: list[dict], sweep: dict, command: str) -> str:
     """Per best-of-N set its tables (columns from the metrics present), then the cost table."""
+    from iprm.eval.report import to_markdown  # here: it brings matplotlib and torch, which a run never needs
+
     n = sweep["n"]
     sets = list(dict.fromkeys(key.split("/")[0] for row in rows for key in row if key.endswith("/pass@1")))
     commits = sorted({str(row["commit"]) for row in rows})

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import yaml
 
-from iprm import results
 from iprm.io import atomic_write
 from iprm.sweep.plan import Run
 
@@ -76,16 +75,22 @@ def config_files(run: Run, base: list[str]) -> dict[str, str | None]:
     return digests
 
 
+def _metrics_file(path: Path) -> dict:
+    """A `<stage>-metrics.json` (as `iprm.results.read_metrics` reads it, without importing Lightning and
+    torch: a sweep's driver and its SLURM tasks stay light)."""
+    return json.loads(path.read_text())
+
+
 def read_metrics(directory: Path) -> tuple[dict[str, float], str]:
     """A finished run's flat metrics and the short commit that tested it, from its stages' metrics files:
     the test metrics without their `test/` prefix (per best-of-N set `<set>/bon@16/<scorer>`,
     `<set>/maj@16`, `<set>/process/<scorer>/f1`, …) and the fit's `flops/{train,data,total}`."""
-    test = results.read_metrics(find(directory, "test/**/test-metrics.json"))
-    fit = results.read_metrics(find(directory, "fit/**/fit-metrics.json"))
+    test = _metrics_file(find(directory, "test/**/test-metrics.json"))
+    fit = _metrics_file(find(directory, "fit/**/fit-metrics.json"))
     metrics = {key.removeprefix("test/"): value for key, value in test.items() if key.startswith("test/")}
     metrics |= {key: float(fit[key]) for key in ("flops/train", "flops/data", "flops/total")}
     return metrics, (test["commit"] or "unknown")[:7]
 
 
 def config_digest(directory: Path) -> str | None:
-    return results.read_metrics(find(directory, "fit/**/fit-metrics.json")).get("config_digest")
+    return _metrics_file(find(directory, "fit/**/fit-metrics.json")).get("config_digest")
