@@ -13,6 +13,8 @@ from iprm import sweep
 from iprm.cli import main as cli_main
 from iprm.sweep.collect import _summary
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
 

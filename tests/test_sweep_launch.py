@@ -16,6 +16,8 @@ from sweep_fake import FAKE_STAGE, events
 from iprm import sweep
 from iprm.sweep import commands
 
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 
 @pytest.fixture()
 def fake(tmp_path, monkeypatch) -> Path:

@@ -15,6 +15,8 @@ import pytest
 from iprm import sweep
 
 pytest.importorskip("submitit")
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 STEP = 2  # the smoke world trains 4 steps per epoch: pre-empted mid-way through the first
 CALLBACKS = [

@@ -19,6 +19,8 @@ from iprm import sweep
 from iprm.sweep import commands
 
 submitit = pytest.importorskip("submitit")
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = {
     "name": "slurm", "gpus": 2, "cpus": 8, "mem": 64, "time": 90, "partition": "gpu", "account": "lab",
