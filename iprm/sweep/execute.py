@@ -97,6 +97,8 @@ def prepare(job: Job) -> Path | None:
             return checkpoint
         if why is not None and read_record(run) is not None:
             log.warning("%s: restarting from scratch, its recorded run differs: %s", run, why)
+        elif why is None:
+            log.info("%s: an earlier attempt left no last.ckpt; starting over", run)
         inside(job.output, run.directory)  # proven again right before the only deletion
         shutil.rmtree(run.directory)
     run.directory.mkdir(parents=True, exist_ok=True)
