@@ -6,9 +6,9 @@ waits for them with `afterok` on their array tasks, and `kill-on-invalid-dep` ca
 Every task runs one `Job` (fit, resumed from `last.ckpt` when there is one, then test) with the resources
 of the launcher block: `gpus`, `cpus`, `mem` (GB, or a SLURM string such as "64G"), `time` (minutes, or a
 SLURM string), `partition`, `account`, `setup` (shell lines run first), `array_parallelism`,
-`max_requeues`, `job_name` (default `iprm-<sweep name>`), `additional` (any other sbatch option). On
-pre-emption or time-out SLURM signals the task, submitit requeues it, and the requeued task resumes the
-fit from its `last.ckpt`.
+`max_requeues` (time-outs; pre-emptions always requeue), `job_name` (default `iprm-<sweep name>`),
+`additional` (any other sbatch option). On pre-emption or time-out SLURM signals the task, submitit
+requeues it, and the requeued task resumes the fit from its `last.ckpt`.
 
 `cluster: local` or `cluster: debug` runs the same jobs through submitit's local executor (one process per
 task on this machine) or in this process: for a workstation and for the tests. Those wait wave by wave;
