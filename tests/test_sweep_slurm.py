@@ -134,6 +134,17 @@ def test_submitit_s_local_executor_runs_the_waves_and_skips_dependants_of_a_fail
     assert {e["threads"] for e in fits} == {"2"} and {e["slurm_ntasks"] for e in fits} == {None}
 
 
+def test_on_this_machine_array_parallelism_bounds_the_tasks_at_once(fake, monkeypatch):
+    monkeypatch.setenv("FAKE_SECONDS", "1")
+    spec = {"name": "s", "seeds": [0], "points": {"a": {}, "b": {}, "c": {}}}
+    spec["launcher"] = {"name": "slurm", "cluster": "local", "array_parallelism": 2}
+    assert sweep.main([str(_sweep_file(fake, spec)), "--output", str(fake / "out")]) == 0
+    fits = sorted((e["start"], e["end"]) for e in events(fake / "events.jsonl") if e["stage"] == "fit")
+    assert len(fits) == 3
+    assert fits[0][0] < fits[1][1] and fits[1][0] < fits[0][1]  # a and b together
+    assert fits[2][0] >= max(fits[0][1], fits[1][1])  # c after both
+
+
 def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 

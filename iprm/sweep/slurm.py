@@ -11,7 +11,8 @@ SLURM string), `partition`, `account`, `setup` (shell lines run first), `array_p
 requeues it, and the requeued task resumes the fit from its `last.ckpt`.
 
 `cluster: local` or `cluster: debug` runs the same jobs through submitit's local executor (one process per
-task on this machine) or in this process: for a workstation and for the tests. Those wait wave by wave;
+task on this machine, `array_parallelism` at a time) or in this process (submitit's debugger opens on a
+failure): for a workstation and for the tests. Those wait wave by wave;
 `cluster: slurm` submits every wave at once and returns (`--wait` waits); `python -m iprm.sweep collect`
 gathers whatever finished, at any time.
 """
@@ -163,9 +164,14 @@ class SlurmLauncher:
                 ids = sorted(submitted[d].job_id for d in needed) if not blocking else []
                 groups.setdefault("afterok:" + ":".join(ids) if ids else "", []).append(run)
             for dependency, group in groups.items():
-                submitted |= self._submit(executor, dependency, [by_run[run] for run in group])
-            if blocking:
-                outcome |= {run: self._result(submitted[run]) for run in wave if run in submitted}
+                if not blocking:
+                    submitted |= self._submit(executor, dependency, [by_run[run] for run in group])
+                    continue
+                # On this machine array_parallelism is honoured by submitting that many at a time.
+                for start in range(0, len(group), max(1, self.array_parallelism)):
+                    chunk = group[start : start + max(1, self.array_parallelism)]
+                    submitted |= self._submit(executor, dependency, [by_run[run] for run in chunk])
+                    outcome |= {run: self._result(submitted[run]) for run in chunk}
         self._record(submitted)
         if not blocking:
             if not self.wait:
