@@ -11,6 +11,9 @@ import yaml
 
 from iprm import sweep
 from iprm.cli import main as cli_main
+from iprm.sweep.collect import _summary
+
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
@@ -89,6 +92,21 @@ def test_collecting_replaces_the_results_whole_or_not_at_all(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ce", "results.csv", "results.md"]
 
 
+def test_results_tables_take_their_columns_from_the_metrics_present(tmp_path):
+    """No reward model's scorer names are built in: an ORM's and an implicit PRM's scorers both appear."""
+    rows = [
+        {"point": "orm", "seed": 0, "commit": "c", "weak/pass@1": 0.5, "weak/maj@8": 0.6,
+         "weak/bon@8/orm_last": 0.7, "weak/process/orm/f1": 0.1, "flops/train": 1.0, "flops/data": 2.0},
+        {"point": "ce", "seed": 0, "commit": "c", "weak/pass@1": 0.5, "weak/maj@8": 0.6,
+         "weak/bon@8/prm_single_min": 0.8, "weak/wmaj@8/prm_single_min": 0.9, "flops/train": 1.0},
+    ]  # fmt: skip
+    markdown = sweep.results_markdown(rows, {"name": "s", "n": 8}, "cmd")
+    for title in ("bo@8 orm_last", "bo@8 prm_single_min", "wmaj@8 prm_single_min", "F1 orm", "maj@8"):
+        assert title in markdown, title
+    assert "| orm | 1 | 0.500 | 0.600 | 0.700 | – |" in markdown
+    assert "### weighted majority@8" in markdown and "### first-error F1" in markdown
+
+
 def test_plan_runs_point_by_point_or_seed_by_seed(tmp_path):
     spec = {"points": {"orm": {}, "autopsv": {}}, "grid": {"data.instruction_fraction": [0.5]}}
     order = [(run.point.split(",")[0], run.seed) for run in sweep.plan(spec, tmp_path, [0, 1])]
@@ -101,9 +119,9 @@ def test_plan_runs_point_by_point_or_seed_by_seed(tmp_path):
 
 
 def test_summary_is_mean_and_sample_std_over_finite_values():
-    assert sweep._summary([0.5, 0.7, float("nan")], ".3f") == "0.600 ± 0.141"
-    assert sweep._summary([0.25], ".3f") == "0.250"
-    assert sweep._summary([float("nan")], ".3f") == "–"
+    assert _summary([0.5, 0.7, float("nan")], ".3f") == "0.600 ± 0.141"
+    assert _summary([0.25], ".3f") == "0.250"
+    assert _summary([float("nan")], ".3f") == "–"
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.stem)
@@ -148,7 +166,7 @@ def test_smoke_sweep_runs_end_to_end_and_resumes(smoke_sweep, monkeypatch, caplo
     headings = [line for line in markdown.splitlines() if line.startswith("## ")]
     assert headings == ["## weak", "## medium", "## strong", "## cost"]
     assert "| ce | 1 |" in markdown and "| dpo_half | 1 |" in markdown
-    assert "PRM bo@8 (acc. min)" in markdown
+    assert "bo@8 prm_accumulative_min" in markdown
 
     finished = {p: p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file() and "results" not in p.name}
     finished.pop(output / ".lock", None)  # names its owner: each sweep writes its pid

@@ -15,6 +15,9 @@ from pathlib import Path
 import pytest
 
 from iprm import sweep
+from iprm.sweep import commands
+
+pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
 pytestmark = pytest.mark.slow  # the fast tier (-m "not slow") leaves this file out
 
@@ -45,7 +48,7 @@ def fake(tmp_path, monkeypatch) -> Path:
     """A sweep file with two runs, run through the fake stages; returns the sweep file."""
     script = tmp_path / "fake_iprm.py"
     script.write_text(FAKE)
-    monkeypatch.setattr(sweep, "_command", lambda stage, args: [sys.executable, str(script), stage, *args])
+    monkeypatch.setattr(commands, "PROGRAM", (sys.executable, str(script)))
     (tmp_path / "base.yaml").write_text("model: {lr: 1.0e-3}\n")
     spec = {"name": "fake", "base": [str(tmp_path / "base.yaml")], "seeds": [0], "points": {"a": {}, "b": {}}}
     path = tmp_path / "sweep.yaml"
@@ -139,7 +142,7 @@ def test_killing_a_sweep_ends_its_child(sig, fake, tmp_path):
     script = tmp_path / "fake_iprm.py"
     runner = (
         "import sys; from iprm import sweep\n"
-        f"sweep._command = lambda stage, args: [sys.executable, {str(script)!r}, stage, *args]\n"
+        f"from iprm.sweep import commands; commands.PROGRAM = (sys.executable, {str(script)!r})\n"
         f"sys.exit(sweep.main([{str(fake)!r}, '--output', {str(tmp_path / 'out')!r}]))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_SLEEP": str(child_pid)}
