@@ -143,3 +143,10 @@ def write_own_records(tmp: Path) -> Path:
     path = tmp / "mine.jsonl"
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
+
+
+def pytest_collection_modifyitems(items):
+    """An end-to-end (`integration`) test is slow too: the fast tier, `-m "not slow"`, leaves it out."""
+    for item in items:
+        if item.get_closest_marker("integration") is not None:
+            item.add_marker(pytest.mark.slow)

@@ -213,7 +213,8 @@ def test_a_full_disk_names_the_path_and_keeps_the_samples(tiny_model_dir, tmp_pa
 
     with monkeypatch.context() as patch:
         patch.setattr("iprm.generation.outputs.write_records", full)
-        with pytest.raises(IPRMError, match=rf"writing {output} failed \(No space left on device\).*rerun"):
+        message = rf"cannot write {output}: No space left on device.*samples are kept.*rerun"
+        with pytest.raises(IPRMError, match=message):
             run(tiny_model_dir, output)
     assert not list(tmp_path.glob(".gen.jsonl.*.tmp"))  # the half-written temporary file is gone
     assert not output.exists() and not manifest_path(output).exists()

@@ -31,7 +31,7 @@ from typing import Literal
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
-from iprm.errors import ConfigError, IPRMError
+from iprm.errors import ConfigError, IPRMError, WriteError
 from iprm.generation.backend import Sampling
 from iprm.generation.fingerprint import fingerprint
 from iprm.generation.job import BackendOptions, Job
@@ -198,9 +198,12 @@ def _naming(output: Path, parts: Path) -> Iterator[None]:
     try:
         yield
     except OSError as error:
+        # `iprm.io.atomic_write` already names the path (a WriteError); a bare OSError gets it here.
+        named = isinstance(error, WriteError)
+        what = str(error) if named else f"cannot write {error.filename or output}: {error.strerror or error}"
         raise IPRMError(
-            f"generate: writing {error.filename or output} failed ({error.strerror or error}); the previous "
-            f"file, if any, is intact and the samples are kept in {parts}: free space and rerun to finish"
+            f"generate: {what}; the previous file, if any, is intact and the samples are kept in {parts}: "
+            "free space and rerun to finish"
         ) from error
 
 
