@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "sets, then over runs); ties → fewer epochs, then lower lr. Test sets not read.\n\n"
     )
     with atomic_write(output / "tune.md", encoding="utf-8") as file:
-        file.write(rule + to_markdown(rows) + "\n")
+        file.write(rule + to_markdown([{**r, "chosen lr": f"{r['chosen lr']:g}"} for r in rows]) + "\n")
     for row in rows:
         name = re.sub(r"[^\w.=,-]+", "_", row["method"])
         curves_figure(runs, row["method"], args.n).savefig(output / f"dev-{name}.png", dpi=110)
