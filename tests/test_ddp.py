@@ -97,7 +97,7 @@ def _training_rank(rank: int, port: int, model_dir: str, batch: dict, queue) -> 
     )
     dist.all_reduce(gradient)  # what DDP does: the mean of the ranks' gradients
     if rank == 0:
-        queue.put(gradient / 2)
+        queue.put((gradient / 2).tolist())  # plain values: a shared tensor's storage dies with this process
     dist.destroy_process_group()
 
 
@@ -113,7 +113,7 @@ def test_two_ranks_training_steps_average_to_the_one_process_gradient(tiny_model
     ]
     for rank in ranks:
         rank.start()
-    averaged = queue.get(timeout=120)
+    averaged = torch.tensor(queue.get(timeout=120))
     for rank in ranks:
         rank.join(timeout=60)
     assert [rank.exitcode for rank in ranks] == [0, 0]
