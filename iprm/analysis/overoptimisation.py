@@ -85,9 +85,10 @@ def read_predictions(path: str | Path) -> Candidates:
 
 
 def _steps(record: dict) -> int:
-    return len(record.get("step_labels") or []) or len(
-        [s for s in record["response"].split("\n") if s.strip()]
-    )
+    """The response's step count: its step labels, else the step scores `predict` wrote (one per step, split
+    by the data module's separator: never re-split here by a literal)."""
+    scores = next(iter((record.get("step_scores") or {}).values()), [])
+    return len(record.get("step_labels") or []) or len(scores)
 
 
 def first_error_kind(record: dict) -> str:

@@ -21,7 +21,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
 from iprm.tasks.base import format_prompt
-from iprm.tasks.maths import INSTRUCTION
+from iprm.tasks.maths import INSTRUCTION, SEPARATOR
 from iprm.tasks.pretrain import build_model, pretrain
 
 # Llama-3's pre-tokenisation: contractions, words, numbers of up to three digits, punctuation runs (with
@@ -44,7 +44,7 @@ def gsm8k_steps(answer: str) -> str:
     work, _, final = answer.rpartition("####")
     lines = [re.sub(r"<<[^>]*>>", "", line).strip() for line in work.splitlines() if line.strip()]
     lines.append(f"The answer is \\boxed{{{final.strip().replace(',', '')}}}.")
-    return "\n\n".join(f"Step {k}: {line}" for k, line in enumerate(lines, start=1))
+    return SEPARATOR.join(f"Step {k}: {line}" for k, line in enumerate(lines, start=1))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
