@@ -40,6 +40,7 @@ VERBS: dict[str, Verb] = {
     "frontier": Verb("iprm.analysis.frontier", "accuracy against FLOPs per method: the cost frontier"),
     "overoptimisation": Verb("iprm.analysis.overoptimisation", "which wrong candidates win as N grows"),
     "worlds-table": Verb("iprm.analysis.worlds", "a method's metrics over worlds: mean ± std of seed means"),
+    "label-probe": Verb("iprm.analysis.labels", "AutoPSV's, Math-Shepherd's step labels against the truth"),
     "as-policy": Verb("iprm.analysis.as_policy", "each trained implicit PRM used as a policy (Table 3)"),
     "world": Verb("iprm.tasks.world", "build (or unpack) a controlled arithmetic world"),
     "shipped": Verb("iprm.tasks.shipped", "pack a built world, or check every shipped world's checksum"),
