@@ -112,7 +112,9 @@ def read_checkpoint(path: str | Path, setting: str = "--ckpt_path", map_location
     if kind in ("text", "unknown"):
         raise CorruptArtifactError(f"{where}: is not a checkpoint written by Lightning (torch.save) ({kind})")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        # mmap: every rank reads the settings of an 8B checkpoint without each holding a copy in memory
+        mmap = kind == "zip"
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         found = _unsupported_global(str(error))
         raise CorruptArtifactError(

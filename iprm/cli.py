@@ -160,6 +160,7 @@ class IPRMCLI(CheckpointHooks):
         in `setup` instead, after Lightning's barrier (rank 0 prepares the data)."""
         if self.trainer.world_size > 1:
             return
+        self.datamodule.trainer = self.trainer  # as Lightning will: setup labels steps on the run's device
         self.datamodule.prepare_data()
         self.datamodule.setup(stage)
         objective = getattr(self.model, "objective", None)  # explicit PRMs have none

@@ -40,7 +40,8 @@ class PredictionWriter(BasePredictionWriter):
     """Writes `python -m iprm predict` results.
 
     Args:
-        output_path: the JSONL file to write; None writes `<log_dir>/predictions.jsonl`.
+        output_path: the JSONL file to write; None writes `<log_dir>/predictions-<stem>.jsonl`, after the
+            stem of `data.predict_path`, so that scoring two files of one run keeps both.
     """
 
     def __init__(self, output_path: str | None = None):
@@ -55,7 +56,8 @@ class PredictionWriter(BasePredictionWriter):
 
     def write_on_epoch_end(self, trainer: L.Trainer, pl_module, predictions, batch_indices) -> None:
         # Asked on every rank: `trainer.log_dir` is a collective under DDP.
-        path = Path(self.output_path or Path(trainer.log_dir or ".") / "predictions.jsonl")
+        stem = Path(getattr(trainer.datamodule, "predict_path", None) or "records").stem
+        path = Path(self.output_path or Path(trainer.log_dir or ".") / f"predictions-{stem}.jsonl")
         names = pl_module.scorer_names()
         method, _ = pl_module.method()
         scored = {

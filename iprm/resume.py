@@ -29,6 +29,10 @@ NOT_COMPARED = {
     "model.reference_cache_dir",
     "model.offload_reference",
     "model.compile",
+    "model.gradient_checkpointing",  # memory and speed only: a run that ran out of memory resumes with it
+    "model.head_chunk_tokens",
+    "data.layout",  # packed and padded batches give the same numbers (tests/test_packed.py)
+    "data.packed_row_tokens",
     "model.attn_implementation",
     "model.model_path",  # linked from data.model_path, which is compared
     "data.num_workers",
@@ -101,6 +105,10 @@ def check_resume(settings: dict[str, Any], checkpoint: dict, ckpt_path: str, all
             ckpt_path,
         )
         return
+    if settings.get("seed_everything") is True and isinstance(saved.get("seed_everything"), int):
+        # Not yet drawn: Lightning draws `seed_everything: true` after this check, and the run then takes
+        # whatever is restored; only a seed given explicitly can differ from the checkpoint's.
+        settings = {**settings, "seed_everything": saved["seed_everything"]}
     differences = [
         f"{key}: {saved.get(key, '(unset)')!r} in the checkpoint, {settings.get(key, '(unset)')!r} now"
         for key in sorted(set(saved) | set(settings))

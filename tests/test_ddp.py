@@ -233,7 +233,7 @@ def test_ddp_test_writes_the_one_process_tables_and_metrics(runs):
 
 @pytest.mark.integration
 def test_ddp_predict_writes_the_one_process_file(runs):
-    one, two = runs["one-predict"] / "predictions.jsonl", runs["two-predict"] / "predictions.jsonl"
+    one, two = (next(runs[name].glob("predictions-*.jsonl")) for name in ("one-predict", "two-predict"))
     assert len(one.read_text().splitlines()) == 48
     assert two.read_bytes() == one.read_bytes()
 

@@ -95,10 +95,23 @@ def test_a_changed_setting_is_refused_with_both_values(path, value, named, caplo
         ("model/init_args/export_dir", "b"),
         ("data/init_args/num_workers", 4),
         ("data/init_args/world/root", "y"),
+        # memory and speed only: a run that ran out of memory resumes with checkpointing or packed batches
+        ("model/init_args/gradient_checkpointing", True),
+        ("model/init_args/head_chunk_tokens", 512),
+        ("data/init_args/layout", "packed"),
+        ("data/init_args/packed_row_tokens", 4096),
     ],
 )
 def test_where_things_are_is_not_compared(path, value):
     check_resume(run_settings(_changed(path, value)), {KEY: run_settings(SETTINGS)}, "c.ckpt", False)
+
+
+def test_a_seed_not_yet_drawn_resumes_the_checkpoints_but_another_given_seed_is_refused():
+    """`seed_everything: true` (Lightning's default) is drawn after the check: it takes the checkpoint's."""
+    saved = {KEY: run_settings(SETTINGS)}
+    check_resume(run_settings({**SETTINGS, "seed_everything": True}), saved, "c.ckpt", allow_changes=False)
+    with pytest.raises(ConfigError, match="seed_everything: 0 in the checkpoint, 1 now"):
+        check_resume(run_settings({**SETTINGS, "seed_everything": 1}), saved, "c.ckpt", allow_changes=False)
 
 
 def test_many_differences_are_summarised_in_one_line():

@@ -7,6 +7,7 @@ attention mask, transformers finds the records from the position ids and attends
 """
 
 import multiprocessing
+from unittest.mock import patch
 
 import pytest
 import torch
@@ -309,3 +310,21 @@ def test_two_ranks_on_packed_token_budget_batches_train_as_one_process(tmp_path,
     assert len(losses) > 1 and _train_losses(two) == pytest.approx(losses, rel=1e-5)
     weights, ddp_weights = (load_file(run / "policy" / "model.safetensors") for run in (one, two))
     assert max((weights[k] - ddp_weights[k]).abs().max().item() for k in weights) < 1e-6
+
+
+def test_an_explicit_prm_refuses_packed_batches(tiny_model_dir):
+    """Its step logits read padded rows: a packed data module is refused by name, before any step."""
+    from types import SimpleNamespace
+
+    from iprm.errors import ConfigError
+    from iprm.scorers import ExplicitPRM
+
+    module = ExplicitPRM(model_path=tiny_model_dir, name="orm", target="outcome")
+    for layout in ("padded", "packed"):
+        trainer = SimpleNamespace(datamodule=SimpleNamespace(layout=layout))
+        with patch.object(ExplicitPRM, "trainer", trainer):
+            if layout == "packed":
+                with pytest.raises(ConfigError, match="orm .an ExplicitPRM. reads padded batches"):
+                    module.setup("fit")
+            else:
+                module.setup("fit")

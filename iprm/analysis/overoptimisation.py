@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from iprm.data.answers import answer_groups
 from iprm.errors import IPRMError
 from iprm.eval.report import to_markdown
 from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, weighted_majority
@@ -57,7 +58,7 @@ def read_predictions(path: str | Path) -> Candidates:
     """A `predictions.jsonl` as `Candidates`; a line without `scores` is refused with its line number."""
     problems: dict[str, int] = {}
     counts: dict[int, int] = {}
-    answers: dict[int, dict[str, int]] = {}
+    answers: dict[int, list[tuple[int, str | None]]] = {}
     columns: dict[str, list] = {"problem": [], "candidate": [], "answer": [], "label": []}
     records = []
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
@@ -65,17 +66,19 @@ def read_predictions(path: str | Path) -> Candidates:
         if not isinstance(record.get("scores"), dict):
             raise IPRMError(f"{path}, line {number}, field 'scores': missing (is this a predict output?)")
         p = problems.setdefault(str(record.get("instruction_id", record.get("prompt"))), len(problems))
-        answer = record.get("answer")
         columns["problem"].append(p)
         columns["candidate"].append(counts.get(p, 0))
-        columns["answer"].append(
-            answers.setdefault(p, {}).setdefault(answer, len(answers[p])) if answer else -1
-        )
+        answers.setdefault(p, []).append((len(records), record.get("answer")))
         columns["label"].append(bool(record["label"]))
         counts[p] = counts.get(p, 0) + 1
         records.append(record)
     if not records:
         raise IPRMError(f"{path}: no predictions")
+    # Equivalent answers share a vote ("0.5" and "\\frac{1}{2}"), as in the run's own voting (`eval_items`).
+    columns["answer"] = [0] * len(records)
+    for entries in answers.values():
+        for (index, _), group in zip(entries, answer_groups([a for _, a in entries]), strict=True):
+            columns["answer"][index] = group
     names = list(records[0]["scores"])
     scores = {n: torch.tensor([float(r["scores"].get(n, math.nan)) for r in records]) for n in names}
     tensors = {k: torch.tensor(v) for k, v in columns.items()}

@@ -146,6 +146,11 @@ class ExplicitPRM(RewardModel):
             record_scalars(self.trainer, {f"labels/{key}": value for key, value in report.items()}, step=0)
 
     def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule if self.trainer is not None else None
+        if getattr(datamodule, "layout", "padded") == "packed":  # its step logits read padded rows
+            raise ConfigError(
+                f"model: {self.hparams.name} (an ExplicitPRM) reads padded batches: set data.layout padded"
+            )
         if self.hparams.head == "generative" and self.trainer is not None and self.trainer.datamodule:
             self.head_tokens = head_token_ids(
                 self.trainer.datamodule.tokenizer, self.hparams.positive_token, self.hparams.negative_token
