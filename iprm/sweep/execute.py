@@ -139,9 +139,15 @@ def execute(job: Job, spawn: Spawn = plain_spawn) -> bool:
             return end("failed", failed_stage="test")
         metrics, commit = read_metrics(run.directory)
         digest = config_digest(run.directory)
-    except FileNotFoundError as error:
-        log.error("FAILED %s: %s", run, error)
-        return end("failed", failed_stage="collect", error=str(error))
+    except (
+        FileNotFoundError,
+        KeyError,
+    ) as error:  # a fit stopped between its last checkpoint and its metrics
+        message = (
+            str(error) if isinstance(error, FileNotFoundError) else f"no {error} in its fit-metrics.json"
+        )
+        log.error("FAILED %s: %s", run, message)
+        return end("failed", failed_stage="collect", error=message)
     done = end("done", commit=commit, config_digest=digest)
     write_json(run.directory / "metrics.json", metrics)  # last: it marks the run finished
     return done
