@@ -5,7 +5,7 @@ second and appends what it was asked to do to `$FAKE_EVENTS` (one JSON line per 
 FAKE_SLEEP (a pid file: record the pid and sleep), FAKE_SECONDS (sleep that long first), FAKE_FAIL (a
 substring of the run directory whose fit fails), FAKE_DIE_ONCE (a marker file: the first fit writes its
 `last.ckpt` then dies as if killed, once), FAKE_PAUSE_ONCE (a marker file: the first fit writes its
-`last.ckpt` and its pid there, then sleeps until stopped).
+`last.ckpt` and its pid there, then sleeps until stopped), FAKE_NO_FLOPS (fit's metrics without its FLOPs).
 """
 
 import json
@@ -48,6 +48,8 @@ FAKE_STAGE = textwrap.dedent("""
             sys.exit(1)
     metrics = {"flops/train": 1.0, "flops/data": 1.0, "flops/total": 2.0, "test/weak/pass@1": 0.5,
                "test/weak/bon@8/orm_last": 0.25}
+    if os.environ.get("FAKE_NO_FLOPS") and stage == "fit":  # stopped after its last checkpoint
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("flops/")}
     (logs / f"{stage}-metrics.json").write_text(json.dumps({**metrics, "config_digest": "d", "commit": "c"}))
 """)
 

@@ -67,6 +67,16 @@ def test_a_run_waits_for_what_it_needs_and_a_failed_dependency_skips_it(fake, mo
     assert "autopsv,fraction=0.5 seed 1: skipped, it needs orm,fraction=0.5 seed 1, which failed" in printed
 
 
+def test_a_fit_without_its_flops_fails_its_collect_stage_and_the_sweep_goes_on(fake, monkeypatch, caplog):
+    """A fit stopped between its last checkpoint and its metrics (no `flops/*`): that run fails at
+    collection, named, and the other points still finish."""
+    monkeypatch.setenv("FAKE_NO_FLOPS", "1")
+    output = fake / "out"
+    assert _main(_sweep_file(fake, {"points": {"a": {}, "b": {}}}), output) == 1
+    assert "FAILED a seed 0: no 'flops/train' in its fit-metrics.json" in caplog.text
+    assert len([e for e in events(fake / "events.jsonl") if e["stage"] == "test"]) == 2
+
+
 def test_collect_works_on_a_copy_of_the_output_anywhere(fake, capsys):
     output = fake / "out"
     assert _main(_sweep_file(fake, {"points": {"a": {}, "b": {}}}), output) == 0
