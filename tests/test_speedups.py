@@ -214,3 +214,28 @@ def test_gradient_checkpointing_changes_no_number(tiny_model_dir, char_tokenizer
     checkpointed_loss, checkpointed_grads = _step(checkpointed, batch)
     assert checkpointed_loss == pytest.approx(loss, abs=1e-6)
     torch.testing.assert_close(checkpointed_grads, grads, atol=1e-6, rtol=1e-5)
+
+
+def test_offloading_the_reference_keeps_the_fit_loops_training_loader(tiny_model_dir):
+    """The cache fill reads a loader of its own: the data module's loader, whose position mid-epoch
+    checkpoints save, stays the one the fit loop took (else a resume would retrain the epoch's start)."""
+    from types import SimpleNamespace
+    from unittest.mock import patch
+
+    module = make_module(tiny_model_dir, CE(beta=1.0), offload_reference=True)
+    datamodule = SimpleNamespace(_train_loader="the fit loop's")
+
+    def train_dataloader():
+        datamodule._train_loader = "the fill's"
+        return [{"batch": 1}, {"batch": 2}]
+
+    datamodule.train_dataloader = train_dataloader
+    filled = []
+    trainer = SimpleNamespace(datamodule=datamodule, strategy=SimpleNamespace(batch_to_device=lambda b, d: b))
+    with (
+        patch.object(ImplicitPRM, "trainer", trainer),
+        patch.object(module.frozen_reference, "fill_and_offload", lambda batches: filled.extend(batches)),
+    ):
+        module.on_train_start()
+    assert filled == [{"batch": 1}, {"batch": 2}]
+    assert datamodule._train_loader == "the fit loop's"

@@ -256,8 +256,13 @@ class ImplicitPRM(RewardModel):
         if self.hparams.reference_free:
             self.frozen_reference.offload()
             return
-        # Fill the cache for this rank's training records, then free the accelerator of the reference.
-        loader = self.trainer.datamodule.train_dataloader()
+        # Fill the cache for this rank's training records, then free the accelerator of the reference. The
+        # fill reads a loader of its own: the data module's is the one mid-epoch checkpoints save the position
+        # of, and must stay the fit loop's.
+        datamodule = self.trainer.datamodule
+        kept = getattr(datamodule, "_train_loader", None)
+        loader = datamodule.train_dataloader()
+        datamodule._train_loader = kept
         to_device = self.trainer.strategy.batch_to_device
         self.frozen_reference.fill_and_offload(to_device(batch, self.device) for batch in loader)
 
