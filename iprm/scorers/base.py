@@ -54,6 +54,9 @@ def check_settings(hparams, problems: Iterable[str] = ()) -> None:
         problems.append(f"lr must be {'finite' if hparams.lr > 0 else 'positive'}, got {hparams.lr}")
     if not 0 <= hparams.warmup_ratio < 1:
         problems.append(f"warmup_ratio must be in [0, 1), got {hparams.warmup_ratio}")
+    schedule_epochs = hparams.get("schedule_epochs")
+    if schedule_epochs is not None and not (isinstance(schedule_epochs, int) and schedule_epochs >= 1):
+        problems.append(f"schedule_epochs must be a positive integer or null, got {schedule_epochs!r}")
     if hparams.torch_dtype not in DTYPES:
         problems.append(f"torch_dtype must be one of {', '.join(DTYPES)}, got {hparams.torch_dtype!r}")
     if problems:
@@ -194,6 +197,9 @@ class RewardModel(L.LightningModule):
         )
         loaded = compat.training_loader_built(self.trainer)
         total = max(1, int(self.trainer.estimated_stepping_batches))
+        if self.hparams.get("schedule_epochs") and (self.trainer.max_epochs or 0) > 0:
+            # The schedule of a `schedule_epochs` run, of which this one trains the first `max_epochs`.
+            total = max(1, round(total * self.hparams.schedule_epochs / self.trainer.max_epochs))
         if not loaded:
             # Counting the steps built the fit loop's training loader and drew its first batch, before a
             # resumed run restores its loops; Lightning would then never restore the loader's position

@@ -48,6 +48,9 @@ class ImplicitPRM(RewardModel):
         weight_decay: AdamW weight decay.
         warmup_ratio: fraction of the optimisation steps spent warming the learning rate up linearly;
             cosine decay to zero follows.
+        schedule_epochs: the learning-rate schedule's length in epochs; None: the trainer's `max_epochs`.
+            Longer than `max_epochs`, training stops part-way down the schedule, as epoch e of a tuning
+            run does (`--trainer.max_epochs 2 --model.schedule_epochs 4`: its first two epochs, exactly).
         torch_dtype: dtype the models are loaded in ("float32", "bfloat16", "float16" or "auto").
         attn_implementation: attention kernel passed to `from_pretrained` ("sdpa", "eager", ...).
         trust_remote_code: allow checkpoints that ship their own modelling code (off: it runs that code).
@@ -91,6 +94,7 @@ class ImplicitPRM(RewardModel):
         lr: float = 5e-7,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.0,
+        schedule_epochs: int | None = None,
         torch_dtype: str = "float32",
         attn_implementation: str | None = "sdpa",
         trust_remote_code: bool = False,
