@@ -53,7 +53,8 @@ def test_the_wrong_winners_are_told_apart_and_the_fall_is_counted(tmp_path):
 
 def test_remedies_are_chosen_on_dev_and_reported_on_test_at_every_n(tmp_path, capsys):
     """Plain best-of-N: 1/2 at N = 2, 0 at N = 4. Weighted majority is right on both at both N (a: σ(1) +
-    σ(.5) for "5" against σ(2) for "9"; b: the unanswered candidate abstains), so dev chooses it. Mixing in
+    σ(.5) for "5" against σ(2) for "9"; b: the unanswered candidate abstains), as is plain majority voting: the
+tie goes to the simpler rule, majority, listed first. Mixing in
     the reference's likelihood (λ = 1) sinks both high-scoring wrong candidates: right on both at N = 4."""
     _write(tmp_path / "p.jsonl")
     data = read_predictions(tmp_path / "p.jsonl")
@@ -62,12 +63,30 @@ def test_remedies_are_chosen_on_dev_and_reported_on_test_at_every_n(tmp_path, ca
     assert (rows["best"]["test@2"], rows["best"]["test@4"]) == (0.5, 0.0)
     assert (rows["weighted_majority"]["test@2"], rows["weighted_majority"]["test@4"]) == (1.0, 1.0)
     assert rows["mix λ=1"]["test@4"] == 1.0
-    assert [name for name, r in rows.items() if r["chosen on dev"]] == ["weighted_majority"]
+    assert (rows["majority"]["test@2"], rows["majority"]["test@4"]) == (1.0, 1.0)
+    assert [name for name, r in rows.items() if r["chosen on dev"]] == ["majority"]
     text = main([str(tmp_path / "p.jsonl"), "--dev", str(tmp_path / "p.jsonl"), "--ns", "2", "4"])
-    assert "| weighted_majority |" in text and "✓" in text
+    assert "| majority | 1.000 | 1.000 | 1.000 | ✓ |" in text
 
 
 def test_a_file_without_scores_is_refused_with_its_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "Q", "response": "A:1", "label": True}) + "\n")
     with pytest.raises(IPRMError, match=r"bad.jsonl, line 1, field 'scores'"):
         read_predictions(tmp_path / "bad.jsonl")
+
+
+def test_several_runs_choose_one_rule_on_dev_and_report_mean_and_spread(tmp_path):
+    """Two runs (the same candidates twice): one rule chosen on the runs' mean dev accuracy, test accuracy as
+    mean ± std with on how many runs it beats plain best-of-N; majority voting is a rule like the others."""
+    _write(tmp_path / "p.jsonl")
+    files = [str(tmp_path / "p.jsonl")] * 2
+    csv_path = tmp_path / "remedies.csv"
+    text = main([*files, "--dev", *files, "--ns", "2", "4", "--lambdas", "1", "--csv", str(csv_path)])
+    pooled = text.split("## Which wrong candidates win")[0]
+    assert "## Remedies over 2 runs (one rule chosen on dev for all)" in pooled
+    assert "| weighted_majority | 1.000 | 1.000 ± 0.000 (2/2 > best) | 1.000 ± 0.000 (2/2 > best) |" in pooled
+    assert "| best | 0.250 | 0.500 ± 0.000 (0/2 > best) | 0.000 ± 0.000 (0/2 > best) |" in pooled
+    rows = csv_path.read_text().splitlines()
+    assert rows[0] == "predictions,remedy,split,N,accuracy" and len(rows) == 1 + 2 * 5 * 3  # 2 runs × 5 rules × (test at 2 N + dev)
+    with pytest.raises(SystemExit):
+        main([*files, "--dev", files[0]])

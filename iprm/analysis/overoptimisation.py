@@ -13,7 +13,8 @@ its score's margin over the best-scoring correct candidate of the same problem. 
 at the smaller N and wrong at the larger are counted apart: they are the fall.
 
 Remedies, each a named rule selecting among the first N (all in `REMEDIES`):
-`best` (plain best-of-N), `weighted_majority` (σ(score) summed per answer), `length_normalised` (score
+`best` (plain best-of-N), `majority` (every candidate one vote: the reference line, no PRM),
+`weighted_majority` (σ(score) summed per answer), `length_normalised` (score
 divided by the number of steps), and `mix` (score + λ · the `--mix-scorer` score, the reference policy's
 log-likelihood by default; λ from `--lambdas`). With `--dev`, each rule (and λ) is scored on the dev
 predictions by mean best-of-N over `--ns`, the best is chosen there, and every rule is reported on test at
@@ -21,9 +22,16 @@ every N with the choice marked; no test number chooses.
 
     python -m iprm.analysis.overoptimisation test-medium.predictions.jsonl \
         --dev dev-medium.predictions.jsonl [--scorer prm_accumulative_min] [--ns 4 16 64] [--output F]
+
+Several runs (worlds × seeds): pass their test predictions, and with `--dev` their dev predictions in the same
+order. Each run gets its tables; then the remedies over the runs: dev accuracy averaged over the runs chooses
+one rule for all of them, and the test accuracy at every N is given as mean ± std over the runs, with on how
+many runs each rule beats plain best-of-N (`--csv` writes every run's numbers). A dev set with fewer candidates
+than an N (the worlds' dev sets have 16) scores that N on all of them.
 """
 
 import argparse
+import csv
 import json
 import math
 import statistics
@@ -38,7 +46,7 @@ from iprm.eval.report import to_markdown
 from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, weighted_majority
 from iprm.io import atomic_write
 
-REMEDIES = ("best", "weighted_majority", "length_normalised", "mix")
+REMEDIES = ("best", "majority", "weighted_majority", "length_normalised", "mix")
 LAMBDAS = (0.1, 0.3, 1.0, 3.0)
 
 
@@ -166,6 +174,8 @@ def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scor
     args = (data.problem, data.candidate)
     if remedy == "best":
         return best_of_n(*args, data.label, score, n)
+    if remedy == "majority":  # the PRM's score unused: every vote weighs the same
+        return weighted_majority(*args, data.answer, data.label, torch.zeros_like(score), n)
     if remedy == "weighted_majority":
         return weighted_majority(*args, data.answer, data.label, score, n)
     if remedy == "length_normalised":
@@ -192,7 +202,7 @@ def remedies_table(
     dev choice marked."""
     rows = []
     for remedy, lam in _variants(lambdas):
-        name = f"mix λ={lam:g}" if remedy == "mix" else remedy
+        name = _variant_name(remedy, lam)
         row: dict = {"remedy": name}
         if dev is not None:
             row["dev (mean over N)"] = _mean(
@@ -208,34 +218,83 @@ def remedies_table(
     return rows
 
 
+def _variant_name(remedy: str, lam: float) -> str:
+    return f"mix λ={lam:g}" if remedy == "mix" else remedy
+
+
+def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
+    """The remedies over runs: mean dev accuracy (chooses), test mean ± std at every N, runs above `best`."""
+    rows = []
+    for i, first in enumerate(tables[0]):
+        per_run = [table[i] for table in tables]
+        row: dict = {"remedy": first["remedy"]}
+        if "dev (mean over N)" in first:
+            row["dev (mean over runs and N)"] = _mean([r["dev (mean over N)"] for r in per_run])
+        for n in ns:
+            values = [r[f"test@{n}"] for r in per_run]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            above = sum(r[f"test@{n}"] > table[0][f"test@{n}"] for r, table in zip(per_run, tables, strict=True))
+            row[f"test@{n}"] = f"{_mean(values):.3f} ± {spread:.3f} ({above}/{len(values)} > best)"
+        rows.append(row)
+    if "dev (mean over runs and N)" in rows[0]:
+        chosen = max(range(len(rows)), key=lambda i: (rows[i]["dev (mean over runs and N)"], -i))
+        for i, row in enumerate(rows):
+            row["chosen on dev"] = "✓" if i == chosen else ""
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m iprm.analysis.overoptimisation",
         description=__doc__.split("\n\n")[0].replace("\n", " "),
     )
-    parser.add_argument("test", type=Path, help="a test set's predictions.jsonl (python -m iprm predict)")
-    parser.add_argument("--dev", type=Path, help="the matching dev set's predictions, to choose a remedy on")
+    parser.add_argument("test", type=Path, nargs="+", help="test sets' predictions (python -m iprm predict)")
+    parser.add_argument("--dev", type=Path, nargs="+", help="the matching dev sets' predictions, same order")
     parser.add_argument("--scorer", default="prm_accumulative_min")
     parser.add_argument("--mix-scorer", default="reference_accumulative_last")
     parser.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--output", type=Path, help="write the report (markdown) here too")
+    parser.add_argument("--csv", type=Path, help="write every run's remedy accuracies (run, remedy, split, N)")
     args = parser.parse_args(argv)
-    test = read_predictions(args.test)
-    dev = read_predictions(args.dev) if args.dev else None
-    for name in (args.scorer, args.mix_scorer):
-        if name not in test.scores or (dev is not None and name not in dev.scores):
-            parser.error(f"scorer {name!r} is not in the predictions (they have {sorted(test.scores)})")
-    text = "\n".join([
-        f"## Which wrong candidates win ({args.scorer}, {args.test})\n",
-        to_markdown(winners(test, args.scorer, args.ns)),
-        "## Remedies" + (" (chosen on dev by mean accuracy over N)" if dev else "") + "\n",
-        to_markdown(remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas)),
-    ])  # fmt: skip
+    if args.dev and len(args.dev) != len(args.test):
+        parser.error(f"--dev has {len(args.dev)} files for {len(args.test)} test files; give one per test file")
+    sections, tables, csv_rows = [], [], []
+    for index, path in enumerate(args.test):
+        test = read_predictions(path)
+        dev = read_predictions(args.dev[index]) if args.dev else None
+        for name in (args.scorer, args.mix_scorer):
+            if name not in test.scores or (dev is not None and name not in dev.scores):
+                parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
+        table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas)
+        tables.append(table)
+        for row in table:
+            csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
+            if dev is not None:
+                csv_rows.append((str(args.dev[index]), row["remedy"], "dev", "mean", row["dev (mean over N)"]))
+        sections += [
+            f"## Which wrong candidates win ({args.scorer}, {path})\n",
+            to_markdown(winners(test, args.scorer, args.ns)),
+            "## Remedies" + (" (chosen on dev by mean accuracy over N)" if dev else "") + "\n",
+            to_markdown(table),
+        ]  # fmt: skip
+    if len(tables) > 1:
+        sections = [
+            f"## Remedies over {len(tables)} runs" + (" (one rule chosen on dev for all)" if args.dev else ""),
+            "",
+            to_markdown(pooled_remedies(tables, args.ns)),
+            *sections,
+        ]  # fmt: skip
+    text = "\n".join(sections)
     print(text)
     if args.output:
         with atomic_write(args.output, encoding="utf-8") as file:
             file.write(text)
+    if args.csv:
+        with atomic_write(args.csv, encoding="utf-8") as file:
+            writer = csv.writer(file, lineterminator="\n")
+            writer.writerow(["predictions", "remedy", "split", "N", "accuracy"])
+            writer.writerows((p, r, split, n, f"{a:.6f}") for p, r, split, n, a in csv_rows)
     return text
 
 
