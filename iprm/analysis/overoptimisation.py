@@ -24,10 +24,10 @@ every N with the choice marked; no test number chooses.
         --dev dev-medium.predictions.jsonl [--scorer prm_accumulative_min] [--ns 4 16 64] [--output F]
 
 Several runs (worlds × seeds): pass their test predictions, and with `--dev` their dev predictions in the same
-order. Each run gets its tables; then the remedies over the runs: dev accuracy averaged over the runs chooses
-one rule for all of them, and the test accuracy at every N is given as mean ± std over the runs, with on how
-many runs each rule beats plain best-of-N (`--csv` writes every run's numbers). A dev set with fewer candidates
-than an N (the worlds' dev sets have 16) scores that N on all of them.
+order. Each run gets its tables; then the remedies over the runs: dev accuracy averaged over the runs
+chooses one rule for all of them, and the test accuracy at every N is given as mean ± std over the runs, with
+on how many runs each rule beats plain best-of-N (`--csv` writes every run's numbers). A dev set with fewer
+candidates than an N (the worlds' dev sets have 16) scores that N on all of them.
 """
 
 import argparse
@@ -233,7 +233,9 @@ def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
         for n in ns:
             values = [r[f"test@{n}"] for r in per_run]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            above = sum(r[f"test@{n}"] > table[0][f"test@{n}"] for r, table in zip(per_run, tables, strict=True))
+            above = sum(
+                r[f"test@{n}"] > table[0][f"test@{n}"] for r, table in zip(per_run, tables, strict=True)
+            )
             row[f"test@{n}"] = f"{_mean(values):.3f} ± {spread:.3f} ({above}/{len(values)} > best)"
         rows.append(row)
     if "dev (mean over runs and N)" in rows[0]:
@@ -255,10 +257,14 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--output", type=Path, help="write the report (markdown) here too")
-    parser.add_argument("--csv", type=Path, help="write every run's remedy accuracies (run, remedy, split, N)")
+    parser.add_argument(
+        "--csv", type=Path, help="write every run's remedy accuracies (run, remedy, split, N)"
+    )
     args = parser.parse_args(argv)
     if args.dev and len(args.dev) != len(args.test):
-        parser.error(f"--dev has {len(args.dev)} files for {len(args.test)} test files; give one per test file")
+        parser.error(
+            f"--dev has {len(args.dev)} files for {len(args.test)} test files; give one per test file"
+        )
     sections, tables, csv_rows = [], [], []
     for index, path in enumerate(args.test):
         test = read_predictions(path)
@@ -271,7 +277,9 @@ def main(argv: list[str] | None = None) -> str:
         for row in table:
             csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
             if dev is not None:
-                csv_rows.append((str(args.dev[index]), row["remedy"], "dev", "mean", row["dev (mean over N)"]))
+                csv_rows.append(
+                    (str(args.dev[index]), row["remedy"], "dev", "mean", row["dev (mean over N)"])
+                )
         sections += [
             f"## Which wrong candidates win ({args.scorer}, {path})\n",
             to_markdown(winners(test, args.scorer, args.ns)),
@@ -280,7 +288,7 @@ def main(argv: list[str] | None = None) -> str:
         ]  # fmt: skip
     if len(tables) > 1:
         sections = [
-            f"## Remedies over {len(tables)} runs" + (" (one rule chosen on dev for all)" if args.dev else ""),
+            f"## Remedies over {len(tables)} runs" + (" (one rule chosen on dev for all)" * bool(args.dev)),
             "",
             to_markdown(pooled_remedies(tables, args.ns)),
             *sections,
