@@ -54,7 +54,8 @@ def test_the_wrong_winners_are_told_apart_and_the_fall_is_counted(tmp_path):
 def test_remedies_are_chosen_on_dev_and_reported_on_test_at_every_n(tmp_path, capsys):
     """Plain best-of-N: 1/2 at N = 2, 0 at N = 4. Weighted majority is right on both at both N (a: σ(1) +
     σ(.5) for "5" against σ(2) for "9"; b: the unanswered candidate abstains), as is plain majority voting:
-    the tie goes to the simpler rule, majority, listed first. Mixing in the reference's likelihood (λ = 1) sinks both high-scoring wrong candidates: right on both at N = 4."""
+    the tie goes to the simpler rule, majority, listed first. Mixing in the reference's likelihood (λ = 1)
+    sinks both high-scoring wrong candidates: right on both at N = 4."""
     _write(tmp_path / "p.jsonl")
     data = read_predictions(tmp_path / "p.jsonl")
     rows = {r["remedy"]: r for r in remedies_table(data, data, "prm_accumulative_min",
