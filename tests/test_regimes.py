@@ -6,10 +6,9 @@ import csv
 import json
 
 import pytest
-import torch
 
 from iprm.analysis.overoptimisation import read_predictions
-from iprm.analysis.regimes import Run, draw, main, merge, pools, regime_rows, uniforms
+from iprm.analysis.regimes import Run, draw, main, merge, pools, randomness, regime_rows
 from iprm.errors import IPRMError
 
 # kind → (answer, implicit PRM score, reference log-likelihood, Math-Shepherd score). Every wrong candidate
@@ -46,12 +45,15 @@ def _write(path, problems: dict[str, list[str]], shepherd: bool = False):
     return path
 
 
-# q = 1/2 in "a"; "b" has no noise-first candidate, "c" no wrong one: both are dropped.
+# "a": 4 correct, 2 misconception-first, 2 noise-first; "b" has no noise-first candidate, "c" no wrong one:
+# both are dropped.
 PROBLEMS = {
-    "a": ["correct", "misconception", "correct", "noise"],
+    "a": ["correct", "misconception", "correct", "noise", "correct", "misconception", "correct", "noise"],
     "b": ["correct", "misconception", "misconception", "correct"],
     "c": ["correct", "correct"],
 }
+# Wrong candidates among a random 4 of "a"'s 8 (hypergeometric): C(4, w)·C(4, 4 − w) / C(8, 4).
+WRONG_OF_4 = [1 / 70, 16 / 70, 36 / 70, 16 / 70, 1 / 70]
 
 
 def _data(tmp_path):
@@ -63,32 +65,41 @@ def _data(tmp_path):
 def test_pools_keep_problems_with_both_wrong_kinds_and_draws_follow_the_share(tmp_path):
     data = _data(tmp_path)
     p = pools(data)
-    assert p.dropped == 2 and p.sizes.tolist() == [[2, 1, 1]] and p.correct_share.tolist() == [0.5]
-    assert p.counts == {"correct": 6, "misconception": 3, "noise": 1, "none": 0}
-    u = uniforms(p, 8, 4000, seed=0)
+    assert p.dropped == 2 and p.sizes.tolist() == [[2, 2]] and p.members.tolist() == [list(range(8))]
+    assert p.counts == {"correct": 8, "misconception": 4, "noise": 2, "none": 0}
+    assert p.kept_counts == {"correct": 4, "misconception": 2, "noise": 2, "none": 0}
     kinds = {r: data.records[r]["response"].split()[0] for r in range(len(data.records))}
+    random = randomness(p, 4, 4000, seed=0)
     for share in (0.0, 0.25, 1.0):
-        drawn = [kinds[r] for r in draw(p, share, u).flatten().tolist()]
+        drawn = [kinds[r] for r in draw(p, share, random).flatten().tolist()]
         wrong = [k for k in drawn if k != "correct"]
         assert drawn.count("correct") / len(drawn) == pytest.approx(0.5, abs=0.01)
         assert wrong.count("noise") / len(wrong) == pytest.approx(share, abs=0.01)
+    # N = all candidates: every set holds exactly the problem's correct candidates, once each.
+    for rows in draw(p, 0.5, randomness(p, 8, 50, seed=1))[0].tolist():
+        assert sorted(r for r in rows if kinds[r] == "correct") == [0, 2, 4, 6]
+    with pytest.raises(IPRMError, match="N = 9 exceeds a problem's candidates"):
+        randomness(p, 9, 1, seed=0)
 
 
 def test_blind_to_noise_falls_reference_rises_majority_stays_flat(tmp_path):
-    """In "a" (q = ½), N = 4, noise share s: the implicit PRM picks a correct candidate iff the set holds one
-    and no noise, P = (1 − s/2)⁴ − ((1 − s)/2)⁴; the reference's likelihood iff it holds one and no
-    misconception, P = (½ + s/2)⁴ − (s/2)⁴. Majority counts correct against wrong, whatever the kind:
-    with the same uniforms at every s it is exactly the same number."""
+    """A random 4 of "a" holds w wrong candidates (`WRONG_OF_4`), each noise-first with probability s. The
+    implicit PRM picks a correct one iff w < 4 and none is noise: Σ P(w)(1 − s)^w; the reference's likelihood
+    iff w < 4 and none is a misconception: Σ P(w) s^w. Majority counts correct against wrong whatever the
+    kind: with the same random numbers at every s it is exactly the same number."""
     run = Run("w", "0", "medium", _data(tmp_path))
     shares = [0.0, 0.25, 0.5, 1.0]
     rows = regime_rows(run, [4], shares, draws=4000, seed=0, scorers=SCORERS)
     acc = {(r["noise_share"], r["method"]): r["accuracy"] for r in rows}
     for s in shares:
-        assert acc[s, "implicit_bon"] == pytest.approx((1 - s / 2) ** 4 - ((1 - s) / 2) ** 4, abs=0.02)
-        assert acc[s, "reference_bon"] == pytest.approx((0.5 + s / 2) ** 4 - (s / 2) ** 4, abs=0.02)
-        assert acc[s, "pass"] == pytest.approx(1 - 0.5**4, abs=0.02)
+        implicit = sum(p * (1 - s) ** w for w, p in enumerate(WRONG_OF_4[:4]))
+        assert acc[s, "implicit_bon"] == pytest.approx(implicit, abs=0.02)
+        assert acc[s, "reference_bon"] == pytest.approx(
+            sum(p * s**w for w, p in enumerate(WRONG_OF_4[:4])), abs=0.02
+        )
+        assert acc[s, "pass"] == pytest.approx(1 - WRONG_OF_4[4], abs=0.01)
     implicit = [acc[s, "implicit_bon"] for s in shares]
-    assert implicit == sorted(implicit, reverse=True) and implicit[0] - implicit[-1] > 0.8
+    assert implicit == sorted(implicit, reverse=True) and implicit[0] - implicit[-1] > 0.9
     assert len({acc[s, "majority"] for s in shares}) == 1
     # Math-Shepherd ranks correct > noise > misconception: it only loses when no correct candidate is drawn.
     assert all(acc[s, "math_shepherd_bon"] == acc[s, "pass"] for s in shares)
@@ -97,9 +108,9 @@ def test_blind_to_noise_falls_reference_rises_majority_stays_flat(tmp_path):
 
 def test_the_same_seed_gives_the_same_numbers(tmp_path):
     run = Run("w", "0", "medium", _data(tmp_path))
-    first, second = (regime_rows(run, [4, 16], [0.5], 50, 3, SCORERS) for _ in range(2))
+    first, second = (regime_rows(run, [2, 4], [0.5], 50, 3, SCORERS) for _ in range(2))
     assert first == second
-    assert first != regime_rows(run, [4, 16], [0.5], 50, 4, SCORERS)
+    assert first != regime_rows(run, [2, 4], [0.5], 50, 4, SCORERS)
 
 
 def test_mismatched_text_is_refused_with_file_and_line(tmp_path):
@@ -120,7 +131,7 @@ def test_a_candidate_missing_from_either_file_is_refused(tmp_path):
     with pytest.raises(IPRMError, match=r"fewer\.jsonl: no candidate 1 of instruction 'c'"):
         merge(implicit, read_predictions(fewer), fewer, "math_shepherd_step_min")
     more = _write(tmp_path / "more.jsonl", {**PROBLEMS, "d": ["correct"]}, shepherd=True)
-    with pytest.raises(IPRMError, match=r"more\.jsonl, line 11: candidate 0 of instruction 'd'"):
+    with pytest.raises(IPRMError, match=r"more\.jsonl, line 15: candidate 0 of instruction 'd'"):
         merge(implicit, read_predictions(more), more, "math_shepherd_step_min")
     with pytest.raises(IPRMError, match="no scorer 'math_shepherd_step_min'"):
         merge(implicit, implicit, tmp_path / "implicit.jsonl", "math_shepherd_step_min")
@@ -140,7 +151,7 @@ def test_command_writes_csv_table_and_figure_over_runs(tmp_path):
         "world,seed,implicit,math_shepherd\nw0,0,i0.jsonl,m.jsonl\nw0,1,i1.jsonl,m.jsonl\n"
     )
     out = tmp_path / "out"
-    main(["--pairs", str(tmp_path / "pairs.csv"), "--output", str(out), "--ns", "4", "16",
+    main(["--pairs", str(tmp_path / "pairs.csv"), "--output", str(out), "--ns", "2", "4",
           "--shares", "0", "1", "--draws", "20"])  # fmt: skip
     with (out / "regimes.csv").open() as file:
         rows = list(csv.DictReader(file))
@@ -179,4 +190,4 @@ def test_no_problem_with_both_kinds_is_refused(tmp_path):
     run = Run("w", "0", "medium", merge(implicit, read_predictions(path), path, "math_shepherd_step_min"))
     with pytest.raises(IPRMError, match="no problem has both"):
         regime_rows(run, [4], [0.0], 2, 0, SCORERS)
-    assert torch.equal(pools(run.data).sizes, torch.zeros((0, 3), dtype=torch.long))
+    assert pools(run.data).sizes.shape == (0, 2) and pools(run.data).dropped == 1

@@ -1,50 +1,43 @@
 """When does the implicit PRM help? Best-of-N as a task's errors move from misconceptions to noise.
 
-The implicit reward β·log(π_θ/π_ref) is sharp on errors the reference believes in (misconceptions: the first
-wrong step is tagged by the task, `iprm.tasks.arithmetic`) and blind to errors both models find unlikely
-(noise: an untagged first wrong step), where the reference's own likelihood already sees them. This module
-maps that: from each problem's scored candidates it builds candidate sets whose wrong candidates are
-noise-first in a controlled share s (0 %, 10 %, 25 %, 50 %, 75 %, 100 %), and reports every selection
-method on them.
+β·log(π_θ/π_ref) is sharp on errors the reference believes in (misconceptions: the first wrong step is tagged,
+`iprm.tasks.arithmetic`) and blind to errors both models find unlikely (noise: an untagged first wrong step),
+which the reference's likelihood already sees. This module builds candidate sets whose wrong candidates are
+noise-first in a controlled share s and reports every selection method on them (`docs/regimes.md`).
 
-Sets. A wrong candidate is misconception-first, noise-first or none-first (every step right, the outcome
-wrong; `iprm.analysis.overoptimisation.first_error_kind`). Per problem with q = its share of correct
-candidates, each of the N slots of a set is drawn independently: correct with probability q, else noise-first
-with probability s, else misconception-first, then a candidate of that pool uniformly (with replacement). So
-the sets keep the generator's accuracy and vary only what its errors look like; none-first errors are
-replaced by the other two kinds. A problem needs a candidate of both wrong kinds to be drawn at every s:
-the others are dropped and counted (`pools` table of the report). `--draws` sets per problem and (N, s), from
-`--seed`; the same uniforms serve every s (a slot turns from misconception to noise as s passes it), so the
-curves over s are paired, not independently noisy. Accuracy is the mean over problems and draws.
+Sets. A wrong candidate is misconception-, noise- or none-first (`overoptimisation.first_error_kind`). A set
+of size N starts as a random N-subset of the problem's candidates (without replacement: its correct ones are
+distributed as in the generator's own sets of N); its correct candidates stay, and each wrong one is
+replaced by a noise-first candidate with probability s, else a misconception-first one, drawn uniformly from
+the problem's pool of that kind (with replacement). Problems without a candidate of both wrong kinds are
+dropped and counted (the pools table); N may not exceed a kept problem's candidates. `--draws` sets per
+problem and (N, s) from `--seed`; the same random numbers serve every s (a slot turns from misconception to
+noise as s passes it), so the curves are paired. Accuracy: the mean over problems and draws.
 
-Methods, each as `iprm.eval.selection` computes it (ties → earliest, NaN never wins, answers grouped by
-`iprm.data.answers.answer_groups`): `implicit_bon` (best-of-N by `--scorer`, `prm_accumulative_min`),
-`implicit_wmaj` (σ(score) summed per answer), `majority`, `reference_bon` (the reference's log-likelihood
-Σ_t log π_ref, `--reference-scorer reference_accumulative_last`), `math_shepherd_bon` (`--shepherd-scorer
-math_shepherd_step_min` from the Math-Shepherd checkpoint's predictions), `pass` (pass@N of the drawn set:
-the ceiling).
+Methods, as `iprm.eval.selection` computes them (ties → earliest, answers grouped by `answer_groups`):
+`implicit_bon` (best-of-N by `--scorer`), `implicit_wmaj` (σ(score) summed per answer), `majority`,
+`reference_bon` (Σ_t log π_ref, `--reference-scorer`), `math_shepherd_bon` (`--shepherd-scorer`, from the
+Math-Shepherd checkpoint's predictions), `pass` (pass@N of the drawn set: the ceiling).
 
-Input: per run (world × seed) and best-of-N set, the predictions `iprm predict` writes for the set with the
-implicit PRM's checkpoint and with a Math-Shepherd checkpoint. Candidates are matched by (instruction_id,
-order within the problem); their response text must agree, else the Math-Shepherd file's line is named.
-Give the pairs as lists (paired by position, each with a `WORLD/SEED` label from `--runs`) or as a CSV of
-`world,seed,implicit,math_shepherd` rows (paths relative to the CSV):
+Input: per run (world × seed) and set, the predictions `iprm predict` writes with the implicit PRM's and with
+a Math-Shepherd checkpoint, matched by (instruction_id, order within the problem); their response text must
+agree, else the Math-Shepherd file's line is named. Pairs as lists (by position, labelled `WORLD/SEED` by
+`--runs`) or a CSV of `world,seed,implicit,math_shepherd` rows (paths relative to the CSV):
 
     iprm regimes --implicit w0s0/predictions-test-medium.jsonl w0s0/predictions-test-strong.jsonl \
         --math-shepherd ms0/predictions-test-medium.jsonl ms0/predictions-test-strong.jsonl \
         --runs w0/0 w0/0 --output regimes/
     iprm regimes --pairs pairs.csv --output regimes/ [--ns 4 16 64] [--shares 0 .1 .25 .5 .75 1] [--draws 32]
 
-The set's name is the records' `source` (the generator), else the file's stem. Writes `regimes.csv` (world,
-seed, set, N, noise_share, method, accuracy, problems), `regimes.md` (mean ± std over runs, and each set's
-pools and natural noise share) and `regimes.png` (a panel per set × N: accuracy against noise share, a line
-per method, the set's natural noise share dotted).
+A set is named by its records' `source` (the generator), else its file's stem. Writes `regimes.csv` (world,
+seed, set, N, noise_share, method, accuracy, problems), `regimes.md` (mean ± std over runs; the pools) and
+`regimes.png` (a panel per set × N, a line per method, the set's own noise share over kept problems dotted).
 """
 
 import argparse
 import csv
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -67,7 +60,9 @@ METHODS = {  # key → legend label, in drawing order
     "reference_bon": "reference likelihood best-of-N",
     "math_shepherd_bon": "Math-Shepherd best-of-N",
 }
-KINDS = ("correct", "misconception", "noise")  # the pools a slot is drawn from, in this order
+KINDS = ("correct", "misconception", "noise", "none")
+PAIR_COLUMNS = ("world", "seed", "implicit", "math_shepherd")
+WRONG = ("misconception", "noise")  # the pools a wrong slot is drawn from, in this order
 
 
 @dataclass(frozen=True)
@@ -82,28 +77,28 @@ class Run:
 
 @dataclass(frozen=True)
 class Pools:
-    """Per kept problem, its candidates' rows by kind (`KINDS`), padded with −1, and its share of correct."""
+    """Per kept problem: its candidates' rows in order and which are correct (padded: −1, False), and its
+    wrong candidates' rows by kind (`WRONG`), padded with −1."""
 
-    rows: torch.Tensor  # [P, 3, L]
-    sizes: torch.Tensor  # [P, 3]
-    correct_share: torch.Tensor  # [P]
+    members: torch.Tensor  # [P, T]
+    correct: torch.Tensor  # [P, T]
+    rows: torch.Tensor  # [P, 2, L]
+    sizes: torch.Tensor  # [P, 2]
     dropped: int  # problems without a candidate of both wrong kinds
     counts: dict[str, int]  # candidates of every kind over all problems (incl. "none")
+    kept_counts: dict[str, int]  # the same over the kept problems
 
 
 def _key(record: dict) -> str:
     return str(record.get("instruction_id", record.get("prompt")))
 
 
-def merge(
-    implicit: Candidates, shepherd: Candidates, shepherd_path: Path, shepherd_scorer: str
-) -> Candidates:
-    """`implicit` with `shepherd_scorer`'s scores added, matched by (instruction_id, candidate order); a
-    candidate missing from either file, or whose response differs, is refused naming the Math-Shepherd file's
-    line."""
-    if shepherd_scorer not in shepherd.scores:
+def merge(implicit: Candidates, shepherd: Candidates, path: Path, scorer: str) -> Candidates:
+    """`implicit` with the Math-Shepherd `scorer`'s scores added, matched by (instruction_id, candidate
+    order); a candidate missing from either file, or whose text differs, is refused with its line."""
+    if scorer not in shepherd.scores:
         raise IPRMError(
-            f"{shepherd_path}: no scorer {shepherd_scorer!r} (it has {sorted(shepherd.scores)}); "
+            f"{path}: no scorer {scorer!r} (it has {sorted(shepherd.scores)}); "
             "is it a Math-Shepherd checkpoint's predictions?"
         )
     where = {
@@ -115,25 +110,22 @@ def merge(
         line = where.pop((_key(record), candidate), None)
         if line is None:
             raise IPRMError(
-                f"{shepherd_path}: no candidate {candidate} of instruction {_key(record)!r}, "
+                f"{path}: no candidate {candidate} of instruction {_key(record)!r}, "
                 "which the implicit PRM's predictions have (were both made from the same set?)"
             )
         if shepherd.records[line]["response"] != record["response"]:
             raise IPRMError(
-                f"{shepherd_path}, line {line + 1}, field 'response': differs from the implicit PRM's "
+                f"{path}, line {line + 1}, field 'response': differs from the implicit PRM's "
                 f"candidate {candidate} of instruction {_key(record)!r} (were both made from the same set?)"
             )
         order.append(line)
     if where:
         (problem, candidate), line = next(iter(where.items()))
         raise IPRMError(
-            f"{shepherd_path}, line {line + 1}: candidate {candidate} of instruction {problem!r} is not in "
+            f"{path}, line {line + 1}: candidate {candidate} of instruction {problem!r} is not in "
             "the implicit PRM's predictions"
         )
-    scores = {**implicit.scores, shepherd_scorer: shepherd.scores[shepherd_scorer][torch.tensor(order)]}
-    return Candidates(
-        implicit.problem, implicit.candidate, implicit.answer, implicit.label, scores, implicit.records
-    )
+    return replace(implicit, scores={**implicit.scores, scorer: shepherd.scores[scorer][torch.tensor(order)]})
 
 
 def kind(record: dict) -> str:
@@ -141,40 +133,59 @@ def kind(record: dict) -> str:
     return "correct" if record["label"] else first_error_kind(record)
 
 
+def _padded(lists: list[list[int]], width: int) -> torch.Tensor:
+    out = torch.full((len(lists), width), -1, dtype=torch.long)
+    for i, values in enumerate(lists):
+        out[i, : len(values)] = torch.tensor(values, dtype=torch.long)
+    return out
+
+
 def pools(data: Candidates) -> Pools:
     """Each problem's candidates by kind; problems without both a misconception- and a noise-first wrong
     candidate are dropped (they cannot be drawn at every noise share) and counted."""
     by_problem: dict[int, dict[str, list[int]]] = {}
-    counts = dict.fromkeys((*KINDS, "none"), 0)
     for row, (record, problem) in enumerate(zip(data.records, data.problem.tolist(), strict=True)):
-        k = kind(record)
-        counts[k] += 1
-        by_problem.setdefault(problem, {name: [] for name in (*KINDS, "none")})[k].append(row)
+        by_problem.setdefault(problem, {name: [] for name in ("all", *KINDS)})[kind(record)].append(row)
+        by_problem[problem]["all"].append(row)
     kept = [p for p in by_problem.values() if p["misconception"] and p["noise"]]
-    width = max((len(p[k]) for p in kept for k in KINDS), default=1)
-    rows = torch.full((len(kept), len(KINDS), width), -1, dtype=torch.long)
-    for i, p in enumerate(kept):
-        for j, k in enumerate(KINDS):
-            rows[i, j, : len(p[k])] = torch.tensor(p[k], dtype=torch.long)
-    sizes = (rows >= 0).sum(dim=2)
-    share = torch.tensor([len(p["correct"]) / sum(map(len, p.values())) for p in kept], dtype=torch.float64)
-    return Pools(rows, sizes, share, len(by_problem) - len(kept), counts)
+    members = _padded([p["all"] for p in kept], max((len(p["all"]) for p in kept), default=1))
+    width = max((len(p[k]) for p in kept for k in WRONG), default=1)
+    rows = torch.stack([_padded([p[k] for p in kept], width) for k in WRONG], dim=1)
+    return Pools(
+        members=members,
+        correct=(members >= 0) & data.label[members.clamp(min=0)].bool(),
+        rows=rows,
+        sizes=(rows >= 0).sum(dim=2),
+        dropped=len(by_problem) - len(kept),
+        counts={k: sum(len(p[k]) for p in by_problem.values()) for k in KINDS},
+        kept_counts={k: sum(len(p[k]) for p in kept) for k in KINDS},
+    )
 
 
-def uniforms(pools: Pools, n: int, draws: int, seed: int) -> torch.Tensor:
-    """The random numbers of every slot [3, P, draws, n] (correct?, noise?, which one), from (seed, n)."""
+def randomness(pools: Pools, n: int, draws: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What every set of size n is drawn from, from (seed, n): positions [P, draws, n] of a random n-subset
+    of each problem's candidates (without replacement), and uniforms [2, P, draws, n] (noise?, which one)."""
+    counts = (pools.members >= 0).sum(dim=1)
+    if len(counts) and int(counts.min()) < n:
+        raise IPRMError(f"N = {n} exceeds a problem's candidates (the smallest has {int(counts.min())})")
     generator = torch.Generator().manual_seed(seed * 1_000_003 + n)
-    return torch.rand((3, len(pools.sizes), draws, n), generator=generator, dtype=torch.float64)
+    keys = torch.rand((len(counts), draws, pools.members.shape[1]), generator=generator, dtype=torch.float64)
+    keys = keys.masked_fill((pools.members < 0)[:, None, :], 2.0)  # padding is never among the first n
+    subset = keys.argsort(dim=2)[..., :n]
+    return subset, torch.rand((2, *subset.shape), generator=generator, dtype=torch.float64)
 
 
-def draw(pools: Pools, share: float, u: torch.Tensor) -> torch.Tensor:
-    """Rows [P, draws, n] of candidate sets whose wrong slots are noise-first with probability `share`."""
-    correct, noise, pick = u
-    kinds = torch.where(correct < pools.correct_share[:, None, None], 0, torch.where(noise < share, 2, 1))
-    problems = torch.arange(len(kinds))[:, None, None].expand_as(kinds)
+def draw(pools: Pools, share: float, random: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rows [P, draws, n] of candidate sets: a random n-subset of the problem's candidates whose correct
+    ones are kept and whose wrong ones are each replaced by a noise-first candidate with probability `share`,
+    else a misconception-first one, drawn uniformly from that pool (with replacement)."""
+    subset, (noise, pick) = random
+    problems = torch.arange(len(subset))[:, None, None].expand_as(subset)
+    kinds = (noise < share).long()  # an index into WRONG
     size = pools.sizes[problems, kinds]
     slot = torch.minimum((pick * size).long(), size - 1)  # a pool drawn from is never empty (see `pools`)
-    return pools.rows[problems, kinds, slot]
+    replaced = pools.rows[problems, kinds, slot]
+    return torch.where(pools.correct[problems, subset], pools.members[problems, subset], replaced)
 
 
 def accuracies(data: Candidates, rows: torch.Tensor, scorers: dict[str, str]) -> dict[str, float]:
@@ -196,10 +207,10 @@ def accuracies(data: Candidates, rows: torch.Tensor, scorers: dict[str, str]) ->
     }
 
 
-def natural_share(p: Pools) -> float:
-    """The set's own share of noise-first errors among its misconception- and noise-first ones."""
-    wrong = p.counts["misconception"] + p.counts["noise"]
-    return p.counts["noise"] / wrong if wrong else float("nan")
+def noise_share(counts: dict[str, int]) -> float:
+    """The share of noise-first errors among the misconception- and noise-first ones `counts` counts."""
+    wrong = counts["misconception"] + counts["noise"]
+    return counts["noise"] / wrong if wrong else float("nan")
 
 
 def regime_rows(
@@ -214,9 +225,9 @@ def regime_rows(
         )
     out = []
     for n in ns:
-        u = uniforms(p, n, draws, seed)
+        random = randomness(p, n, draws, seed)
         for share in shares:
-            for method, accuracy in accuracies(run.data, draw(p, share, u), scorers).items():
+            for method, accuracy in accuracies(run.data, draw(p, share, random), scorers).items():
                 out.append({
                     "world": run.world, "seed": run.seed, "set": run.set, "N": n, "noise_share": share,
                     "method": method, "accuracy": accuracy, "problems": len(p.sizes),
@@ -258,26 +269,24 @@ def _cell(stat: tuple[float, float, int] | None) -> str:
     return "–" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
 
 
-def figure(rows: list[dict], natural: dict[str, float]) -> Figure:
+def figure(rows: list[dict], pool_rows: list[dict]) -> Figure:
     """A panel per set (row) × N (column): accuracy against noise share, a line per method (mean ± std
-    over runs), the set's natural noise share (mean over runs) as a dotted vertical line."""
-    stats = summary(rows)
-    names = list(dict.fromkeys(r["set"] for r in rows))
+    over runs), the set's own noise share over the kept problems (mean over runs) as a dotted line."""
+    stats, names = summary(rows), list(dict.fromkeys(r["set"] for r in rows))
     ns = sorted({k[1] for k in stats})
     figure = Figure(figsize=(4.2 * len(ns), 3.4 * len(names) + 0.6), layout="constrained")
     FigureCanvasAgg(figure)  # renders with Agg whatever the process's default backend is
     axes = figure.subplots(len(names), len(ns), sharex=True, sharey=True, squeeze=False)
     for i, name in enumerate(names):
+        own = statistics.fmean(r["noise share (kept)"] for r in pool_rows if r["set"] == name)
         for j, n in enumerate(ns):
             ax = axes[i][j]
             for method, label in METHODS.items():
                 points = sorted((k[2], v) for k, v in stats.items() if k[:2] == (name, n) and k[3] == method)
-                if points:
-                    style = {"color": "grey", "linestyle": "--"} if method == "pass" else {"marker": "o"}
-                    x, y, e = [s for s, _ in points], [v[0] for _, v in points], [v[1] for _, v in points]
-                    ax.errorbar(x, y, yerr=e, capsize=3, label=label, **style)
-            if name in natural:
-                ax.axvline(natural[name], color="black", linestyle=":", linewidth=1, label="this set's share")
+                style = {"color": "grey", "linestyle": "--"} if method == "pass" else {"marker": "o"}
+                x, y, e = [s for s, _ in points], [v[0] for _, v in points], [v[1] for _, v in points]
+                ax.errorbar(x, y, yerr=e, capsize=3, label=label, **style)
+            ax.axvline(own, color="black", linestyle=":", linewidth=1, label="this set's share")
             ax.set_title(f"{name}, N = {n}")
             ax.grid(alpha=0.3)
         axes[i][0].set_ylabel("accuracy")
@@ -292,17 +301,15 @@ def _pairs_csv(path: Path) -> list[tuple[str, str, Path, Path]]:
         raise IPRMError(f"{path}: no such pairs file")
     with path.open(newline="", encoding="utf-8") as file:
         reader = csv.DictReader(file)
-        missing = {"world", "seed", "implicit", "math_shepherd"} - set(reader.fieldnames or [])
-        if missing:
-            raise IPRMError(f"{path}, line 1: missing column(s) {sorted(missing)}")
-        pairs = []
-        for line, row in enumerate(reader, 2):
-            if not all(row.get(c) for c in ("world", "seed", "implicit", "math_shepherd")):
-                raise IPRMError(f"{path}, line {line}: every field must be set")
-            pairs.append(
-                (row["world"], row["seed"], path.parent / row["implicit"], path.parent / row["math_shepherd"])
-            )
-    return pairs
+        if missing := sorted(set(PAIR_COLUMNS) - set(reader.fieldnames or [])):
+            raise IPRMError(f"{path}, line 1: missing column(s) {missing}")
+        rows = list(reader)
+    for line, row in enumerate(rows, 2):
+        if not all(row.get(c) for c in PAIR_COLUMNS):
+            raise IPRMError(f"{path}, line {line}: every one of {PAIR_COLUMNS} must be set")
+    return [
+        (r["world"], r["seed"], path.parent / r["implicit"], path.parent / r["math_shepherd"]) for r in rows
+    ]
 
 
 def _pairs(args: argparse.Namespace) -> list[tuple[str, str, Path, Path]]:
@@ -336,12 +343,12 @@ def load_run(world: str, seed: str, implicit_path: Path, shepherd_path: Path, sc
 def pool_row(run: Run, p: Pools) -> dict:
     """The report's line on a run's pools: problems kept and dropped, candidates of every kind, the median
     pool of each wrong kind over kept problems (a small pool drawn with replacement repeats one answer, which
-    voting then counts many times), and the set's natural noise share."""
-    medians = {f"median {k} pool": float(p.sizes[:, j].double().median()) for j, k in enumerate(KINDS) if j}
+    voting then counts many times), and the set's own noise share, over all problems and over those kept."""
+    medians = {f"median {k} pool": float(p.sizes[:, j].double().median()) for j, k in enumerate(WRONG)}
     return {
         "world": run.world, "seed": run.seed, "set": run.set, "problems kept": len(p.sizes),
         "dropped": p.dropped, **{f"{k} candidates": v for k, v in p.counts.items()}, **medians,
-        "natural noise share": natural_share(p),
+        "noise share (all)": noise_share(p.counts), "noise share (kept)": noise_share(p.kept_counts),
     }  # fmt: skip
 
 
@@ -368,12 +375,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(not 0 <= s <= 1 for s in args.shares) or args.draws < 1 or any(n < 1 for n in args.ns):
         raise IPRMError("--shares must lie in [0, 1], --draws and --ns be at least 1")
     scorers = dict(implicit=args.scorer, reference=args.reference_scorer, math_shepherd=args.shepherd_scorer)
-    rows, pool_rows, natural = [], [], {}
+    rows, pool_rows = [], []
     for world, seed, implicit_path, shepherd_path in _pairs(args):
         run = load_run(world, seed, implicit_path, shepherd_path, scorers)
-        p = pools(run.data)
-        natural.setdefault(run.set, []).append(natural_share(p))
-        pool_rows.append(pool_row(run, p))
+        pool_rows.append(pool_row(run, pools(run.data)))
         rows += regime_rows(run, args.ns, args.shares, args.draws, args.seed, scorers)
     args.output.mkdir(parents=True, exist_ok=True)
     with atomic_write(args.output / "regimes.csv", encoding="utf-8", newline="") as file:
@@ -383,8 +388,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     text = markdown(rows, pool_rows)
     with atomic_write(args.output / "regimes.md", encoding="utf-8") as file:
         file.write(text)
-    means = {name: statistics.fmean(v) for name, v in natural.items()}
-    figure(rows, means).savefig(args.output / "regimes.png", dpi=110)
+    figure(rows, pool_rows).savefig(args.output / "regimes.png", dpi=110)
     print(text)
     return rows
 
