@@ -39,6 +39,7 @@ VERBS: dict[str, Verb] = {
     "tune": Verb("iprm.analysis.tune", "choose each method's lr and epoch on the dev sets"),
     "frontier": Verb("iprm.analysis.frontier", "accuracy against FLOPs per method: the cost frontier"),
     "overoptimisation": Verb("iprm.analysis.overoptimisation", "which wrong candidates win as N grows"),
+    "regimes": Verb("iprm.analysis.regimes", "best-of-N as errors move from misconceptions to noise"),
     "worlds-table": Verb("iprm.analysis.worlds", "a method's metrics over worlds: mean ± std of seed means"),
     "label-probe": Verb("iprm.analysis.labels", "AutoPSV's, Math-Shepherd's step labels against the truth"),
     "as-policy": Verb("iprm.analysis.as_policy", "each trained implicit PRM used as a policy (Table 3)"),
