@@ -78,7 +78,7 @@ class World:
         dev_candidates: candidates per problem in each development set.
         eval_problems: problems in each generator's reported (test) set.
         candidates_per_problem: candidates per problem in each test set.
-        generators: name → each best-of-N generator.
+        generators: name → each best-of-N generator; None: the default three (weak, medium, strong).
     """
 
     root: str = ".cache/iprm/worlds"
@@ -94,7 +94,13 @@ class World:
     dev_candidates: int = 16
     eval_problems: int = 256
     candidates_per_problem: int = 64
-    generators: dict[str, Generator] = field(default_factory=lambda: dict(DEFAULT_GENERATORS))
+    # None rather than the default instances: a config saved from a run must load back, and jsonargparse
+    # writes a dict of dataclass instances as "Unable to serialize instance …".
+    generators: dict[str, Generator] | None = None
+
+    def __post_init__(self) -> None:
+        if self.generators is None:
+            object.__setattr__(self, "generators", dict(DEFAULT_GENERATORS))
 
     @classmethod
     def from_settings(cls, settings: dict) -> "World":
