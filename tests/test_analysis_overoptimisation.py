@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from iprm.analysis.overoptimisation import main, read_predictions, remedies_table, winners
+from iprm.analysis.overoptimisation import main, problem_outcomes, read_predictions, remedies_table, winners
 from iprm.errors import IPRMError
 
 # (problem, answer, correct, first wrong step's tag or None, PRM score, reference score)
@@ -91,3 +91,23 @@ def test_several_runs_choose_one_rule_on_dev_and_report_mean_and_spread(tmp_path
     assert len(rows) == 1 + 2 * 5 * 3  # 2 runs × 5 rules × (test at 2 N, and dev)
     with pytest.raises(SystemExit):
         main([*files, "--dev", files[0]])
+
+
+def test_per_problem_outcomes_average_to_the_table_and_the_chosen_rule_gets_an_interval(tmp_path):
+    """Every rule's per-problem outcomes average to its accuracy in the remedies table; over runs labelled
+    WORLD/SEED the dev-chosen rule is set against best-of-N and majority with a paired interval: majority
+    − best is +1 at N = 4 on every run, so its interval is [+1, +1]."""
+    _write(tmp_path / "p.jsonl")
+    data = read_predictions(tmp_path / "p.jsonl")
+    table = remedies_table(data, None, "prm_accumulative_min", "reference_accumulative_last", [2, 4], [1.0])
+    found = problem_outcomes(data, "prm_accumulative_min", "reference_accumulative_last", [2, 4], [1.0])
+    for row in table:
+        for n in (2, 4):
+            assert found[row["remedy"], n].mean() == row[f"test@{n}"]
+    files = [str(tmp_path / "p.jsonl")] * 3
+    text = main([*files, "--dev", *files, "--ns", "2", "4", "--lambdas", "1", "--runs", "0/0", "0/1", "1/0"])
+    assert (
+        "## `majority` against best-of-N and majority voting (paired, 95 % interval; worlds: 2, runs: 3)"
+        in text
+    )
+    assert "| 4 | +1.000 [+1.000, +1.000] | +0.000 [+0.000, +0.000] | -1.000 [-1.000, -1.000] |" in text

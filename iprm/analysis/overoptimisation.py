@@ -26,8 +26,11 @@ every N with the choice marked; no test number chooses.
 Several runs (worlds × seeds): pass their test predictions, and with `--dev` their dev predictions in the same
 order. Each run gets its tables; then the remedies over the runs: dev accuracy averaged over the runs
 chooses one rule for all of them, and the test accuracy at every N is given as mean ± std over the runs, with
-on how many runs each rule beats plain best-of-N (`--csv` writes every run's numbers). A dev set with fewer
-candidates than an N (the worlds' dev sets have 16) scores that N on all of them.
+on how many runs each rule beats plain best-of-N (`--csv` writes every run's numbers). The chosen rule is then
+set against plain best-of-N and majority voting at every N as paired differences with the two-way bootstrap
+interval of `iprm.analysis.interval` (`--runs W/S …` labels each file's world and seed; worlds are strata,
+seeds and problems are resampled). A dev set with fewer candidates than an N (the worlds' dev sets have 16)
+scores that N on all of them.
 """
 
 import argparse
@@ -38,12 +41,15 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from iprm.analysis.interval import paired_difference
 from iprm.data.answers import answer_groups
 from iprm.errors import IPRMError
+from iprm.eval.outcomes import selection_outcomes
 from iprm.eval.report import to_markdown
-from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, weighted_majority
+from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, majority, weighted_majority
 from iprm.io import atomic_write
 
 REMEDIES = ("best", "majority", "weighted_majority", "length_normalised", "mix")
@@ -175,7 +181,7 @@ def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scor
     if remedy == "best":
         return best_of_n(*args, data.label, score, n)
     if remedy == "majority":  # the PRM's score unused: every vote weighs the same
-        return weighted_majority(*args, data.answer, data.label, torch.zeros_like(score), n)
+        return majority(*args, data.answer, data.label, n)
     if remedy == "weighted_majority":
         return weighted_majority(*args, data.answer, data.label, score, n)
     if remedy == "length_normalised":
@@ -245,6 +251,45 @@ def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
     return rows
 
 
+def problem_outcomes(
+    data: Candidates, scorer: str, mix_scorer: str, ns: list[int], lambdas: list[float]
+) -> dict[tuple[str, int], np.ndarray]:
+    """(remedy name, N) → 0/1 per problem, in the order `remedies_table` names them; means equal its
+    accuracies. Computed by `iprm.eval.outcomes.selection_outcomes`, as a run's own per-problem files are."""
+    prm = data.scores[scorer].double()
+    steps = torch.tensor([max(1, _steps(r)) for r in data.records], dtype=torch.float64)
+    scores = {"best": prm, "length_normalised": prm / steps}
+    scores |= {_variant_name("mix", lam): prm + lam * data.scores[mix_scorer].double() for lam in lambdas}
+    names = {"maj": "majority", "wmaj/best": "weighted_majority"} | {f"bon/{k}": k for k in scores}
+    found: dict[tuple[str, int], list[int]] = {}
+    for rule, n, _, _, correct in selection_outcomes(
+        data.problem, data.candidate, data.answer, data.label, scores, ns
+    ):
+        if rule in names:
+            found.setdefault((names[rule], n), []).append(correct)
+    return {key: np.array(values, dtype=float) for key, values in found.items()}
+
+
+def chosen_differences(
+    outcomes: list[dict[tuple[str, int], np.ndarray]], worlds: list[str], chosen: str, ns: list[int]
+) -> list[dict]:
+    """The dev-chosen rule against plain best-of-N and against majority voting, and best-of-N against
+    majority, at every N: paired differences over the runs with the two-way bootstrap interval of
+    `iprm.analysis.interval` (worlds as strata, seeds and problems resampled)."""
+    rows = []
+    for n in ns:
+        row: dict = {"N": n}
+        for a, b in ((chosen, "best"), (chosen, "majority"), ("best", "majority")):
+            per_world = []
+            for world in dict.fromkeys(worlds):
+                runs = [o for o, w in zip(outcomes, worlds, strict=True) if w == world]
+                per_world.append((np.stack([o[a, n] for o in runs]), np.stack([o[b, n] for o in runs])))
+            d = paired_difference(per_world, paired=True)
+            row[f"{a} − {b}"] = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         prog="python -m iprm.analysis.overoptimisation",
@@ -258,6 +303,9 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
     parser.add_argument("--output", type=Path, help="write the report (markdown) here too")
     parser.add_argument(
+        "--runs", nargs="+", help="each test file's run as WORLD/SEED (worlds are the interval's strata)"
+    )
+    parser.add_argument(
         "--csv", type=Path, help="write every run's remedy accuracies (run, remedy, split, N)"
     )
     args = parser.parse_args(argv)
@@ -265,7 +313,12 @@ def main(argv: list[str] | None = None) -> str:
         parser.error(
             f"--dev has {len(args.dev)} files for {len(args.test)} test files; give one per test file"
         )
-    sections, tables, csv_rows = [], [], []
+    if args.runs and len(args.runs) != len(args.test):
+        parser.error(f"--runs has {len(args.runs)} labels for {len(args.test)} test files; give one per file")
+    worlds = (
+        [r.partition("/")[0] for r in args.runs] if args.runs else [str(i) for i in range(len(args.test))]
+    )
+    sections, tables, csv_rows, outcomes = [], [], [], []
     for index, path in enumerate(args.test):
         test = read_predictions(path)
         dev = read_predictions(args.dev[index]) if args.dev else None
@@ -274,6 +327,7 @@ def main(argv: list[str] | None = None) -> str:
                 parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
         table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas)
         tables.append(table)
+        outcomes.append(problem_outcomes(test, args.scorer, args.mix_scorer, args.ns, args.lambdas))
         for row in table:
             csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
             if dev is not None:
@@ -287,10 +341,15 @@ def main(argv: list[str] | None = None) -> str:
             to_markdown(table),
         ]  # fmt: skip
     if len(tables) > 1:
+        pooled = pooled_remedies(tables, args.ns)
+        chosen = next((r["remedy"] for r in pooled if r.get("chosen on dev")), "best")
         sections = [
             f"## Remedies over {len(tables)} runs" + (" (one rule chosen on dev for all)" * bool(args.dev)),
             "",
-            to_markdown(pooled_remedies(tables, args.ns)),
+            to_markdown(pooled),
+            f"\n## `{chosen}` against best-of-N and majority voting (paired, 95 % interval; worlds: "
+            f"{len(set(worlds))}, runs: {len(worlds)})\n",
+            to_markdown(chosen_differences(outcomes, worlds, chosen, args.ns)),
             *sections,
         ]  # fmt: skip
     text = "\n".join(sections)
