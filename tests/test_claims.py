@@ -174,3 +174,27 @@ def test_the_first_error_f1_claim_resamples_problems_from_the_first_errors_file(
         "[+1.000, +1.000]",
         "seeds × problems",
     )
+
+
+def test_a_sweep_mixing_methods_claims_on_the_runs_that_report_both_metrics_and_reads_wide(tmp_path):
+    """An ORM run leaves the implicit PRM's columns empty: the claim is made on the implicit runs alone
+    (two worlds, +0.4 and +0.3), not refused on the ORM's empty cells; `--wide` gives a row per claim × set
+    with the difference and interval under its N and the worlds ahead beside."""
+    rows = [
+        {"point": f"{method},seed={world}", "seed": 0, "weak/bon@16/prm_accumulative_min": prm,
+         "weak/maj@16": maj, "weak/bon@16/method": method_score}
+        for method, world, prm, maj, method_score in (
+            ("implicit_ce", 0, 0.9, 0.5, 0.9), ("implicit_ce", 1, 0.7, 0.4, 0.7), ("orm", 0, "", "", 0.6),
+        )
+    ]  # fmt: skip
+    _write_results(tmp_path, rows)
+    runs = read_results(tmp_path / "results.csv")
+    assert "weak/maj@16" not in runs[2]  # an empty cell is no metric, not text
+    (row,) = claim_rows(runs, ["weak"])
+    assert (row["A − B"], row["holds on"]) == ("+0.350", "2/2 worlds")
+    main([str(tmp_path), "--sets", "weak", "--wide"])
+    table = (tmp_path / "claims.md").read_text()
+    assert "| claim | set | N = 16 | worlds ahead |" in table
+    # One seed per world and no per-problem outcomes: nothing to resample, and a seeds-only interval marks
+    # nothing (neither ✓ nor ✗).
+    assert "| PRM best-of-N beats majority voting | weak | +0.350 [+0.350, +0.350] | 2/2 |" in table

@@ -104,8 +104,9 @@ def claim_rows(
         for name in sets:
             for n in ns if "{n}" in a_key + b_key else [None]:
                 a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
-                if any(a_key_ in run and b_key_ in run for run in runs):
-                    row = _compare(runs, runs, a_key_, b_key_, paired=True, resamples=resamples)
+                having = [run for run in runs if a_key_ in run and b_key_ in run]
+                if having:  # the runs of the methods that report both (a sweep may mix methods)
+                    row = _compare(having, having, a_key_, b_key_, paired=True, resamples=resamples)
                     rows.append({"claim": claim, "set": name, "N": n if n is not None else "–", **row})
     return rows
 
@@ -270,6 +271,8 @@ def read_results(path: Path, ns: tuple[int, ...] | list[int] = NS) -> list[dict]
     for line, row in enumerate(rows, 2):
         run: dict = {}
         for key, value in row.items():
+            if value == "":  # a metric this run does not report (another method's column)
+                continue
             try:
                 run[key] = float(value)
             except (TypeError, ValueError):
@@ -304,6 +307,28 @@ def _world(row: dict, named: dict, sweep: Path, line: int) -> str:
     return str(world.get("init_args", world)["seed"])
 
 
+def wide(rows: list[dict]) -> list[dict]:
+    """The rows pivoted for reading: one per claim (× cell) × set, a column per N with `A − B [interval]`,
+    marked ✓ where the interval is above 0 and ✗ where it is below (metrics without N in one "any N"
+    column), then on how many worlds A − B > 0 at each of them."""
+    cells: dict[tuple, dict[str, str]] = {}
+    ahead: dict[tuple, list[str]] = {}
+    for row in rows:
+        key = (row["claim"], row.get("cell"), row["set"])
+        column = "any N" if row["N"] == "–" else f"N = {row['N']}"
+        mark = {"A > B": " ✓", "A < B": " ✗"}.get(row["holds (interval)"], "")
+        cells.setdefault(key, {})[column] = f"{row['A − B']} {row['95% interval']}{mark}"
+        ahead.setdefault(key, []).append(row["holds on"].split()[0])
+    columns = sorted({c for entry in cells.values() for c in entry}, key=lambda c: (c == "any N", len(c), c))
+    out = []
+    for (claim, cell, name), entry in cells.items():
+        row = {"claim": claim} | ({"cell": cell} if cell is not None else {}) | {"set": name}
+        out.append(
+            row | {c: entry.get(c) for c in columns} | {"worlds ahead": ", ".join(ahead[claim, cell, name])}
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m iprm.analysis.claims", description=__doc__.split("\n\n")[0].replace("\n", " ")
@@ -318,6 +343,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--output", type=Path, help="where the table goes (default: the first sweep's claims.md)"
     )
+    parser.add_argument(
+        "--wide", action="store_true", help="a row per claim × set, a column per N (A − B [interval])"
+    )
     args = parser.parse_args(argv)
     runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv", args.n)]
     if args.versus:
@@ -326,7 +354,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = versus_rows(runs, args.versus[0], args.versus[1:], args.sets, args.n, args.resamples)
     else:
         rows = claim_rows(runs, args.sets, args.n, args.resamples)
-    markdown = to_markdown(rows)
+    markdown = to_markdown(wide(rows) if args.wide else rows)
     with atomic_write(args.output or args.sweeps[0] / "claims.md", encoding="utf-8") as file:
         file.write(markdown + "\n")
     print(markdown)
