@@ -111,3 +111,15 @@ def test_per_problem_outcomes_average_to_the_table_and_the_chosen_rule_gets_an_i
         in text
     )
     assert "| 4 | +1.000 [+1.000, +1.000] | +0.000 [+0.000, +0.000] | -1.000 [-1.000, -1.000] |" in text
+
+
+def test_another_scorer_of_the_same_predictions_is_a_rule_too(tmp_path):
+    """`--other-scorers reference_accumulative_last`: best-of-N by the reference's score (ties → the earliest)
+    picks a's c0 and b's c1, right on both at N = 2 and 4; a scorer the file lacks is refused."""
+    _write(tmp_path / "p.jsonl")
+    text = main(
+        [str(tmp_path / "p.jsonl"), "--ns", "2", "4", "--other-scorers", "reference_accumulative_last"]
+    )
+    assert "| bon:reference_accumulative_last | 1.000 | 1.000 |" in text
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "p.jsonl"), "--other-scorers", "policy_accumulative_min"])

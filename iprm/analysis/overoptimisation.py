@@ -14,11 +14,12 @@ at the smaller N and wrong at the larger are counted apart: they are the fall.
 
 Remedies, each a named rule selecting among the first N (all in `REMEDIES`):
 `best` (plain best-of-N), `majority` (every candidate one vote: the reference line, no PRM),
-`weighted_majority` (σ(score) summed per answer), `length_normalised` (score
-divided by the number of steps), and `mix` (score + λ · the `--mix-scorer` score, the reference policy's
-log-likelihood by default; λ from `--lambdas`). With `--dev`, each rule (and λ) is scored on the dev
-predictions by mean best-of-N over `--ns`, the best is chosen there, and every rule is reported on test at
-every N with the choice marked; no test number chooses.
+`weighted_majority` (σ(score) summed per answer), `length_normalised` (score divided by the number of
+steps), `bon:<scorer>` (best-of-N by another scorer of the same predictions, `--other-scorers`: by default
+the trained policy's own likelihood, i.e. reference-free inference), and `mix` (score + λ · the
+`--mix-scorer` score, the reference policy's log-likelihood by default; λ from `--lambdas`). With `--dev`,
+each rule (and λ) is scored on the dev predictions by mean best-of-N over `--ns`, the best is chosen there,
+and every rule is reported on test at every N with the choice marked; no test number chooses.
 
     python -m iprm.analysis.overoptimisation test-medium.predictions.jsonl \
         --dev dev-medium.predictions.jsonl [--scorer prm_accumulative_min] [--ns 4 16 64] [--output F]
@@ -178,6 +179,8 @@ def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scor
     """Best-of-n accuracy of one named remedy (see the module docstring)."""
     score = data.scores[scorer].double()
     args = (data.problem, data.candidate)
+    if remedy.startswith("bon:"):  # best-of-N by another scorer of the same predictions
+        return best_of_n(*args, data.label, data.scores[remedy.removeprefix("bon:")].double(), n)
     if remedy == "best":
         return best_of_n(*args, data.label, score, n)
     if remedy == "majority":  # the PRM's score unused: every vote weighs the same
@@ -192,8 +195,9 @@ def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scor
     raise IPRMError(f"unknown remedy {remedy!r}; expected one of {REMEDIES}")
 
 
-def _variants(lambdas: list[float]) -> list[tuple[str, float]]:
-    return [(r, 0.0) for r in REMEDIES if r != "mix"] + [("mix", lam) for lam in lambdas]
+def _variants(lambdas: list[float], others: list[str] = ()) -> list[tuple[str, float]]:
+    plain = [(r, 0.0) for r in REMEDIES if r != "mix"]
+    return plain + [("mix", lam) for lam in lambdas] + [(f"bon:{o}", 0.0) for o in others]
 
 
 def remedies_table(
@@ -203,11 +207,12 @@ def remedies_table(
     mix_scorer: str,
     ns: list[int],
     lambdas: list[float],
+    others: list[str] = (),
 ) -> list[dict]:
-    """A row per remedy (and λ): mean dev accuracy over `ns` (if `dev`), test accuracy at every N, and the
-    dev choice marked."""
+    """A row per remedy (and λ; and `bon:<scorer>` per scorer of `others`): mean dev accuracy over `ns` (if
+    `dev`), test accuracy at every N, and the dev choice marked."""
     rows = []
-    for remedy, lam in _variants(lambdas):
+    for remedy, lam in _variants(lambdas, others):
         name = _variant_name(remedy, lam)
         row: dict = {"remedy": name}
         if dev is not None:
@@ -252,7 +257,12 @@ def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
 
 
 def problem_outcomes(
-    data: Candidates, scorer: str, mix_scorer: str, ns: list[int], lambdas: list[float]
+    data: Candidates,
+    scorer: str,
+    mix_scorer: str,
+    ns: list[int],
+    lambdas: list[float],
+    others: list[str] = (),
 ) -> dict[tuple[str, int], np.ndarray]:
     """(remedy name, N) → 0/1 per problem, in the order `remedies_table` names them; means equal its
     accuracies. Computed by `iprm.eval.outcomes.selection_outcomes`, as a run's own per-problem files are."""
@@ -260,6 +270,7 @@ def problem_outcomes(
     steps = torch.tensor([max(1, _steps(r)) for r in data.records], dtype=torch.float64)
     scores = {"best": prm, "length_normalised": prm / steps}
     scores |= {_variant_name("mix", lam): prm + lam * data.scores[mix_scorer].double() for lam in lambdas}
+    scores |= {f"bon:{other}": data.scores[other].double() for other in others}
     names = {"maj": "majority", "wmaj/best": "weighted_majority"} | {f"bon/{k}": k for k in scores}
     found: dict[tuple[str, int], list[int]] = {}
     for rule, n, _, _, correct in selection_outcomes(
@@ -301,6 +312,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--mix-scorer", default="reference_accumulative_last")
     parser.add_argument("--ns", type=int, nargs="+", default=[4, 16, 64])
     parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS))
+    parser.add_argument(
+        "--other-scorers",
+        nargs="*",
+        help="scorers of the same predictions to try as rules (best-of-N by each, `bon:<scorer>`); default: "
+        "the trained policy's own likelihood, policy_accumulative_min, where the predictions have it",
+    )
     parser.add_argument("--output", type=Path, help="write the report (markdown) here too")
     parser.add_argument(
         "--runs", nargs="+", help="each test file's run as WORLD/SEED (worlds are the interval's strata)"
@@ -322,12 +339,15 @@ def main(argv: list[str] | None = None) -> str:
     for index, path in enumerate(args.test):
         test = read_predictions(path)
         dev = read_predictions(args.dev[index]) if args.dev else None
-        for name in (args.scorer, args.mix_scorer):
+        others = args.other_scorers
+        if others is None:
+            others = [name for name in ("policy_accumulative_min",) if name in test.scores]
+        for name in (args.scorer, args.mix_scorer, *others):
             if name not in test.scores or (dev is not None and name not in dev.scores):
                 parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
-        table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas)
+        table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas, others)
         tables.append(table)
-        outcomes.append(problem_outcomes(test, args.scorer, args.mix_scorer, args.ns, args.lambdas))
+        outcomes.append(problem_outcomes(test, args.scorer, args.mix_scorer, args.ns, args.lambdas, others))
         for row in table:
             csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
             if dev is not None:
