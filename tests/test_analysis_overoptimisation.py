@@ -86,6 +86,9 @@ def test_several_runs_choose_one_rule_on_dev_and_report_mean_and_spread(tmp_path
     assert "## Remedies over 2 runs (one rule chosen on dev for all)" in pooled
     assert "| weighted_majority | 1.000 | 1.000 ± 0.000 (2/2 > best) | 1.000 ± 0.000 (2/2 > best) |" in pooled
     assert "| best | 0.250 | 0.500 ± 0.000 (0/2 > best) | 0.000 ± 0.000 (0/2 > best) |" in pooled
+    # The wrong winners summed over the two runs: at N = 4 each has a misconception and a noise winner, and
+    # the misconception fell since N = 2; shape and margin averaged over the wrong picks (1.5, as each run's).
+    assert "| 4 | 4 | 4 | 2/2/0 | 2/0/0 | 3.000 | 15.000 | 2 | 1.500 |" in text
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "predictions,remedy,split,N,accuracy"
     assert len(rows) == 1 + 2 * 5 * 3  # 2 runs × 5 rules × (test at 2 N, and dev)

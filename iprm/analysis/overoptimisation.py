@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from iprm.analysis.interval import paired_difference
+from iprm.analysis.pooled import chosen_differences, pooled_remedies, pooled_winners
 from iprm.data.answers import answer_groups
 from iprm.errors import IPRMError
 from iprm.eval.outcomes import selection_outcomes
@@ -233,29 +233,6 @@ def _variant_name(remedy: str, lam: float) -> str:
     return f"mix λ={lam:g}" if remedy == "mix" else remedy
 
 
-def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
-    """The remedies over runs: mean dev accuracy (chooses), test mean ± std at every N, runs above `best`."""
-    rows = []
-    for i, first in enumerate(tables[0]):
-        per_run = [table[i] for table in tables]
-        row: dict = {"remedy": first["remedy"]}
-        if "dev (mean over N)" in first:
-            row["dev (mean over runs and N)"] = _mean([r["dev (mean over N)"] for r in per_run])
-        for n in ns:
-            values = [r[f"test@{n}"] for r in per_run]
-            spread = statistics.stdev(values) if len(values) > 1 else 0.0
-            above = sum(
-                r[f"test@{n}"] > table[0][f"test@{n}"] for r, table in zip(per_run, tables, strict=True)
-            )
-            row[f"test@{n}"] = f"{_mean(values):.3f} ± {spread:.3f} ({above}/{len(values)} > best)"
-        rows.append(row)
-    if "dev (mean over runs and N)" in rows[0]:
-        chosen = max(range(len(rows)), key=lambda i: (rows[i]["dev (mean over runs and N)"], -i))
-        for i, row in enumerate(rows):
-            row["chosen on dev"] = "✓" if i == chosen else ""
-    return rows
-
-
 def problem_outcomes(
     data: Candidates,
     scorer: str,
@@ -279,26 +256,6 @@ def problem_outcomes(
         if rule in names:
             found.setdefault((names[rule], n), []).append(correct)
     return {key: np.array(values, dtype=float) for key, values in found.items()}
-
-
-def chosen_differences(
-    outcomes: list[dict[tuple[str, int], np.ndarray]], worlds: list[str], chosen: str, ns: list[int]
-) -> list[dict]:
-    """The dev-chosen rule against plain best-of-N and against majority voting, and best-of-N against
-    majority, at every N: paired differences over the runs with the two-way bootstrap interval of
-    `iprm.analysis.interval` (worlds as strata, seeds and problems resampled)."""
-    rows = []
-    for n in ns:
-        row: dict = {"N": n}
-        for a, b in ((chosen, "best"), (chosen, "majority"), ("best", "majority")):
-            per_world = []
-            for world in dict.fromkeys(worlds):
-                runs = [o for o, w in zip(outcomes, worlds, strict=True) if w == world]
-                per_world.append((np.stack([o[a, n] for o in runs]), np.stack([o[b, n] for o in runs])))
-            d = paired_difference(per_world, paired=True)
-            row[f"{a} − {b}"] = f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
-        rows.append(row)
-    return rows
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -335,7 +292,7 @@ def main(argv: list[str] | None = None) -> str:
     worlds = (
         [r.partition("/")[0] for r in args.runs] if args.runs else [str(i) for i in range(len(args.test))]
     )
-    sections, tables, csv_rows, outcomes = [], [], [], []
+    sections, tables, csv_rows, outcomes, winner_rows = [], [], [], [], []
     for index, path in enumerate(args.test):
         test = read_predictions(path)
         dev = read_predictions(args.dev[index]) if args.dev else None
@@ -347,6 +304,7 @@ def main(argv: list[str] | None = None) -> str:
                 parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
         table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas, others)
         tables.append(table)
+        winner_rows.append(winners(test, args.scorer, args.ns))
         outcomes.append(problem_outcomes(test, args.scorer, args.mix_scorer, args.ns, args.lambdas, others))
         for row in table:
             csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
@@ -356,7 +314,7 @@ def main(argv: list[str] | None = None) -> str:
                 )
         sections += [
             f"## Which wrong candidates win ({args.scorer}, {path})\n",
-            to_markdown(winners(test, args.scorer, args.ns)),
+            to_markdown(winner_rows[-1]),
             "## Remedies" + (" (chosen on dev by mean accuracy over N)" if dev else "") + "\n",
             to_markdown(table),
         ]  # fmt: skip
@@ -370,6 +328,8 @@ def main(argv: list[str] | None = None) -> str:
             f"\n## `{chosen}` against best-of-N and majority voting (paired, 95 % interval; worlds: "
             f"{len(set(worlds))}, runs: {len(worlds)})\n",
             to_markdown(chosen_differences(outcomes, worlds, chosen, args.ns)),
+            f"\n## Which wrong candidates win, over the {len(tables)} runs ({args.scorer})\n",
+            to_markdown(pooled_winners(winner_rows)),
             *sections,
         ]  # fmt: skip
     text = "\n".join(sections)
