@@ -191,3 +191,18 @@ def test_no_problem_with_both_kinds_is_refused(tmp_path):
     with pytest.raises(IPRMError, match="no problem has both"):
         regime_rows(run, [4], [0.0], 2, 0, SCORERS)
     assert pools(run.data).sizes.shape == (0, 2) and pools(run.data).dropped == 1
+
+
+def test_a_policy_scorer_adds_the_reference_free_line(tmp_path):
+    """`--policy-scorer` adds `policy_bon`, best-of-N by that scorer: given the reference's own scorer, it
+    must equal `reference_bon` in every cell."""
+    _write(tmp_path / "i.jsonl", PROBLEMS)
+    _write(tmp_path / "m.jsonl", PROBLEMS, shepherd=True)
+    out = tmp_path / "out"
+    main(["--implicit", str(tmp_path / "i.jsonl"), "--math-shepherd", str(tmp_path / "m.jsonl"), "--output",
+          str(out), "--ns", "2", "--shares", "0", "1", "--draws", "8",
+          "--policy-scorer", "reference_accumulative_last"])  # fmt: skip
+    with (out / "regimes.csv").open() as file:
+        rows = list(csv.DictReader(file))
+    by = {(r["noise_share"], r["method"]): r["accuracy"] for r in rows}
+    assert [by[s, "policy_bon"] for s in ("0.0", "1.0")] == [by[s, "reference_bon"] for s in ("0.0", "1.0")]

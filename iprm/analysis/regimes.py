@@ -16,7 +16,8 @@ noise as s passes it), so the curves are paired. Accuracy: the mean over problem
 
 Methods, as `iprm.eval.selection` computes them (ties → earliest, answers grouped by `answer_groups`):
 `implicit_bon` (best-of-N by `--scorer`), `implicit_wmaj` (σ(score) summed per answer), `majority`,
-`reference_bon` (Σ_t log π_ref, `--reference-scorer`), `math_shepherd_bon` (`--shepherd-scorer`, from the
+`reference_bon` (Σ_t log π_ref, `--reference-scorer`), `policy_bon` (with `--policy-scorer`: reference-free
+inference), `math_shepherd_bon` (`--shepherd-scorer`, from the
 Math-Shepherd checkpoint's predictions), `pass` (pass@N of the drawn set: the ceiling).
 
 Input: per run (world × seed) and set, the predictions `iprm predict` writes with the implicit PRM's and with
@@ -24,42 +25,29 @@ a Math-Shepherd checkpoint, matched by (instruction_id, order within the problem
 agree, else the Math-Shepherd file's line is named. Pairs as lists (by position, labelled `WORLD/SEED` by
 `--runs`) or a CSV of `world,seed,implicit,math_shepherd` rows (paths relative to the CSV):
 
-    iprm regimes --implicit w0s0/predictions-test-medium.jsonl w0s0/predictions-test-strong.jsonl \
-        --math-shepherd ms0/predictions-test-medium.jsonl ms0/predictions-test-strong.jsonl \
-        --runs w0/0 w0/0 --output regimes/
-    iprm regimes --pairs pairs.csv --output regimes/ [--ns 4 16 64] [--shares 0 .1 .25 .5 .75 1] [--draws 32]
+    iprm regimes --implicit w0/test-medium.jsonl --math-shepherd ms/test-medium.jsonl --runs w0/0 --output DIR
+    iprm regimes --pairs pairs.csv --output DIR [--ns 4 16 64] [--shares 0 .1 .25 .5 .75 1] [--draws 32]
 
-A set is named by its records' `source` (the generator), else its file's stem. Writes `regimes.csv` (world,
-seed, set, N, noise_share, method, accuracy, problems), `regimes.md` (mean ± std over runs; the pools) and
-`regimes.png` (a panel per set × N, a line per method, the set's own noise share over kept problems dotted).
+A set is named by its records' `source` (the generator), else its file's stem. Writes `regimes.csv`, `.md`
+(mean ± std over runs; the pools) and `.png` (a panel per set × N, a line per method, the set's own noise
+share over kept problems dotted).
 """
 
 import argparse
 import csv
-import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from iprm.analysis.overoptimisation import Candidates, first_error_kind, read_predictions
+from iprm.analysis.regimes_report import figure, markdown
 from iprm.errors import IPRMError
-from iprm.eval.report import to_markdown
 from iprm.eval.selection import best_of_n, majority, oracle, weighted_majority
 from iprm.io import atomic_write
 
 SHARES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 NS = (4, 16, 64)
-METHODS = {  # key → legend label, in drawing order
-    "pass": "pass@N (ceiling)",
-    "implicit_bon": "implicit PRM best-of-N",
-    "implicit_wmaj": "implicit PRM weighted majority",
-    "majority": "majority voting",
-    "reference_bon": "reference likelihood best-of-N",
-    "math_shepherd_bon": "Math-Shepherd best-of-N",
-}
 KINDS = ("correct", "misconception", "noise", "none")
 PAIR_COLUMNS = ("world", "seed", "implicit", "math_shepherd")
 WRONG = ("misconception", "noise")  # the pools a wrong slot is drawn from, in this order
@@ -196,8 +184,8 @@ def accuracies(data: Candidates, rows: torch.Tensor, scorers: dict[str, str]) ->
     problem = torch.arange(sets).repeat_interleave(n)
     candidate = torch.arange(n).repeat(sets)
     label, answer = data.label[flat], data.answer[flat]
-    score = {name: data.scores[scorer][flat].double() for name, scorer in scorers.items()}
-    return {
+    score = {name: data.scores[scorer][flat].double() for name, scorer in scorers.items() if scorer}
+    out = {
         "pass": oracle(problem, candidate, label, n),
         "implicit_bon": best_of_n(problem, candidate, label, score["implicit"], n),
         "implicit_wmaj": weighted_majority(problem, candidate, answer, label, score["implicit"], n),
@@ -205,6 +193,9 @@ def accuracies(data: Candidates, rows: torch.Tensor, scorers: dict[str, str]) ->
         "reference_bon": best_of_n(problem, candidate, label, score["reference"], n),
         "math_shepherd_bon": best_of_n(problem, candidate, label, score["math_shepherd"], n),
     }
+    if "policy" in score:
+        out["policy_bon"] = best_of_n(problem, candidate, label, score["policy"], n)
+    return out
 
 
 def noise_share(counts: dict[str, int]) -> float:
@@ -233,66 +224,6 @@ def regime_rows(
                     "method": method, "accuracy": accuracy, "problems": len(p.sizes),
                 })  # fmt: skip
     return out
-
-
-def summary(rows: list[dict]) -> dict[tuple, tuple[float, float, int]]:
-    """(set, N, noise_share, method) → (mean, sample std (0 for one run), runs) of accuracy over runs."""
-    groups: dict[tuple, list[float]] = {}
-    for row in rows:
-        key = (row["set"], int(row["N"]), float(row["noise_share"]), row["method"])
-        groups.setdefault(key, []).append(float(row["accuracy"]))
-    return {
-        key: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
-        for key, v in groups.items()
-    }
-
-
-def markdown(rows: list[dict], pool_rows: list[dict]) -> str:
-    """Per set, a table of method × N against noise share (mean ± std over runs), then the pools."""
-    stats = summary(rows)
-    parts = []
-    for name in dict.fromkeys(r["set"] for r in rows):
-        shares = sorted({k[2] for k in stats if k[0] == name})
-        table = []
-        for n in sorted({k[1] for k in stats if k[0] == name}):
-            for method in METHODS:
-                cells = {f"{s:.0%} noise": stats.get((name, n, s, method)) for s in shares}
-                if any(cells.values()):
-                    table.append({"N": n, "method": method} | {c: _cell(v) for c, v in cells.items()})
-        runs = max(v[2] for k, v in stats.items() if k[0] == name)
-        parts.append(f"## {name} (mean ± std over {runs} run{'s' * (runs > 1)})\n\n{to_markdown(table)}")
-    parts.append("## Pools (problems kept: a candidate of both wrong kinds)\n\n" + to_markdown(pool_rows))
-    return "\n".join(parts)
-
-
-def _cell(stat: tuple[float, float, int] | None) -> str:
-    return "–" if stat is None else f"{stat[0]:.3f} ± {stat[1]:.3f}"
-
-
-def figure(rows: list[dict], pool_rows: list[dict]) -> Figure:
-    """A panel per set (row) × N (column): accuracy against noise share, a line per method (mean ± std
-    over runs), the set's own noise share over the kept problems (mean over runs) as a dotted line."""
-    stats, names = summary(rows), list(dict.fromkeys(r["set"] for r in rows))
-    ns = sorted({k[1] for k in stats})
-    figure = Figure(figsize=(4.2 * len(ns), 3.4 * len(names) + 0.6), layout="constrained")
-    FigureCanvasAgg(figure)  # renders with Agg whatever the process's default backend is
-    axes = figure.subplots(len(names), len(ns), sharex=True, sharey=True, squeeze=False)
-    for i, name in enumerate(names):
-        own = statistics.fmean(r["noise share (kept)"] for r in pool_rows if r["set"] == name)
-        for j, n in enumerate(ns):
-            ax = axes[i][j]
-            for method, label in METHODS.items():
-                points = sorted((k[2], v) for k, v in stats.items() if k[:2] == (name, n) and k[3] == method)
-                style = {"color": "grey", "linestyle": "--"} if method == "pass" else {"marker": "o"}
-                x, y, e = [s for s, _ in points], [v[0] for _, v in points], [v[1] for _, v in points]
-                ax.errorbar(x, y, yerr=e, capsize=3, label=label, **style)
-            ax.axvline(own, color="black", linestyle=":", linewidth=1, label="this set's share")
-            ax.set_title(f"{name}, N = {n}")
-            ax.grid(alpha=0.3)
-        axes[i][0].set_ylabel("accuracy")
-    figure.supxlabel("share of noise-first errors among the wrong candidates")
-    axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    return figure
 
 
 def _pairs_csv(path: Path) -> list[tuple[str, str, Path, Path]]:
@@ -333,7 +264,7 @@ def load_run(world: str, seed: str, implicit_path: Path, shepherd_path: Path, sc
         if not path.is_file():
             raise IPRMError(f"{path}: no such predictions file")
     implicit = read_predictions(implicit_path)
-    for name in (scorers["implicit"], scorers["reference"]):
+    for name in filter(None, (scorers["implicit"], scorers["reference"], scorers.get("policy"))):
         if name not in implicit.scores:
             raise IPRMError(f"{implicit_path}: no scorer {name!r} (it has {sorted(implicit.scores)})")
     data = merge(implicit, read_predictions(shepherd_path), shepherd_path, scorers["math_shepherd"])
@@ -366,6 +297,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--output", type=Path, required=True, help="directory for regimes.{csv,md,png}")
     parser.add_argument("--scorer", default="prm_accumulative_min", help="the implicit PRM's")
     parser.add_argument("--reference-scorer", default="reference_accumulative_last", help="Σ log π_ref")
+    parser.add_argument(
+        "--policy-scorer", help="e.g. policy_accumulative_min: a line for reference-free inference"
+    )
     parser.add_argument("--shepherd-scorer", default="math_shepherd_step_min", help="Math-Shepherd's")
     parser.add_argument("--ns", type=int, nargs="+", default=list(NS), help="set sizes N")
     parser.add_argument("--shares", type=float, nargs="+", default=list(SHARES), help="noise shares")
@@ -374,7 +308,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     if any(not 0 <= s <= 1 for s in args.shares) or args.draws < 1 or any(n < 1 for n in args.ns):
         raise IPRMError("--shares must lie in [0, 1], --draws and --ns be at least 1")
-    scorers = dict(implicit=args.scorer, reference=args.reference_scorer, math_shepherd=args.shepherd_scorer)
+    scorers = dict(implicit=args.scorer, reference=args.reference_scorer, policy=args.policy_scorer)
+    scorers["math_shepherd"] = args.shepherd_scorer
     rows, pool_rows = [], []
     for world, seed, implicit_path, shepherd_path in _pairs(args):
         run = load_run(world, seed, implicit_path, shepherd_path, scorers)
