@@ -192,7 +192,13 @@ def test_a_sweep_mixing_methods_claims_on_the_runs_that_report_both_metrics_and_
     assert "weak/maj@16" not in runs[2]  # an empty cell is no metric, not text
     (row,) = claim_rows(runs, ["weak"])
     assert (row["A − B"], row["holds on"]) == ("+0.350", "2/2 worlds")
-    main([str(tmp_path), "--sets", "weak", "--wide"])
+    with pytest.raises(SystemExit):  # implicit_ce and dpo would be pooled as seeds of one method
+        _write_results(tmp_path, [*rows, {**rows[0], "point": "dpo,seed=0"}])
+        main([str(tmp_path), "--sets", "weak"])
+    _write_results(
+        tmp_path, [*rows, {**rows[0], "point": "dpo,seed=0", "weak/bon@16/prm_accumulative_min": 0.1}]
+    )
+    main([str(tmp_path), "--sets", "weak", "--wide", "--method", "implicit_ce"])
     table = (tmp_path / "claims.md").read_text()
     assert "| claim | set | N = 16 | worlds ahead |" in table
     # One seed per world and no per-problem outcomes: nothing to resample, and a seeds-only interval marks

@@ -15,7 +15,8 @@ counts. A metric without per-problem outcomes (step AUROC, or runs from before t
 resampled over seeds only; the `resampled` column says which, and such an interval, blind to the problems'
 noise, decides no claim ("– (seeds only)").
 
-    python -m iprm.analysis.claims runs/sweeps/worlds [--n 4 16 64] [--sets weak medium strong]
+    python -m iprm.analysis.claims runs/sweeps/worlds [--n 4 16 64] [--sets weak medium strong] [--wide]
+    python -m iprm.analysis.claims runs/sweeps/baselines_tuned --method implicit_ce   # a sweep of several
     python -m iprm.analysis.claims runs/sweeps/baselines runs/sweeps/baselines_worlds \
         --versus implicit_ce math_shepherd oracle orm autopsv --output runs/sweeps/baselines_claims.md
 
@@ -344,15 +345,31 @@ def main(argv: list[str] | None = None) -> None:
         "--output", type=Path, help="where the table goes (default: the first sweep's claims.md)"
     )
     parser.add_argument(
+        "--method",
+        help="claims on this method's runs only (the first part of the point name, e.g. implicit_ce)",
+    )
+    parser.add_argument(
         "--wide", action="store_true", help="a row per claim × set, a column per N (A − B [interval])"
     )
     args = parser.parse_args(argv)
     runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv", args.n)]
+    if args.method:
+        runs = [run for run in runs if run["method"] == args.method]
+        if not runs:
+            parser.error(
+                f"--method {args.method}: no run of that method in {', '.join(map(str, args.sweeps))}"
+            )
     if args.versus:
         if len(args.versus) < 2:
             parser.error("--versus needs a method and at least one other to compare it with")
         rows = versus_rows(runs, args.versus[0], args.versus[1:], args.sets, args.n, args.resamples)
     else:
+        methods = sorted({str(r["method"]) for r in runs if any(k.endswith(f"/{HEADLINE}") for k in r)})
+        if len(methods) > 1:  # their runs would be pooled as if they were seeds of one method
+            parser.error(
+                f"runs of several methods report the claims' metrics ({', '.join(methods)}): "
+                "choose one with --method"
+            )
         rows = claim_rows(runs, args.sets, args.n, args.resamples)
     markdown = to_markdown(wide(rows) if args.wide else rows)
     with atomic_write(args.output or args.sweeps[0] / "claims.md", encoding="utf-8") as file:
