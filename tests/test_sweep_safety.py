@@ -2,6 +2,7 @@
 a directory at a time, and a sweep that is killed ends its child. The `iprm` stages are replaced by a fake
 that writes what a real run writes (metrics files, a checkpoint) in a fraction of a second."""
 
+import functools
 import json
 import logging
 import os
@@ -146,7 +147,10 @@ def test_killing_a_sweep_ends_its_child(sig, fake, tmp_path):
         f"sys.exit(sweep.main([{str(fake)!r}, '--output', {str(tmp_path / 'out')!r}]))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "FAKE_SLEEP": str(child_pid)}
-    process = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT, env=env)
+    # A shell's background job (`pytest … &`) starts with SIGINT ignored, and Python then keeps ignoring it:
+    # the sweep under test gets the default disposition back, as from a terminal.
+    default_int = functools.partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+    process = subprocess.Popen([sys.executable, "-c", runner], cwd=ROOT, env=env, preexec_fn=default_int)
     try:
         for _ in range(600):
             if child_pid.exists() and child_pid.read_text():
