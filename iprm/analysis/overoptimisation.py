@@ -50,7 +50,7 @@ from iprm.data.answers import answer_groups
 from iprm.errors import IPRMError
 from iprm.eval.outcomes import selection_outcomes
 from iprm.eval.report import to_markdown
-from iprm.eval.selection import _best_of_n_picks, _grid, best_of_n, majority, weighted_majority
+from iprm.eval.selection import _best_of_n_picks, _grid
 from iprm.io import atomic_write
 
 REMEDIES = ("best", "majority", "weighted_majority", "length_normalised", "mix")
@@ -175,26 +175,6 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def remedy_accuracy(data: Candidates, remedy: str, n: int, scorer: str, mix_scorer: str, lam: float) -> float:
-    """Best-of-n accuracy of one named remedy (see the module docstring)."""
-    score = data.scores[scorer].double()
-    args = (data.problem, data.candidate)
-    if remedy.startswith("bon:"):  # best-of-N by another scorer of the same predictions
-        return best_of_n(*args, data.label, data.scores[remedy.removeprefix("bon:")].double(), n)
-    if remedy == "best":
-        return best_of_n(*args, data.label, score, n)
-    if remedy == "majority":  # the PRM's score unused: every vote weighs the same
-        return majority(*args, data.answer, data.label, n)
-    if remedy == "weighted_majority":
-        return weighted_majority(*args, data.answer, data.label, score, n)
-    if remedy == "length_normalised":
-        steps = torch.tensor([max(1, _steps(r)) for r in data.records], dtype=torch.float64)
-        return best_of_n(*args, data.label, score / steps, n)
-    if remedy == "mix":
-        return best_of_n(*args, data.label, score + lam * data.scores[mix_scorer].double(), n)
-    raise IPRMError(f"unknown remedy {remedy!r}; expected one of {REMEDIES}")
-
-
 def _variants(lambdas: list[float], others: list[str] = ()) -> list[tuple[str, float]]:
     plain = [(r, 0.0) for r in REMEDIES if r != "mix"]
     return plain + [("mix", lam) for lam in lambdas] + [(f"bon:{o}", 0.0) for o in others]
@@ -211,16 +191,25 @@ def remedies_table(
 ) -> list[dict]:
     """A row per remedy (and λ; and `bon:<scorer>` per scorer of `others`): mean dev accuracy over `ns` (if
     `dev`), test accuracy at every N, and the dev choice marked."""
+    args = (scorer, mix_scorer, ns, lambdas, others)
+    names = [_variant_name(remedy, lam) for remedy, lam in _variants(lambdas, others)]
+    dev_outcomes = problem_outcomes(dev, *args) if dev is not None else None
+    return remedies_rows(names, problem_outcomes(test, *args), dev_outcomes, ns)
+
+
+def remedies_rows(
+    names: list[str],
+    test: dict[tuple[str, int], np.ndarray],
+    dev: dict[tuple[str, int], np.ndarray] | None,
+    ns: list[int],
+) -> list[dict]:
+    """`remedies_table`'s rows from per-problem outcomes (`problem_outcomes`): accuracy is their mean."""
     rows = []
-    for remedy, lam in _variants(lambdas, others):
-        name = _variant_name(remedy, lam)
+    for name in names:
         row: dict = {"remedy": name}
         if dev is not None:
-            row["dev (mean over N)"] = _mean(
-                [remedy_accuracy(dev, remedy, n, scorer, mix_scorer, lam) for n in ns]
-            )
-        for n in ns:
-            row[f"test@{n}"] = remedy_accuracy(test, remedy, n, scorer, mix_scorer, lam)
+            row["dev (mean over N)"] = _mean([float(dev[name, n].mean()) for n in ns])
+        row |= {f"test@{n}": float(test[name, n].mean()) for n in ns}
         rows.append(row)
     if dev is not None:  # ties → the earlier, simpler rule in the order above
         chosen = max(range(len(rows)), key=lambda i: (rows[i]["dev (mean over N)"], -i))
@@ -302,10 +291,12 @@ def main(argv: list[str] | None = None) -> str:
         for name in (args.scorer, args.mix_scorer, *others):
             if name not in test.scores or (dev is not None and name not in dev.scores):
                 parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
-        table = remedies_table(test, dev, args.scorer, args.mix_scorer, args.ns, args.lambdas, others)
+        rules = (args.scorer, args.mix_scorer, args.ns, args.lambdas, others)
+        names = [_variant_name(remedy, lam) for remedy, lam in _variants(args.lambdas, others)]
+        outcomes.append(problem_outcomes(test, *rules))  # once: the table's accuracies and the intervals
+        table = remedies_rows(names, outcomes[-1], problem_outcomes(dev, *rules) if dev else None, args.ns)
         tables.append(table)
         winner_rows.append(winners(test, args.scorer, args.ns))
-        outcomes.append(problem_outcomes(test, args.scorer, args.mix_scorer, args.ns, args.lambdas, others))
         for row in table:
             csv_rows += [(str(path), row["remedy"], "test", n, row[f"test@{n}"]) for n in args.ns]
             if dev is not None:
