@@ -12,13 +12,15 @@ interpolation between settings that were not run):
     to reach B's best accuracy a*_B, A needs  cost_B(a*_B) / cost_A(a*_B)  × fewer FLOPs,
 
 where cost_M(a) is the fewest FLOPs of any of M's points with accuracy ≥ a; when no point of A reaches a*_B
-the claim is "A never reaches it". The reverse (B to reach A's best) is reported too. The same is computed
-within each world, so a ratio that holds on the mean but not per world shows.
+the claim is "A never reaches it", and when A's cheapest point already reaches it the ratio is a lower bound
+("≥": a cheaper setting of A, not run, might too). The reverse (B to reach A's best) is reported too. The
+same is computed within each world, so a ratio that holds on the mean but not per world shows.
 
     python -m iprm.analysis.frontier runs/sweeps/frontier [more sweeps] --methods implicit_ce math_shepherd \
         [--sets medium strong] [--n 16] [--output docs/results/frontier]
 
-writes `frontier.md` (a row per set × method pair) and `frontier.png` (one panel per set, in the style of
+writes `frontier.md` (a row per set × method pair), `points.md` (every point: its FLOPs, its accuracy ± spread
+per set, and the sets on whose frontier it lies) and `frontier.png` (one panel per set, in the style of
 `iprm.analysis.figures`) under `--output`.
 """
 
@@ -104,10 +106,17 @@ def savings(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> float
     return None if needed is None else cost_to_reach(b, target) / needed
 
 
-def _say(ratio: float | None) -> str:
+def bounded(a: list[tuple[float, float]], b: list[tuple[float, float]]) -> bool:
+    """Whether A's cheapest point already reaches B's best accuracy: the savings are then a lower bound."""
+    return min(a)[1] >= max(accuracy for _, accuracy in b)
+
+
+def _say(ratio: float | None, lower_bound: bool = False) -> str:
     if ratio is None:
         return "never reaches it"
-    return f"{ratio:.2f}× fewer FLOPs" if ratio >= 1 else f"{1 / ratio:.2f}× more FLOPs"
+    at_least = "≥ " if lower_bound else ""
+    text = f"{ratio:.2f}× fewer FLOPs" if ratio >= 1 else f"{1 / ratio:.2f}× more FLOPs"
+    return at_least + text + (" (its cheapest point tried reaches it)" if lower_bound else "")
 
 
 def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
@@ -126,22 +135,49 @@ def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) ->
             for world in worlds:
                 a_w = [p.per_world[world] for p in a_points]
                 b_w = [p.per_world[world] for p in b_points]
-                per_world.append(f"{world}: {_ratio_text(savings(a_w, b_w))}")
+                per_world.append(f"{world}: {_ratio_text(savings(a_w, b_w), bounded(a_w, b_w))}")
             rows.append({
                 "set": name,
                 "A": methods[0],
                 "B": other,
                 "best of B": max(a for _, a in b_pairs),
-                "A to reach it": _say(savings(a_pairs, b_pairs)),
+                "A to reach it": _say(savings(a_pairs, b_pairs), bounded(a_pairs, b_pairs)),
                 "best of A": max(a for _, a in a_pairs),
-                "B to reach it": _say(savings(b_pairs, a_pairs)),
+                "B to reach it": _say(savings(b_pairs, a_pairs), bounded(b_pairs, a_pairs)),
                 "cost_B / cost_A at B's best, per world": "; ".join(per_world) or "–",
             })  # fmt: skip
     return rows
 
 
-def _ratio_text(ratio: float | None) -> str:
-    return "never" if ratio is None else f"{ratio:.2f}×"
+def _ratio_text(ratio: float | None, lower_bound: bool = False) -> str:
+    return "never" if ratio is None else f"{'≥' if lower_bound else ''}{ratio:.2f}×"
+
+
+def point_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
+    """A row per point of each method, cheapest first: its seeds per world, mean FLOPs, accuracy ± spread over
+    worlds on each set, and the sets on whose frontier it lies."""
+    rows = []
+    for method in methods:
+        by_set = {name: points(runs, method, f"{name}/bon@{n}/method") for name in sets}
+        steps = {name: frontier([(p.flops, p.accuracy) for p in found]) for name, found in by_set.items()}
+        cells = {p.cell: p for found in by_set.values() for p in found}
+        for cell, point in sorted(cells.items(), key=lambda item: item[1].flops):
+            mine = [r for r in runs if r["method"] == method and r["cell"] == cell]
+            seeds = [
+                len({r["seed"] for r in mine if str(r["world"]) == world})
+                for world in sorted(point.per_world)
+            ]
+            row = {"method": method, "cell": cell, "seeds per world": "/".join(map(str, seeds))}
+            row["FLOPs"] = f"{point.flops:.2g}"
+            on = []
+            for name, found in by_set.items():
+                here = [p for p in found if p.cell == cell]
+                row[f"{name}/bon@{n}"] = f"{here[0].accuracy:.3f} ± {here[0].spread:.3f}" if here else "–"
+                if here and (here[0].flops, here[0].accuracy) in steps[name]:
+                    on.append(name)
+            row["on the frontier"] = ", ".join(on) or "–"
+            rows.append(row)
+    return rows
 
 
 def frontier_figure(runs: list[dict], methods: list[str], sets: list[str], n: int) -> Figure:
@@ -178,7 +214,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--methods", nargs="+", required=True, help="A, then the methods to compare it with")
     parser.add_argument("--sets", nargs="+", default=["weak", "medium", "strong"])
     parser.add_argument("--n", type=int, default=16)
-    parser.add_argument("--output", type=Path, help="directory for frontier.md and .png (default: first)")
+    parser.add_argument("--output", type=Path, help="where the tables and figure go (default: first)")
     args = parser.parse_args(argv)
     if len(args.methods) < 2:
         parser.error("--methods needs a method and at least one other to compare it with")
@@ -188,6 +224,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     markdown = to_markdown(rows)
     with atomic_write(output / "frontier.md", encoding="utf-8") as file:
         file.write(markdown)
+    with atomic_write(output / "points.md", encoding="utf-8") as file:
+        file.write(to_markdown(point_rows(runs, args.methods, args.sets, args.n)))
     frontier_figure(runs, args.methods, args.sets, args.n).savefig(output / "frontier.png", dpi=110)
     print(markdown)
     return rows
