@@ -204,3 +204,25 @@ def test_a_sweep_mixing_methods_claims_on_the_runs_that_report_both_metrics_and_
     # One seed per world and no per-problem outcomes: nothing to resample, and a seeds-only interval marks
     # nothing (neither ✓ nor ✗).
     assert "| PRM best-of-N beats majority voting | weak | +0.350 [+0.350, +0.350] | 2/2 |" in table
+
+
+def test_runs_of_different_cells_are_claimed_apart_not_pooled_as_seeds(tmp_path):
+    """A quarter and all of the instructions in one sweep: each cell gets its own rows (+0.4 and +0.1, two
+    worlds each), never one row of four runs (+0.25), and the wide table names the cell."""
+    rows = [
+        {"point": f"implicit_ce,seed={world},instruction_fraction={fraction}", "seed": 0,
+         "weak/bon@16/prm_accumulative_min": prm, "weak/maj@16": 0.5}
+        for fraction, prm in ((0.25, 0.9), (1.0, 0.6))
+        for world in (0, 1)
+    ]  # fmt: skip
+    _write_results(tmp_path, rows)
+    by_cell = {row["cell"]: row for row in claim_rows(read_results(tmp_path / "results.csv"), ["weak"])}
+    assert {cell: row["A − B"] for cell, row in by_cell.items()} == {
+        "instruction_fraction=0.25": "+0.400",
+        "instruction_fraction=1.0": "+0.100",
+    }
+    assert by_cell["instruction_fraction=1.0"]["holds on"] == "2/2 worlds"
+    main([str(tmp_path), "--sets", "weak", "--wide"])
+    table = (tmp_path / "claims.md").read_text()
+    assert "| claim | cell | set | N = 16 | worlds ahead |" in table
+    assert "| PRM best-of-N beats majority voting | instruction_fraction=1.0 | weak | +0.100" in table

@@ -99,16 +99,23 @@ def claim_rows(
     runs: list[dict], sets: list[str], ns: tuple[int, ...] | list[int] = NS, resamples: int = RESAMPLES
 ) -> list[dict]:
     """`runs`: one flat dict per run with `world` and the metrics (and `outcomes`, per-problem, where
-    read); a row per claim × set × N (one per claim × set for metrics that do not depend on N)."""
+    read); a row per claim × set × N (one per claim × set for metrics that do not depend on N). Runs of
+    different cells (`cell` key: a quarter and all of the instructions, say) are never pooled as if they
+    were seeds: each cell gets its own rows, with a `cell` column when there are several."""
     rows = []
+    cells = list(dict.fromkeys(str(run.get("cell", "")) for run in runs))
     for claim, (a_key, b_key) in CLAIMS.items():
-        for name in sets:
-            for n in ns if "{n}" in a_key + b_key else [None]:
-                a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
-                having = [run for run in runs if a_key_ in run and b_key_ in run]
-                if having:  # the runs of the methods that report both (a sweep may mix methods)
-                    row = _compare(having, having, a_key_, b_key_, paired=True, resamples=resamples)
-                    rows.append({"claim": claim, "set": name, "N": n if n is not None else "–", **row})
+        for cell in cells:
+            named = {"cell": cell} if len(cells) > 1 else {}
+            mine = [run for run in runs if str(run.get("cell", "")) == cell]
+            for name in sets:
+                for n in ns if "{n}" in a_key + b_key else [None]:
+                    a_key_, b_key_ = a_key.format(set=name, n=n), b_key.format(set=name, n=n)
+                    having = [run for run in mine if a_key_ in run and b_key_ in run]
+                    if having:  # the runs of the methods that report both (a sweep may mix methods)
+                        row = _compare(having, having, a_key_, b_key_, paired=True, resamples=resamples)
+                        n_ = n if n is not None else "–"
+                        rows.append({"claim": claim, **named, "set": name, "N": n_, **row})
     return rows
 
 
