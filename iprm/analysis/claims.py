@@ -24,7 +24,9 @@ reads each sweep's `results.csv` (a row per run) and writes `claims.md` beside t
 A run's world is its `data.world.seed` (a column when the sweep varies it; else its point's `seed=K`;
 else the world seed of the run's resolved fit config). With `--versus A B …`, a run's method is the first
 part of its point name (`math_shepherd,instruction_fraction=0.25` → `math_shepherd`), the rest of the name
-(less the world) is its cell, and A is compared with each B in every cell both were run in.
+(less the world) is its cell, and A is compared with each B in every cell both were run in. Without it
+the claims are made per cell too (a `cell` column when the runs span several): runs at a quarter and at
+all of the instructions are never pooled as if they were seeds.
 """
 
 import argparse
