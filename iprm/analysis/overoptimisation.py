@@ -175,9 +175,10 @@ def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
 
 
-def _variants(lambdas: list[float], others: list[str] = ()) -> list[tuple[str, float]]:
-    plain = [(r, 0.0) for r in REMEDIES if r != "mix"]
-    return plain + [("mix", lam) for lam in lambdas] + [(f"bon:{o}", 0.0) for o in others]
+def rule_names(lambdas: list[float], others: list[str] = ()) -> list[str]:
+    """The remedies' names in table order: the plain rules, `mix λ=…` per λ, `bon:<scorer>` per other."""
+    plain = [r for r in REMEDIES if r != "mix"]
+    return plain + [_mix_name(lam) for lam in lambdas] + [f"bon:{o}" for o in others]
 
 
 def remedies_table(
@@ -192,9 +193,8 @@ def remedies_table(
     """A row per remedy (and λ; and `bon:<scorer>` per scorer of `others`): mean dev accuracy over `ns` (if
     `dev`), test accuracy at every N, and the dev choice marked."""
     args = (scorer, mix_scorer, ns, lambdas, others)
-    names = [_variant_name(remedy, lam) for remedy, lam in _variants(lambdas, others)]
     dev_outcomes = problem_outcomes(dev, *args) if dev is not None else None
-    return remedies_rows(names, problem_outcomes(test, *args), dev_outcomes, ns)
+    return remedies_rows(rule_names(lambdas, others), problem_outcomes(test, *args), dev_outcomes, ns)
 
 
 def remedies_rows(
@@ -218,8 +218,8 @@ def remedies_rows(
     return rows
 
 
-def _variant_name(remedy: str, lam: float) -> str:
-    return f"mix λ={lam:g}" if remedy == "mix" else remedy
+def _mix_name(lam: float) -> str:
+    return f"mix λ={lam:g}"
 
 
 def problem_outcomes(
@@ -235,7 +235,7 @@ def problem_outcomes(
     prm = data.scores[scorer].double()
     steps = torch.tensor([max(1, _steps(r)) for r in data.records], dtype=torch.float64)
     scores = {"best": prm, "length_normalised": prm / steps}
-    scores |= {_variant_name("mix", lam): prm + lam * data.scores[mix_scorer].double() for lam in lambdas}
+    scores |= {_mix_name(lam): prm + lam * data.scores[mix_scorer].double() for lam in lambdas}
     scores |= {f"bon:{other}": data.scores[other].double() for other in others}
     names = {"maj": "majority", "wmaj/best": "weighted_majority"} | {f"bon/{k}": k for k in scores}
     found: dict[tuple[str, int], list[int]] = {}
@@ -292,8 +292,8 @@ def main(argv: list[str] | None = None) -> str:
             if name not in test.scores or (dev is not None and name not in dev.scores):
                 parser.error(f"scorer {name!r} is not in {path} (it has {sorted(test.scores)})")
         rules = (args.scorer, args.mix_scorer, args.ns, args.lambdas, others)
-        names = [_variant_name(remedy, lam) for remedy, lam in _variants(args.lambdas, others)]
         outcomes.append(problem_outcomes(test, *rules))  # once: the table's accuracies and the intervals
+        names = rule_names(args.lambdas, others)
         table = remedies_rows(names, outcomes[-1], problem_outcomes(dev, *rules) if dev else None, args.ns)
         tables.append(table)
         winner_rows.append(winners(test, args.scorer, args.ns))

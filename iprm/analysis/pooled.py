@@ -11,10 +11,6 @@ import numpy as np
 from iprm.analysis.interval import paired_difference
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
 def pooled_winners(per_run: list[list[dict]]) -> list[dict]:
     """`winners` over several runs, in its columns: counts summed, the wrong picks' shape and margin averaged
     over every wrong pick (each run's mean weighted by its wrong picks)."""
@@ -46,14 +42,14 @@ def pooled_remedies(tables: list[list[dict]], ns: list[int]) -> list[dict]:
         per_run = [table[i] for table in tables]
         row: dict = {"remedy": first["remedy"]}
         if "dev (mean over N)" in first:
-            row["dev (mean over runs and N)"] = _mean([r["dev (mean over N)"] for r in per_run])
+            row["dev (mean over runs and N)"] = statistics.fmean(r["dev (mean over N)"] for r in per_run)
         for n in ns:
             values = [r[f"test@{n}"] for r in per_run]
             spread = statistics.stdev(values) if len(values) > 1 else 0.0
             above = sum(
                 r[f"test@{n}"] > table[0][f"test@{n}"] for r, table in zip(per_run, tables, strict=True)
             )
-            row[f"test@{n}"] = f"{_mean(values):.3f} ± {spread:.3f} ({above}/{len(values)} > best)"
+            row[f"test@{n}"] = f"{statistics.fmean(values):.3f} ± {spread:.3f} ({above}/{len(values)} > best)"
         rows.append(row)
     if "dev (mean over runs and N)" in rows[0]:
         chosen = max(range(len(rows)), key=lambda i: (rows[i]["dev (mean over runs and N)"], -i))
