@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from iprm.eval.report import best_of_n_figure, selection_table, step_heatmap, to_markdown, write_table
+from iprm.eval.report import best_of_n_figure, finite_mean, selection_table, step_heatmap, to_markdown, write_table
 
 METRICS = {
     "pass@1": 0.40,
@@ -53,6 +53,12 @@ def test_markdown_and_csv_written(tmp_path):
 def test_to_markdown_missing_cells_and_format():
     text = to_markdown([{"name": "a", "x": 0.12345}, {"name": "b"}], float_format="{:.2f}")
     assert text.splitlines()[2:] == ["| a | 0.12 |", "| b | – |"]
+
+
+def test_finite_mean_leaves_out_missing_and_infinite_values():
+    assert finite_mean([0.5, math.nan, 1.0, math.inf, -math.inf]) == pytest.approx(0.75)
+    assert finite_mean(x for x in (1, 2)) == 1.5  # any iterable, ints included
+    assert math.isnan(finite_mean([])) and math.isnan(finite_mean([math.nan, math.inf]))
 
 
 def test_best_of_n_figure_lines():

@@ -35,7 +35,7 @@ from matplotlib.ticker import NullFormatter
 
 from iprm.analysis.claims import read_results
 from iprm.analysis.figures import _panels
-from iprm.eval.report import to_markdown
+from iprm.eval.report import finite_mean, to_markdown
 from iprm.io import atomic_write
 
 
@@ -57,11 +57,6 @@ def _flops(run: dict) -> float:
     return float(run.get("flops/data", math.nan)) + float(run.get("flops/train", math.nan))
 
 
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
-
-
 def points(runs: list[dict], method: str, key: str) -> list[Point]:
     """The points of `method` (runs from `iprm.analysis.claims.read_results`) for the metric `key`."""
     out = []
@@ -71,14 +66,14 @@ def points(runs: list[dict], method: str, key: str) -> list[Point]:
         per_world = {}
         for world in sorted({str(r["world"]) for r in mine}):
             group = [r for r in mine if str(r["world"]) == world]
-            accuracy = _mean([float(r.get(key, math.nan)) for r in group])
+            accuracy = finite_mean([float(r.get(key, math.nan)) for r in group])
             if math.isfinite(accuracy):
-                per_world[world] = (_mean([_flops(r) for r in group]), accuracy)
+                per_world[world] = (finite_mean([_flops(r) for r in group]), accuracy)
         if not per_world:
             continue
         accuracies = [a for _, a in per_world.values()]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
-        flops = _mean([f for f, _ in per_world.values()])
+        flops = finite_mean([f for f, _ in per_world.values()])
         out.append(Point(method, cell, flops, statistics.fmean(accuracies), spread, per_world))
     return out
 

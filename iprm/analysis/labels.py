@@ -32,6 +32,7 @@ from iprm.data.knobs import subsample_instructions
 from iprm.data.loading import load_data
 from iprm.data.records import Record
 from iprm.errors import IPRMError, MissingPathError
+from iprm.eval.report import finite_mean
 from iprm.scorers import labels as scorer_labels
 from iprm.scorers.explicit import HEAD_CONFIG, ExplicitPRM
 from iprm.scorers.label_cache import record_key
@@ -138,16 +139,13 @@ def first_error_profile(
     return deltas, levels
 
 
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
 def delta_summary(name: str, values: list[float]) -> str:
-    """One line: the median and mean Δ and the share below −0.1, −0.3 and −0.5."""
+    """One line: the median Δ, the mean of the finite Δ (a rise from 0 is +∞) and the share below −0.1, −0.3
+    and −0.5."""
     median = statistics.median(values) if values else math.nan
     shares = " / ".join(f"{sum(d < -t for d in values) / len(values):.2f}" if values else "nan"
                         for t in (0.1, 0.3, 0.5))  # fmt: skip
-    return (f"{name}: median {median:+.3f}, mean {_mean(values):+.3f}, share below −0.1 / −0.3 / −0.5: "
+    return (f"{name}: median {median:+.3f}, mean {finite_mean(values):+.3f}, share below −0.1 / −0.3 / −0.5: "
             f"{shares}")  # fmt: skip
 
 
@@ -164,7 +162,7 @@ def autopsv_lines(confidences: list[list[float]], truth: list[Sequence[bool] | N
     lines += [delta_summary(name, values) for name, values in deltas.items()]
     separation = auroc([-d for d in at_error], [-d for d in before_error + all_correct])
     lines.append(f"AUROC of −Δ, first error against every correct step: {separation:.3f}")
-    lines += [f"mean {name}: {_mean(values):.3f}" for name, values in levels.items()]
+    lines += [f"mean {name}: {finite_mean(values):.3f}" for name, values in levels.items()]
     return lines
 
 

@@ -38,7 +38,6 @@ import argparse
 import csv
 import json
 import math
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,7 +48,7 @@ from iprm.analysis.pooled import chosen_differences, pooled_remedies, pooled_win
 from iprm.data.answers import answer_groups
 from iprm.errors import IPRMError
 from iprm.eval.outcomes import selection_outcomes
-from iprm.eval.report import to_markdown
+from iprm.eval.report import finite_mean, to_markdown
 from iprm.eval.selection import _best_of_n_picks, _grid
 from iprm.io import atomic_write
 
@@ -158,10 +157,10 @@ def winners(data: Candidates, scorer: str, ns: list[int]) -> list[dict]:
             "wrong picks": len(wrong),
             "misconception / noise / none": _split(kinds),
             "fell since previous N (misc./noise/none)": _split(fell) if right_before is not None else "–",
-            "wrong picks' steps": _mean([_steps(data.records[r]) for r in wrong.values()]),
-            "wrong picks' characters": _mean([len(data.records[r]["response"]) for r in wrong.values()]),
+            "wrong picks' steps": finite_mean(_steps(data.records[r]) for r in wrong.values()),
+            "wrong picks' characters": finite_mean(len(data.records[r]["response"]) for r in wrong.values()),
             "wrong picks without an answer": sum(not data.records[r].get("answer") for r in wrong.values()),
-            "margin over best correct (mean)": _mean(margins),
+            "margin over best correct (mean)": finite_mean(margins),
         })  # fmt: skip
         right_before = {p for p, r in picks.items() if data.label[r]}
     return rows
@@ -169,10 +168,6 @@ def winners(data: Candidates, scorer: str, ns: list[int]) -> list[dict]:
 
 def _split(kinds: list[str]) -> str:
     return "/".join(str(kinds.count(k)) for k in ("misconception", "noise", "none"))
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
 
 
 def rule_names(lambdas: list[float], others: list[str] = ()) -> list[str]:
@@ -208,7 +203,7 @@ def remedies_rows(
     for name in names:
         row: dict = {"remedy": name}
         if dev is not None:
-            row["dev (mean over N)"] = _mean([float(dev[name, n].mean()) for n in ns])
+            row["dev (mean over N)"] = finite_mean([float(dev[name, n].mean()) for n in ns])
         row |= {f"test@{n}": float(test[name, n].mean()) for n in ns}
         rows.append(row)
     if dev is not None:  # ties → the earlier, simpler rule in the order above

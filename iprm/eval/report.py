@@ -28,6 +28,12 @@ _ROW_KINDS = ("bon", "wmaj", "majority", "oracle", "pass@k")
 MISSING = "–"
 
 
+def finite_mean(values) -> float:
+    """The mean of the finite values (a missing cell is NaN and is left out); NaN when there are none."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
 def _parse(metrics: dict[str, float]) -> dict[str, dict[int, float]]:
     """{row name: {N: value}} from flat selection keys; keys of any other form are ignored."""
     by_row: dict[str, dict[int, float]] = {}

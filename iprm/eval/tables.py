@@ -11,6 +11,8 @@ misconception applies.
 
 import math
 
+from iprm.eval.report import finite_mean
+
 TABLE1_NS = (4, 16, 64)
 PROCESS_COLUMNS = {
     "f1": "F1",
@@ -18,11 +20,6 @@ PROCESS_COLUMNS = {
     "step_auroc": "AUROC",
     "step_auroc_tagged": "AUROC (misconception)",
 }
-
-
-def _mean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 def evaluated_ns(metrics: dict[str, float]) -> list[int]:
@@ -54,7 +51,7 @@ def table1(
         for generator, metrics in results.items():
             for n in evaluated_ns(metrics):
                 row[f"{generator}@{n}"] = float(metrics.get(pattern.format(n=n), math.nan))
-        row["avg"] = _mean([v for k, v in row.items() if k != "method"])
+        row["avg"] = finite_mean([v for k, v in row.items() if k != "method"])
         rows.append(row)
     return rows
 
