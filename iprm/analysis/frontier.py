@@ -49,6 +49,7 @@ class Point:
     accuracy: float
     spread: float  # std over worlds of the per-world accuracy (0 for one world)
     per_world: dict[str, tuple[float, float]]  # world → (FLOPs, accuracy), each a mean over seeds
+    seeds: dict[str, int]  # world → how many training seeds the means are over
 
 
 def _flops(run: dict) -> float:
@@ -63,19 +64,27 @@ def points(runs: list[dict], method: str, key: str) -> list[Point]:
     cells = dict.fromkeys(str(r["cell"]) for r in runs if r["method"] == method)
     for cell in cells:
         mine = [r for r in runs if r["method"] == method and r["cell"] == cell]
-        per_world = {}
+        per_world, seeds = {}, {}
         for world in sorted({str(r["world"]) for r in mine}):
             group = [r for r in mine if str(r["world"]) == world]
             accuracy = finite_mean([float(r.get(key, math.nan)) for r in group])
             if math.isfinite(accuracy):
                 per_world[world] = (finite_mean([_flops(r) for r in group]), accuracy)
+                seeds[world] = len({r["seed"] for r in group})
         if not per_world:
             continue
         accuracies = [a for _, a in per_world.values()]
         spread = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
         flops = finite_mean([f for f, _ in per_world.values()])
-        out.append(Point(method, cell, flops, statistics.fmean(accuracies), spread, per_world))
+        out.append(Point(method, cell, flops, statistics.fmean(accuracies), spread, per_world, seeds))
     return out
+
+
+def method_points(
+    runs: list[dict], methods: list[str], sets: list[str], n: int
+) -> dict[str, dict[str, list[Point]]]:
+    """{method: {set: its points on best-of-`n`}}: what the frontier's tables and figure are read from."""
+    return {m: {name: points(runs, m, f"{name}/bon@{n}/method") for name in sets} for m in methods}
 
 
 def frontier(pairs: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -114,14 +123,15 @@ def _say(ratio: float | None, lower_bound: bool = False) -> str:
     return at_least + text + (" (its cheapest point tried reaches it)" if lower_bound else "")
 
 
-def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
-    """A row per set × (first method, other method): both ways, on the over-world means and per world."""
+def claim_rows(found: dict[str, dict[str, list[Point]]]) -> list[dict]:
+    """A row per set × (first method, other method) of `method_points`: both ways, on the over-world means
+    and per world."""
     rows = []
-    for name in sets:
-        key = f"{name}/bon@{n}/method"
-        a_points = points(runs, methods[0], key)
-        for other in methods[1:]:
-            b_points = points(runs, other, key)
+    first, *others = found
+    for name in found[first]:
+        a_points = found[first][name]
+        for other in others:
+            b_points = found[other][name]
             if not a_points or not b_points:
                 continue
             a_pairs, b_pairs = ([(p.flops, p.accuracy) for p in ps] for ps in (a_points, b_points))
@@ -133,7 +143,7 @@ def claim_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) ->
                 per_world.append(f"{world}: {_ratio_text(savings(a_w, b_w), bounded(a_w, b_w))}")
             rows.append({
                 "set": name,
-                "A": methods[0],
+                "A": first,
                 "B": other,
                 "best of B": max(a for _, a in b_pairs),
                 "A to reach it": _say(savings(a_pairs, b_pairs), bounded(a_pairs, b_pairs)),
@@ -148,25 +158,20 @@ def _ratio_text(ratio: float | None, lower_bound: bool = False) -> str:
     return "never" if ratio is None else f"{'≥' if lower_bound else ''}{ratio:.2f}×"
 
 
-def point_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) -> list[dict]:
-    """A row per point of each method, cheapest first: its seeds per world, mean FLOPs, accuracy ± spread over
-    worlds on each set, and the sets on whose frontier it lies."""
+def point_rows(found: dict[str, dict[str, list[Point]]], n: int) -> list[dict]:
+    """A row per point of each method of `method_points`, cheapest first: its seeds per world, mean FLOPs,
+    accuracy ± spread over worlds on each set, and the sets on whose frontier it lies."""
     rows = []
-    for method in methods:
-        by_set = {name: points(runs, method, f"{name}/bon@{n}/method") for name in sets}
-        steps = {name: frontier([(p.flops, p.accuracy) for p in found]) for name, found in by_set.items()}
-        cells = {p.cell: p for found in by_set.values() for p in found}
+    for method, by_set in found.items():
+        steps = {name: frontier([(p.flops, p.accuracy) for p in mine]) for name, mine in by_set.items()}
+        cells = {p.cell: p for mine in by_set.values() for p in mine}
         for cell, point in sorted(cells.items(), key=lambda item: item[1].flops):
-            mine = [r for r in runs if r["method"] == method and r["cell"] == cell]
-            seeds = [
-                len({r["seed"] for r in mine if str(r["world"]) == world})
-                for world in sorted(point.per_world)
-            ]
+            seeds = [point.seeds[world] for world in sorted(point.per_world)]
             row = {"method": method, "cell": cell, "seeds per world": "/".join(map(str, seeds))}
             row["FLOPs"] = f"{point.flops:.2g}"
             on = []
-            for name, found in by_set.items():
-                here = [p for p in found if p.cell == cell]
+            for name, mine in by_set.items():
+                here = [p for p in mine if p.cell == cell]
                 row[f"{name}/bon@{n}"] = f"{here[0].accuracy:.3f} ± {here[0].spread:.3f}" if here else "–"
                 if here and (here[0].flops, here[0].accuracy) in steps[name]:
                     on.append(name)
@@ -175,20 +180,20 @@ def point_rows(runs: list[dict], methods: list[str], sets: list[str], n: int) ->
     return rows
 
 
-def frontier_figure(runs: list[dict], methods: list[str], sets: list[str], n: int) -> Figure:
-    """Per set a panel: every point of every method at (FLOPs, accuracy) with the spread over worlds as an
-    error bar, and each method's frontier as a step line; log FLOPs axis."""
+def frontier_figure(found: dict[str, dict[str, list[Point]]], sets: list[str], n: int) -> Figure:
+    """Per set a panel: every point of every method of `method_points` at (FLOPs, accuracy) with the spread
+    over worlds as an error bar, and each method's frontier as a step line; log FLOPs axis."""
     figure, axes = _panels(len(sets), width=4.5)
     for ax, name in zip(axes, sets, strict=True):
-        for method in methods:
-            found = points(runs, method, f"{name}/bon@{n}/method")
-            if not found:
+        for method, by_set in found.items():
+            mine = by_set[name]
+            if not mine:
                 continue
             line = ax.errorbar(
-                [p.flops for p in found], [p.accuracy for p in found], yerr=[p.spread for p in found],
+                [p.flops for p in mine], [p.accuracy for p in mine], yerr=[p.spread for p in mine],
                 marker="o", capsize=3, linestyle="none", label=method,
             )  # fmt: skip
-            steps = frontier([(p.flops, p.accuracy) for p in found])
+            steps = frontier([(p.flops, p.accuracy) for p in mine])
             colour = line.lines[0].get_color()
             ax.step([f for f, _ in steps], [a for _, a in steps], where="post", color=colour, alpha=0.6)
         ax.set_xscale("log")
@@ -214,14 +219,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if len(args.methods) < 2:
         parser.error("--methods needs a method and at least one other to compare it with")
     runs = [run for sweep in args.sweeps for run in read_results(sweep / "results.csv", ns=())]
-    rows = claim_rows(runs, args.methods, args.sets, args.n)
+    found = method_points(runs, args.methods, args.sets, args.n)
+    rows = claim_rows(found)
     output = args.output or args.sweeps[0]
     markdown = to_markdown(rows)
     with atomic_write(output / "frontier.md", encoding="utf-8") as file:
         file.write(markdown)
     with atomic_write(output / "points.md", encoding="utf-8") as file:
-        file.write(to_markdown(point_rows(runs, args.methods, args.sets, args.n)))
-    frontier_figure(runs, args.methods, args.sets, args.n).savefig(output / "frontier.png", dpi=110)
+        file.write(to_markdown(point_rows(found, args.n)))
+    frontier_figure(found, args.sets, args.n).savefig(output / "frontier.png", dpi=110)
     print(markdown)
     return rows
 
