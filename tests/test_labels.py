@@ -249,6 +249,25 @@ def test_a_truncated_shard_is_relabelled_and_a_legacy_shard_is_used_with_a_warni
     assert "written before label shards carried checksums (part-0123.jsonl" in caplog.text
 
 
+def test_a_shard_moved_aside_by_another_rank_while_listed_is_skipped_not_a_crash(
+    tmp_path, monkeypatch, caplog
+):
+    """Rank 0 lists the shards, rank 1 moves a corrupt one aside before rank 0 reads it: rank 0 goes on."""
+    directory = tmp_path / "cache"
+    kept = LabelCache(directory).add({"a": {"values": [1.0]}})
+    gone = directory / f"labels-{'0' * 64}.jsonl"
+    gone.write_text("not json\n")
+    listed = sorted(directory.glob("labels-*.jsonl"))
+    gone.rename(gone.with_name(gone.name + ".corrupt"))  # the other rank's move
+    monkeypatch.setattr(
+        type(directory), "glob", lambda self, pattern: iter(listed if "labels-" in pattern else [])
+    )
+    with caplog.at_level(logging.WARNING):
+        cache = LabelCache(directory)
+    assert cache.entries == {"a": {"values": [1.0]}} and kept in listed
+    assert f"{gone} went away while the cache was read" in caplog.text
+
+
 def test_under_ddp_a_rank_labels_its_chunks_and_gathers_the_others(tiny_model_dir, tmp_path, monkeypatch):
     """Rank 1 of 2, faked in one process: 6 distinct records in chunks of 2 are chunks 0, 1, 2; rank 1
     labels chunk 1 only, writes it as one shard, and takes rank 0's chunks 0 and 2 from the gather, ending

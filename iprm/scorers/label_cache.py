@@ -54,7 +54,12 @@ class LabelCache:
             self._read(shard, checked=False)
 
     def _read(self, shard: Path, checked: bool) -> None:
-        data = shard.read_bytes()
+        try:
+            data = shard.read_bytes()
+        except FileNotFoundError:  # listed, then moved aside as corrupt by another rank: nothing to use
+            log.warning("label cache shard %s went away while the cache was read (another process moved it "
+                        "aside as corrupt); its records are labelled again", shard)  # fmt: skip
+            return
         problem = None
         if checked and hashlib.sha256(data).hexdigest() != shard.stem.removeprefix(PREFIX):
             problem = "its content does not match the sha256 in its name"
