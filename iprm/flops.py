@@ -44,12 +44,13 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import FSDPStrategy, Strategy
 from torch import Tensor, nn
 
 from iprm.io import atomic_write
@@ -59,10 +60,13 @@ log = logging.getLogger(__name__)
 
 
 def non_embedding_parameters(model: nn.Module) -> int:
-    """Parameters outside the input embedding and the output head (tied weights counted once)."""
+    """Parameters outside the input embedding and the output head (tied weights counted once). A parameter
+    DeepSpeed ZeRO-3 has partitioned counts at its full size (`ds_numel`, as Lightning's model summary reads
+    it); a DTensor (FSDP2) reports its full size itself; FSDP1's slices are summed over ranks by
+    `whole_model_costs`."""
     embeddings = [model.get_input_embeddings(), model.get_output_embeddings()]
     excluded = {id(p) for module in embeddings if module is not None for p in module.parameters()}
-    return sum(p.numel() for p in model.parameters() if id(p) not in excluded)
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters() if id(p) not in excluded)
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,20 @@ class Forward:
     attention_mask: Tensor
     passes: int = 1
     records: Tensor | None = None
+
+
+def whole_model_costs(costs: dict[str, ForwardCost], strategy: Strategy) -> dict[str, ForwardCost]:
+    """`costs` counted from each rank's parameters, made the whole models' under Lightning's `FSDPStrategy`:
+    it wraps the whole module, so with `use_orig_params` (its default) each rank holds a slice of every
+    parameter (empty where the parameter lies on other ranks) and the slices sum, over ranks, to the full
+    parameter. A collective: every rank calls it. Untested on GPUs (FSDP1 needs an accelerator)."""
+    if not isinstance(strategy, FSDPStrategy) or strategy.world_size < 2:
+        return costs
+    local = torch.tensor(
+        [c.parameters for c in costs.values()], dtype=torch.float64, device=strategy.root_device
+    )
+    total = strategy.reduce(local, reduce_op="sum").tolist()
+    return {name: replace(c, parameters=round(n)) for (name, c), n in zip(costs.items(), total, strict=True)}
 
 
 def data_flops(tokens: dict[str, float | str], cost: ForwardCost) -> dict[str, float | str]:
@@ -178,7 +196,8 @@ class FlopsCounter(Callback):
         self._log_dir = Path(trainer.log_dir or ".")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.costs = {name: ForwardCost.of(model) for name, model in pl_module.flops_models().items()}
+        costs = {name: ForwardCost.of(model) for name, model in pl_module.flops_models().items()}
+        self.costs = whole_model_costs(costs, trainer.strategy)
         sampling = getattr(trainer.datamodule, "sampling_tokens", None)
         # The rollouts were sampled by the starting checkpoint, which is the policy before training.
         self.data = data_flops(sampling(), self.costs["policy"]) if sampling else {"flops": math.nan}

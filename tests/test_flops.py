@@ -17,6 +17,7 @@ import json
 import pytest
 import torch
 from conftest import collate, make_tiny_llama
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
 from iprm import flops
 from iprm.data.collate import Collator
@@ -38,6 +39,53 @@ def _llama(tie: bool = False):
 @pytest.mark.parametrize("tie", [False, True])
 def test_non_embedding_parameters_by_hand(tie):
     assert flops.non_embedding_parameters(_llama(tie)) == N
+
+
+def _shard(model, rank: int, ranks: int = 2):
+    """What FSDP1 (`use_orig_params`) leaves of each parameter on `rank`: its slice of the flattened
+    parameter, empty where it lies on other ranks (here: even slices of all the parameters in a row)."""
+    size = -(-sum(p.numel() for p in model.parameters()) // ranks)
+    begin, end, offset = rank * size, (rank + 1) * size, 0
+    for p in model.parameters():
+        numel = p.numel()
+        p.data = p.data.flatten()[min(numel, max(0, begin - offset)) : max(0, min(numel, end - offset))]
+        offset += numel
+    return model
+
+
+class _TwoRanksFSDP(FSDPStrategy):
+    """Lightning's FSDPStrategy as seen by rank 0 of two; `reduce` adds the other rank's tensor."""
+
+    world_size, root_device = 2, torch.device("cpu")
+
+    def __init__(self, other_rank: torch.Tensor):
+        super().__init__()
+        self.other_rank = other_rank
+
+    def reduce(self, tensor, group=None, reduce_op="mean"):
+        assert reduce_op == "sum"
+        return tensor + self.other_rank
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_fsdp_ranks_slices_of_the_parameters_sum_to_the_whole_models(tie):
+    """Under FSDP1 each rank's parameters are slices: one rank alone counts part of N; summed over the two
+    ranks (`whole_model_costs`), N exactly. Under any other strategy the costs stay as counted."""
+    costs = [flops.ForwardCost.of(_shard(_llama(tie), rank)) for rank in (0, 1)]
+    assert 0 < costs[0].parameters < N and costs[0].parameters + costs[1].parameters == N
+    other = torch.tensor([float(costs[1].parameters)], dtype=torch.float64)
+    whole = flops.whole_model_costs({"policy": costs[0]}, _TwoRanksFSDP(other))
+    assert whole == {"policy": flops.ForwardCost(parameters=N, layers=2, width=32)}
+    assert flops.whole_model_costs({"policy": costs[0]}, DDPStrategy()) == {"policy": costs[0]}
+
+
+def test_zero3_partitioned_parameters_count_at_their_full_size():
+    """DeepSpeed ZeRO-3 leaves each rank an empty tensor and the full size in `ds_numel`."""
+    model = _llama()
+    for p in model.parameters():
+        p.ds_numel = p.numel()
+        p.data = torch.empty(0)
+    assert flops.non_embedding_parameters(model) == N
 
 
 def test_forward_and_sampling_cost_by_hand():

@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from iprm.eval.report import best_of_n_figure, finite_mean, selection_table, step_heatmap, to_markdown, write_table
+from iprm.eval.report import (
+    best_of_n_figure,
+    finite_mean,
+    selection_table,
+    step_heatmap,
+    to_markdown,
+    write_table,
+)
 
 METRICS = {
     "pass@1": 0.40,
