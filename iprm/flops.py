@@ -114,14 +114,28 @@ class Forward:
 def whole_model_costs(costs: dict[str, ForwardCost], strategy: Strategy) -> dict[str, ForwardCost]:
     """`costs` counted from each rank's parameters, made the whole models' under Lightning's `FSDPStrategy`:
     it wraps the whole module, so with `use_orig_params` (its default) each rank holds a slice of every
-    parameter (empty where the parameter lies on other ranks) and the slices sum, over ranks, to the full
-    parameter. A collective: every rank calls it. Untested on GPUs (FSDP1 needs an accelerator)."""
+    parameter (empty where the parameter lies on other ranks) and the slices sum, over the ranks, to the full
+    parameter once per replica (`HYBRID_SHARD` replicates across nodes, or as its `device_mesh` or
+    `process_group` pair says; `NO_SHARD` holds it whole). A collective: every rank calls it. Untested on
+    GPUs (FSDP1 needs one)."""
     if not isinstance(strategy, FSDPStrategy) or strategy.world_size < 2:
         return costs
+    kind = strategy.sharding_strategy.name
+    if kind == "NO_SHARD":
+        return costs
+    replicas = 1
+    if "HYBRID" in kind:  # sharded within a group, replicated across: by default a node each
+        mesh, groups = strategy.kwargs.get("device_mesh"), strategy.kwargs.get("process_group")
+        if mesh is not None:
+            replicas = mesh[0] if isinstance(mesh, tuple) else mesh.size(0)
+        elif isinstance(groups, tuple):  # (sharding group, replication group)
+            replicas = groups[1].size()
+        else:
+            replicas = strategy.num_nodes
     local = torch.tensor(
         [c.parameters for c in costs.values()], dtype=torch.float64, device=strategy.root_device
     )
-    total = strategy.reduce(local, reduce_op="sum").tolist()
+    total = (strategy.reduce(local, reduce_op="sum") / replicas).tolist()
     return {name: replace(c, parameters=round(n)) for (name, c), n in zip(costs.items(), total, strict=True)}
 
 

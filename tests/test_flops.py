@@ -79,6 +79,28 @@ def test_fsdp_ranks_slices_of_the_parameters_sum_to_the_whole_models(tie):
     assert flops.whole_model_costs({"policy": costs[0]}, DDPStrategy()) == {"policy": costs[0]}
 
 
+def test_fsdp_hybrid_and_no_shard_count_each_replica_once():
+    """HYBRID_SHARD on 2 nodes × 2 ranks: the slices of the 4 ranks sum to 2·N (one N per node's replica);
+    NO_SHARD: every rank holds the whole model, nothing is summed."""
+
+    class FourRanks(FSDPStrategy):
+        world_size, root_device = 4, torch.device("cpu")
+
+        def reduce(self, tensor, group=None, reduce_op="mean"):
+            assert reduce_op == "sum" and self.sharding_strategy.name != "NO_SHARD"
+            return 4 * tensor  # every rank holds half the model: N/2 on each of 4 ranks
+
+    half = flops.ForwardCost(parameters=N // 2, layers=2, width=32)
+    whole = flops.ForwardCost(parameters=N, layers=2, width=32)
+    hybrid = FourRanks(sharding_strategy="HYBRID_SHARD", auto_wrap_policy={torch.nn.Linear})
+    hybrid.num_nodes = 2
+    assert flops.whole_model_costs({"policy": half}, hybrid) == {"policy": whole}
+    meshed = FourRanks(sharding_strategy="HYBRID_SHARD", device_mesh=(2, 2))
+    assert flops.whole_model_costs({"policy": half}, meshed) == {"policy": whole}
+    no_shard = FourRanks(sharding_strategy="NO_SHARD")
+    assert flops.whole_model_costs({"policy": whole}, no_shard) == {"policy": whole}
+
+
 def test_zero3_partitioned_parameters_count_at_their_full_size():
     """DeepSpeed ZeRO-3 leaves each rank an empty tensor and the full size in `ds_numel`."""
     model = _llama()
