@@ -3,6 +3,7 @@ it needs and is skipped when one fails, `--jobs K` runs K at once each with its 
 unfinished run resumes from its `last.ckpt` (and restarts, saying why, only when what it would run
 changed), and collection works on whatever finished."""
 
+import csv
 import json
 import logging
 import os
@@ -149,3 +150,27 @@ def test_the_launcher_block_is_checked(fake, tmp_path):
     with pytest.raises(Exception, match="not local or slurm"):
         sweep.make_launcher({"name": "pbs"}, tmp_path)
     assert sweep.make_launcher({}, tmp_path, jobs=3).jobs == 3
+
+
+def test_points_runs_only_those_points_and_what_they_need_and_collects_every_run(fake, capsys):
+    spec, output = _sweep_file(fake, DEPENDENT), fake / "out"
+    assert _main(spec, output, "--points", "ce") == 0
+    assert {Path(e["run"]).parent.name for e in events(fake / "events.jsonl")} == {"ce,fraction=0.5"}
+    (fake / "events.jsonl").unlink()
+    assert _main(spec, output, "--points", "autopsv", "--dry-run") == 0
+    printed = capsys.readouterr().out
+    assert "# orm,fraction=0.5 seed 0" in printed and "# autopsv,fraction=0.5 seed 1 (after" in printed
+    assert "ce,fraction=0.5" not in printed
+    assert _main(spec, output, "--points", "autopsv") == 0
+    fits = [Path(e["run"]).parent.name for e in events(fake / "events.jsonl") if e["stage"] == "fit"]
+    assert fits == ["orm,fraction=0.5"] * 2 + ["autopsv,fraction=0.5"] * 2  # orm first: autopsv needs it
+    with open(output / "results.csv", newline="") as file:
+        points = sorted(row["point"].split(",")[0] for row in csv.DictReader(file))
+    assert points == ["autopsv"] * 2 + ["ce"] * 2 + ["orm"] * 2  # the ce runs of the first call too
+
+
+def test_points_names_only_points_of_the_sweep(fake, caplog):
+    assert _main(_sweep_file(fake, DEPENDENT), fake / "out", "--points", "prm") == 2
+    assert "--points: ['prm'] are not points of sweep 's'" in caplog.text
+    assert "['autopsv', 'orm', 'ce']" in caplog.text
+    assert not (fake / "out").exists()

@@ -1,7 +1,8 @@
 """`python -m iprm.sweep`: plan a sweep, launch its unfinished runs (locally or on SLURM), collect.
 
-    python -m iprm.sweep SWEEP.yaml [--output DIR] [--seeds N] [--by-seed] [--dry-run] [--retrain-changed]
-        [--launcher local|slurm] [--jobs K] [--wait] [--launcher.KEY VALUE …] [--any.cli.flag VALUE …]
+    python -m iprm.sweep SWEEP.yaml [--output DIR] [--seeds N] [--by-seed] [--points P …] [--dry-run]
+        [--retrain-changed] [--launcher local|slurm] [--jobs K] [--wait] [--launcher.KEY VALUE …]
+        [--any.cli.flag VALUE …]
     python -m iprm.sweep collect DIR
 
 Other `--flags` are appended to every fit and test. A finished run is reused when its recorded commands and
@@ -26,7 +27,7 @@ from iprm.sweep.collect import collect, unfinished
 from iprm.sweep.commands import check_values, cli_args, command, inside
 from iprm.sweep.execute import Job
 from iprm.sweep.local import LocalLauncher, owning, signals_end_the_sweep
-from iprm.sweep.plan import Run, load_sweep, plan
+from iprm.sweep.plan import Run, load_sweep, plan, selected
 from iprm.sweep.reuse import changed_since
 from iprm.sweep.slurm import SlurmLauncher
 
@@ -49,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="within a wave, run every point at a seed before any point at the next (default: every seed "
         "of a point, then the next point)",
+    )
+    parser.add_argument(
+        "--points",
+        nargs="+",
+        metavar="POINT",
+        help="run only these explicit points (and the points they need) at every grid cell; the other runs "
+        "are left as they are, and collection still covers every finished run",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
@@ -136,22 +144,27 @@ def _main(argv: list[str]) -> int:
     check_values(runs)
     for run in runs:
         inside(output, run.directory)
+    chosen = selected(sweep, args.points) if args.points else {run.point for run in runs}
     if args.dry_run:
-        _dry_run(runs, sweep["base"], extra)
+        _dry_run([run for run in runs if run.point in chosen], sweep["base"], extra)
         return 0
     config = {**sweep["launcher"], **launcher_config} | ({"name": args.launcher} if args.launcher else {})
     launcher = make_launcher(config, output, args.jobs, args.wait, sweep["name"])
     text = "python -m iprm.sweep " + shlex.join(argv)
     if isinstance(launcher, LocalLauncher):
         with owning(output), signals_end_the_sweep():
-            return _launch(launcher, runs, sweep, output, extra, args.retrain_changed, text, seeds)
+            return _launch(launcher, runs, chosen, sweep, output, extra, args.retrain_changed, text, seeds)
     output.mkdir(parents=True, exist_ok=True)
-    return _launch(launcher, runs, sweep, output, extra, args.retrain_changed, text, seeds)
+    return _launch(launcher, runs, chosen, sweep, output, extra, args.retrain_changed, text, seeds)
 
 
-def _launch(launcher, runs, sweep, output, extra, retrain_changed: bool, text: str, seeds: list[int]) -> int:
+def _launch(
+    launcher, runs, chosen: set[str], sweep, output, extra, retrain_changed: bool, text: str, seeds: list[int]
+) -> int:
+    """Run the runs of points `chosen` that are not done (or changed), then collect every finished run."""
     base = sweep["base"]
-    changed = {run: why for run in runs if run.done and (why := changed_since(run, base, extra))}
+    mine = [run for run in runs if run.point in chosen]
+    changed = {run: why for run in mine if run.done and (why := changed_since(run, base, extra))}
     if changed and not retrain_changed:
         for run, why in changed.items():
             log.error("%s (%s): %s", run, run.directory, why)
@@ -164,10 +177,10 @@ def _launch(launcher, runs, sweep, output, extra, retrain_changed: bool, text: s
     if not path.exists() or path.read_text() != plan_text:
         with atomic_write(path) as file:
             file.write(plan_text)
-    for run in runs:
+    for run in mine:
         if run.done and run not in changed:
             log.info("%s: done, skipped", run)
-    todo = [Job(run, output, base, extra, commands.PROGRAM) for run in runs if not run.done or run in changed]
+    todo = [Job(run, output, base, extra, commands.PROGRAM) for run in mine if not run.done or run in changed]
     outcome = launcher.launch(todo, runs)
     rows = collect(runs, output, sweep, text)
     log.info("%d of %d runs finished; results in %s", len(rows), len(runs), output / "results.md")
@@ -175,7 +188,7 @@ def _launch(launcher, runs, sweep, output, extra, retrain_changed: bool, text: s
     if submitted:
         log.info("%d runs submitted; `python -m iprm.sweep collect %s` gathers them", len(submitted), output)
         return 0
-    for line in unfinished(runs):
+    for line in unfinished(mine):
         log.error("%s", line)
     return 1 if any(state != "done" for state in outcome.values()) else 0
 

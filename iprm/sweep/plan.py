@@ -194,6 +194,25 @@ def _crossed(sweep: dict, where: str) -> dict[str, tuple[dict, tuple[str, ...], 
     return crossed
 
 
+def selected(sweep: dict, names: list[str]) -> set[str]:
+    """The full point names (every grid cell) of explicit points `names` and of every point they need."""
+    explicit = _explicit(sweep, "sweep")
+    unknown = [name for name in names if name not in explicit]
+    if unknown:
+        known = [name for name in explicit if name] or "none: it has a grid only"
+        raise ConfigError(
+            f"--points: {unknown} are not points of sweep {sweep['name']!r} (its points: {known})"
+        )
+    chosen, todo = set(), list(names)
+    while todo:
+        name = todo.pop()
+        if name not in chosen:
+            chosen.add(name)
+            todo.extend(explicit[name].get("needs", []))
+    grid = _grid_points(sweep["grid"], "sweep: grid") if sweep.get("grid") else {"": {}}
+    return {",".join(part for part in (name, cell) if part) or "base" for name in chosen for cell in grid}
+
+
 def plan(sweep: dict, output: Path, seeds: list[int], by_seed: bool = False) -> list[Run]:
     """The runs in the order they run: wave by wave (a run after every run it needs); within a wave point
     by point (each at every seed), or seed by seed."""
