@@ -178,6 +178,27 @@ def test_autopsv_labels_are_its_rule_on_the_verifiers_confidences(verifier_dir, 
         assert all(a >= b for a, b in zip(out.step_values, before, strict=True))  # a larger θ: fewer bad
 
 
+def test_labelling_leaves_the_runs_random_state_as_it_found_it(verifier_dir, tiny_model_dir, tmp_path):
+    """Labelling in the training process (a cold label cache) loads a verifier, whose head is built by drawing
+    random numbers; the run's random state must come back untouched, or the PRM trained next would start
+    from other weights than the same run with the labels already cached."""
+    import numpy as np
+
+    records = _world_records(8)
+    context = LabellingContext(tiny_model_dir, "\n", grade, tmp_path / "labels")
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    cold = AutoPSVLabels(verifier_dir, threshold=0.3, batch_size=4).label(records, context)
+    after_cold = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    warm = AutoPSVLabels(verifier_dir, threshold=0.3, batch_size=4).label(records, context)  # cached now
+    after_warm = torch.rand(3), random.random(), np.random.rand()
+    torch.manual_seed(7), random.seed(7), np.random.seed(7)
+    untouched = torch.rand(3), random.random(), np.random.rand()
+    assert [r.step_values for r in cold[0]] == [r.step_values for r in warm[0]]
+    for found in (after_cold, after_warm):
+        assert torch.equal(found[0], untouched[0]) and found[1:] == untouched[1:]
+
+
 def test_autopsv_refuses_a_verifier_trained_at_the_last_step_only(tiny_model_dir, char_tokenizer, tmp_path):
     module = ExplicitPRM(model_path=tiny_model_dir, name="orm", target="outcome")
     module.configure_model()

@@ -33,11 +33,13 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -101,7 +103,8 @@ class StepLabeller:
         """The records with their step values (and no true step labels), and the labelling's cost with its
         report (`cost["report"]`, `iprm.scorers.label_report`)."""
         cache = LabelCache(context.cache_dir / f"{self.method}-{self._digest(context)}")
-        self._fill(cache, records, context)
+        with untouched_random_state(context.device):  # a run trains alike with its labels cached or not
+            self._fill(cache, records, context)
         entries = [cache[record_key(r)] for r in records]
         labelled = [
             replace(r, step_values=tuple(self.values(e)), step_labels=None, step_tags=None)
@@ -162,6 +165,21 @@ class StepLabeller:
         key = {"settings": self.settings(), "model": fingerprint(context.model_path, "float32"),
                "separator": context.separator}  # fmt: skip
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def untouched_random_state(device: str | torch.device) -> Iterator[None]:
+    """Python's, NumPy's and torch's random state (and `device`'s, a GPU's) as they were on entry, whatever
+    the block drew: loading a verifier builds its head from random numbers, which must not move the seeded
+    stream the PRM's own weights and batches are drawn from next."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
 
 
 def step_texts(response: str, separator: str) -> list[str]:
