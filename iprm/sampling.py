@@ -23,10 +23,13 @@ A row ends at its first end-of-sequence token (any of the tokenizer's and the mo
 what `generate` writes after it is padding.
 """
 
+import random
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
@@ -230,3 +233,18 @@ def sample_responses(
     with tqdm(total=len(prompts), desc=desc, unit="response") as progress:
         completions = backend.generate(prompts, sampling, seed, progress.update)
     return [completion.text for completion in completions]
+
+
+@contextmanager
+def untouched_random_state(device: str | torch.device) -> Iterator[None]:
+    """Python's, NumPy's and torch's random state (and `device`'s, a GPU's) as they were on entry, whatever
+    the block drew: loading a verifier builds its head from random numbers, which must not move the seeded
+    stream the PRM's own weights and batches are drawn from next."""
+    devices = [device] if torch.device(device).type == "cuda" else []
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)

@@ -33,13 +33,11 @@ import hashlib
 import json
 import logging
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -52,6 +50,7 @@ from iprm.flops import ForwardCost
 from iprm.generation.backend import Sampling
 from iprm.generation.transformers_backend import TransformersBackend
 from iprm.refcache import fingerprint
+from iprm.sampling import untouched_random_state
 from iprm.scorers.explicit import load_exported, prompt_and_step_ends
 from iprm.scorers.label_cache import LabelCache, record_key
 from iprm.scorers.label_report import check_two_classes, format_report, label_report
@@ -165,21 +164,6 @@ class StepLabeller:
         key = {"settings": self.settings(), "model": fingerprint(context.model_path, "float32"),
                "separator": context.separator}  # fmt: skip
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-
-
-@contextmanager
-def untouched_random_state(device: str | torch.device) -> Iterator[None]:
-    """Python's, NumPy's and torch's random state (and `device`'s, a GPU's) as they were on entry, whatever
-    the block drew: loading a verifier builds its head from random numbers, which must not move the seeded
-    stream the PRM's own weights and batches are drawn from next."""
-    devices = [device] if torch.device(device).type == "cuda" else []
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(python)
-            np.random.set_state(numpy)
 
 
 def step_texts(response: str, separator: str) -> list[str]:
