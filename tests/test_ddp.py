@@ -203,8 +203,9 @@ def test_ddp_fit_trains_as_one_process_with_the_same_global_batch(runs):
     losses = _train_losses(one)
     assert len(losses) == 4 and _train_losses(two) == pytest.approx(losses, rel=1e-5)
     weights, ddp_weights = (load_file(run / "policy" / "model.safetensors") for run in (one, two))
-    # Measured 9e-8 here; averaging each rank's own DPO loss instead moves them by 4e-5.
-    assert max((weights[k] - ddp_weights[k]).abs().max().item() for k in weights) < 1e-6
+    # Measured 9e-8 on Intel, 6.2e-6 on AMD EPYC (kernel rounding); averaging each rank's own DPO loss
+    # instead moves them by 4e-5.
+    assert max((weights[k] - ddp_weights[k]).abs().max().item() for k in weights) < 1.5e-5
     flops, ddp_flops = (json.loads((run / "flops.json").read_text()) for run in (one, two))
     for timing in ("train_seconds", "train_flops_per_second"):  # wall time: the one thing that may differ
         assert flops.pop(timing) > 0 and ddp_flops.pop(timing) > 0
